@@ -1,0 +1,590 @@
+//! The embedded queue backends: one implementation of [`JobStore`] over an ordered key-value engine,
+//! with redb and sled as engines.
+//!
+//! # Layout on disk
+//! `<store dir>/STORE` names the backend and the format version; the engine's files sit beside it
+//! (`queue.redb`, or `sled/`). The tables and their key layout are described in [`keys`]. `Meta` holds
+//! `format_version`, the next commit sequence number and a counter per (lane, state).
+//!
+//! # Invariants
+//! - Every unfinished job (ready, leased, dead) has exactly one `Keys` entry; finished jobs have none.
+//! - A job is in `Ready` iff it is ready and its `Keys` entry is the first of its (lane, key) prefix.
+//! - A job is in `Leases` iff it is leased, under its lease expiry.
+//! - A finished job is in `Finished` until purged; `ByState` and the counters always match `state`.
+//!
+//! # Group commit
+//! One writer thread owns all writes. It takes every operation waiting in its channel (up to
+//! [`MAX_BATCH`]), applies them in one engine transaction, makes that transaction durable with one fsync,
+//! and only then answers each caller. Concurrent callers therefore share fsyncs, and no caller hears "ok"
+//! before its change is on disk. A storage failure fails the whole batch and nothing of it is applied.
+
+mod keys;
+mod ops;
+mod redb;
+mod sled;
+
+use std::fmt::Debug;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+
+use tokio::sync::oneshot;
+
+use self::keys::Table;
+use self::ops::{Op, OpResult};
+use super::job::{Job, JobId, Millis, NewJob};
+use super::store::{
+    AdminOutcome, Disposition, Enqueued, JobFilter, JobStore, LaneCounts, Leased, StoreError,
+    StoreFuture, Transition,
+};
+
+/// The on-disk format this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Most operations applied in one transaction.
+const MAX_BATCH: usize = 1024;
+
+/// Key-value pairs as a scan returns them.
+pub(crate) type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Read access within a transaction.
+pub(crate) trait KvRead {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Entries with `from <= key < to` (no upper bound when `to` is None), in key order, at most `limit`.
+    fn scan(
+        &self,
+        table: Table,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, StoreError>;
+}
+
+/// Write access within a transaction; reads see the transaction's own writes.
+pub(crate) trait KvWrite: KvRead {
+    fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
+    fn delete(&mut self, table: Table, key: &[u8]) -> Result<(), StoreError>;
+}
+
+type WriteFn<'a> = dyn FnMut(&mut dyn KvWrite) -> Result<(), StoreError> + 'a;
+type ReadFn<'a> = dyn FnMut(&dyn KvRead) -> Result<(), StoreError> + 'a;
+
+/// An ordered key-value engine with atomic, durable write transactions.
+pub(crate) trait KvEngine: Send + Sync + Debug + 'static {
+    /// Runs `f` in one write transaction; commits durably (fsync) iff `f` returns Ok, else discards it.
+    fn write(&self, f: &mut WriteFn<'_>) -> Result<(), StoreError>;
+    /// Runs `f` over a consistent snapshot.
+    fn read(&self, f: &mut ReadFn<'_>) -> Result<(), StoreError>;
+    fn size_on_disk(&self) -> u64;
+}
+
+/// Which embedded engine to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backend {
+    Redb,
+    Sled,
+}
+
+impl Backend {
+    pub const ALL: [Backend; 2] = [Backend::Redb, Backend::Sled];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Redb => "redb",
+            Backend::Sled => "sled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Backend> {
+        Backend::ALL.into_iter().find(|b| b.as_str() == s)
+    }
+}
+
+/// Where the writer can be made to fail on purpose, to test what a crash at that moment leaves behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// The batch is applied but not committed.
+    BeforeCommit,
+    /// The batch is committed but no caller has been answered.
+    AfterCommit,
+}
+
+impl CrashPoint {
+    pub fn parse(s: &str) -> Option<CrashPoint> {
+        match s {
+            "before_commit" => Some(CrashPoint::BeforeCommit),
+            "after_commit" => Some(CrashPoint::AfterCommit),
+            _ => None,
+        }
+    }
+}
+
+/// What happens at a crash point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashAction {
+    /// Abort the process (for tests that run the real binary).
+    Abort,
+    /// Stop the writer as if the process had died: callers get `Closed`, nothing more is written.
+    Halt,
+}
+
+/// Fire `action` the `nth` time (1-based) the writer reaches `point`.
+#[derive(Debug)]
+pub struct CrashPlan {
+    pub point: CrashPoint,
+    pub nth: u64,
+    pub action: CrashAction,
+    hits: AtomicU64,
+}
+
+impl CrashPlan {
+    pub fn new(point: CrashPoint, nth: u64, action: CrashAction) -> Self {
+        Self {
+            point,
+            nth,
+            action,
+            hits: AtomicU64::new(0),
+        }
+    }
+
+    /// True when the writer must stop here.
+    fn hit(&self, point: CrashPoint) -> bool {
+        if point != self.point || self.hits.fetch_add(1, Ordering::SeqCst) + 1 != self.nth {
+            return false;
+        }
+        if self.action == CrashAction::Abort {
+            std::process::abort();
+        }
+        true
+    }
+}
+
+/// Options for opening an embedded store.
+#[derive(Debug, Default)]
+pub struct KvOptions {
+    pub crash: Option<CrashPlan>,
+}
+
+struct Pending {
+    op: Op,
+    reply: oneshot::Sender<Result<OpResult, StoreError>>,
+}
+
+/// The embedded store: a writer thread for every change, direct snapshot reads for queries.
+pub struct KvJobStore {
+    backend: Backend,
+    path: PathBuf,
+    engine: Arc<dyn KvEngine>,
+    sender: Mutex<Option<mpsc::Sender<Pending>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Debug for KvJobStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvJobStore")
+            .field("backend", &self.backend)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+const MARKER: &str = "STORE";
+
+impl KvJobStore {
+    /// Opens (creating if needed) the store in directory `dir`.
+    ///
+    /// Refuses a store made by another backend or with another format version. Leases left by a previous
+    /// process are returned to ready: the engine's file lock guarantees no other process holds them.
+    pub fn open(dir: &Path, backend: Backend, options: KvOptions) -> Result<Self, StoreError> {
+        let io = |e: std::io::Error| StoreError::Io(format!("{}: {e}", dir.display()));
+        std::fs::create_dir_all(dir).map_err(io)?;
+        check_or_write_marker(dir, backend)?;
+        let engine: Arc<dyn KvEngine> = match backend {
+            Backend::Redb => Arc::new(redb::RedbEngine::open(&dir.join("queue.redb"))?),
+            Backend::Sled => Arc::new(sled::SledEngine::open(&dir.join("sled"))?),
+        };
+        let mut seq = 0;
+        let display = dir.display().to_string();
+        engine.write(&mut |tx| {
+            match tx.get(Table::Meta, keys::FORMAT_VERSION_KEY)? {
+                Some(v) if v == FORMAT_VERSION.to_string().as_bytes() => {}
+                Some(v) => {
+                    return Err(StoreError::UnsupportedVersion {
+                        path: display.clone(),
+                        found: String::from_utf8_lossy(&v).into_owned(),
+                        supported: FORMAT_VERSION,
+                    });
+                }
+                None => tx.put(
+                    Table::Meta,
+                    keys::FORMAT_VERSION_KEY,
+                    FORMAT_VERSION.to_string().as_bytes(),
+                )?,
+            }
+            seq = match tx.get(Table::Meta, keys::SEQ_KEY)? {
+                Some(bytes) => bytes
+                    .as_slice()
+                    .try_into()
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| StoreError::Corrupt("sequence counter".into()))?,
+                None => 0,
+            };
+            Ok(())
+        })?;
+        // Orphaned leases from a previous process.
+        let mut recovered = 0;
+        engine.write(&mut |tx| {
+            let mut s = seq;
+            if let OpResult::Count(n) = ops::apply(
+                tx,
+                &mut s,
+                &Op::ExpireLeases {
+                    cutoff: Millis::MAX - 1,
+                    now: super::clock::wall_now(),
+                    limit: usize::MAX,
+                },
+            )? {
+                recovered = n;
+            }
+            Ok(())
+        })?;
+        if recovered > 0 {
+            tracing::info!(
+                jobs = recovered,
+                "returned jobs leased by a previous process to ready"
+            );
+        }
+        let (sender, receiver) = mpsc::channel();
+        let writer_engine = Arc::clone(&engine);
+        let crash = options.crash;
+        let writer = std::thread::Builder::new()
+            .name(format!("queue-writer-{}", backend.as_str()))
+            .spawn(move || run_writer(writer_engine, receiver, seq, crash))
+            .map_err(io)?;
+        Ok(Self {
+            backend,
+            path: dir.to_owned(),
+            engine,
+            sender: Mutex::new(Some(sender)),
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    async fn submit(&self, op: Op) -> Result<OpResult, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        {
+            let guard = self.sender.lock().map_err(|_| StoreError::Closed)?;
+            let sender = guard.as_ref().ok_or(StoreError::Closed)?;
+            sender
+                .send(Pending { op, reply })
+                .map_err(|_| StoreError::Closed)?;
+        }
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn KvRead) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let engine = Arc::clone(&self.engine);
+        tokio::task::spawn_blocking(move || {
+            let mut f = Some(f);
+            let mut out = None;
+            engine.read(&mut |tx| {
+                if let Some(f) = f.take() {
+                    out = Some(f(tx)?);
+                }
+                Ok(())
+            })?;
+            out.ok_or(StoreError::Closed)
+        })
+        .await
+        .map_err(|e| StoreError::Io(format!("read task failed: {e}")))?
+    }
+
+    /// Stops the writer after the operations already queued. Later calls answer `Closed`.
+    pub fn close(&self) {
+        if let Ok(mut sender) = self.sender.lock() {
+            sender.take();
+        }
+        if let Ok(mut writer) = self.writer.lock()
+            && let Some(handle) = writer.take()
+        {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for KvJobStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn check_or_write_marker(dir: &Path, backend: Backend) -> Result<(), StoreError> {
+    let path = dir.join(MARKER);
+    let display = dir.display().to_string();
+    let io = |e: std::io::Error| StoreError::Io(format!("{}: {e}", path.display()));
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let field = |name: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name)?.trim().strip_prefix('='))
+                    .map(|v| v.trim().trim_matches('"').to_owned())
+            };
+            let version = field("format_version").unwrap_or_default();
+            if version != FORMAT_VERSION.to_string() {
+                return Err(StoreError::UnsupportedVersion {
+                    path: display,
+                    found: version,
+                    supported: FORMAT_VERSION,
+                });
+            }
+            let found = field("backend").unwrap_or_default();
+            if found != backend.as_str() {
+                return Err(StoreError::BackendMismatch {
+                    path: display,
+                    found,
+                    configured: backend.as_str().to_owned(),
+                });
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let tmp = dir.join(format!("{MARKER}.tmp"));
+            let text = format!(
+                "# dvc-connector queue store; do not edit\nbackend = \"{}\"\nformat_version = {}\n",
+                backend.as_str(),
+                FORMAT_VERSION
+            );
+            {
+                use std::io::Write;
+                let mut file = std::fs::File::create(&tmp).map_err(io)?;
+                file.write_all(text.as_bytes()).map_err(io)?;
+                file.sync_all().map_err(io)?;
+            }
+            std::fs::rename(&tmp, &path).map_err(io)?;
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io)?;
+            Ok(())
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+fn run_writer(
+    engine: Arc<dyn KvEngine>,
+    receiver: mpsc::Receiver<Pending>,
+    mut seq: u64,
+    crash: Option<CrashPlan>,
+) {
+    let crashed = |point| crash.as_ref().is_some_and(|plan| plan.hit(point));
+    while let Ok(first) = receiver.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match receiver.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let mut results = Vec::with_capacity(batch.len());
+        let mut next_seq = seq;
+        let outcome = engine.write(&mut |tx| {
+            results.clear();
+            next_seq = seq;
+            for pending in &batch {
+                results.push(ops::apply(tx, &mut next_seq, &pending.op)?);
+            }
+            if crashed(CrashPoint::BeforeCommit) {
+                return Err(StoreError::Closed);
+            }
+            Ok(())
+        });
+        match outcome {
+            Ok(()) => {
+                seq = next_seq;
+                if crashed(CrashPoint::AfterCommit) {
+                    halt(batch, receiver);
+                    return;
+                }
+                for (pending, result) in batch.into_iter().zip(results) {
+                    let _ = pending.reply.send(Ok(result));
+                }
+            }
+            Err(StoreError::Closed) => {
+                halt(batch, receiver);
+                return;
+            }
+            Err(error) => {
+                tracing::error!(%error, operations = batch.len(), "queue store write failed");
+                for pending in batch {
+                    let _ = pending.reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// The writer stops as a crashed process would: no caller of this batch or after it hears "ok".
+fn halt(batch: Vec<Pending>, receiver: mpsc::Receiver<Pending>) {
+    for pending in batch {
+        let _ = pending.reply.send(Err(StoreError::Closed));
+    }
+    drop(receiver);
+}
+
+fn unexpected(result: OpResult) -> StoreError {
+    StoreError::Corrupt(format!("writer answered with {result:?}"))
+}
+
+impl JobStore for KvJobStore {
+    fn backend(&self) -> &'static str {
+        self.backend.as_str()
+    }
+
+    fn enqueue(&self, jobs: Vec<NewJob>, now: Millis) -> StoreFuture<'_, Vec<Enqueued>> {
+        Box::pin(async move {
+            match self.submit(Op::Enqueue { jobs, now }).await? {
+                OpResult::Enqueued(out) => Ok(out),
+                other => Err(unexpected(other)),
+            }
+        })
+    }
+
+    fn lease(
+        &self,
+        lane: String,
+        limit: usize,
+        now: Millis,
+        until: Millis,
+    ) -> StoreFuture<'_, Leased> {
+        Box::pin(async move {
+            match self
+                .submit(Op::Lease {
+                    lane,
+                    limit,
+                    now,
+                    until,
+                })
+                .await?
+            {
+                OpResult::Leased(out) => Ok(out),
+                other => Err(unexpected(other)),
+            }
+        })
+    }
+
+    fn finish(
+        &self,
+        id: JobId,
+        token: u64,
+        disposition: Disposition,
+        now: Millis,
+    ) -> StoreFuture<'_, Transition> {
+        Box::pin(async move {
+            match self
+                .submit(Op::Finish {
+                    id,
+                    token,
+                    disposition,
+                    now,
+                })
+                .await?
+            {
+                OpResult::Transition(t) => Ok(t),
+                other => Err(unexpected(other)),
+            }
+        })
+    }
+
+    fn expire_leases(&self, now: Millis, limit: usize) -> StoreFuture<'_, usize> {
+        Box::pin(async move {
+            match self
+                .submit(Op::ExpireLeases {
+                    cutoff: now,
+                    now,
+                    limit,
+                })
+                .await?
+            {
+                OpResult::Count(n) => Ok(n),
+                other => Err(unexpected(other)),
+            }
+        })
+    }
+
+    fn retry_dead(&self, id: JobId, now: Millis) -> StoreFuture<'_, AdminOutcome> {
+        Box::pin(async move {
+            match self.submit(Op::RetryDead { id, now }).await? {
+                OpResult::Admin(a) => Ok(a),
+                other => Err(unexpected(other)),
+            }
+        })
+    }
+
+    fn discard(&self, id: JobId, now: Millis) -> StoreFuture<'_, AdminOutcome> {
+        Box::pin(async move {
+            match self.submit(Op::Discard { id, now }).await? {
+                OpResult::Admin(a) => Ok(a),
+                other => Err(unexpected(other)),
+            }
+        })
+    }
+
+    fn replay(&self, filter: JobFilter, now: Millis, limit: usize) -> StoreFuture<'_, usize> {
+        Box::pin(async move {
+            match self.submit(Op::Replay { filter, now, limit }).await? {
+                OpResult::Count(n) => Ok(n),
+                other => Err(unexpected(other)),
+            }
+        })
+    }
+
+    fn get(&self, id: JobId) -> StoreFuture<'_, Option<Job>> {
+        Box::pin(self.read(move |tx| ops::load(tx, id)))
+    }
+
+    fn list(
+        &self,
+        filter: JobFilter,
+        after: Option<JobId>,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<Job>> {
+        Box::pin(self.read(move |tx| ops::list(tx, &filter, after, limit)))
+    }
+
+    fn purge_finished(&self, before: Millis, limit: usize) -> StoreFuture<'_, usize> {
+        Box::pin(async move {
+            match self.submit(Op::Purge { before, limit }).await? {
+                OpResult::Count(n) => Ok(n),
+                other => Err(unexpected(other)),
+            }
+        })
+    }
+
+    fn counts(&self) -> StoreFuture<'_, Vec<LaneCounts>> {
+        Box::pin(self.read(ops::counts))
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        self.engine.size_on_disk()
+    }
+}
+
+/// Total size of the files under `path` (a file or a directory).
+pub(crate) fn disk_usage(path: &Path) -> u64 {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => std::fs::read_dir(path)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| disk_usage(&e.path()))
+                    .sum()
+            })
+            .unwrap_or(0),
+        Ok(meta) => meta.len(),
+        Err(_) => 0,
+    }
+}

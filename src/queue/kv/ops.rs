@@ -1,0 +1,552 @@
+//! The queue operations as transactions over an ordered key-value engine.
+//!
+//! Each function reads and writes through one `KvWrite`; the caller commits (or aborts) the whole batch.
+//! Functions check their preconditions before writing anything, so an operation that answers "not applied"
+//! (lease lost, wrong state) leaves no partial change behind in the shared transaction.
+
+use ulid::Ulid;
+
+use super::keys::{self, Table};
+use super::{KvRead, KvWrite};
+use crate::queue::job::{Job, JobError, JobId, JobState, Millis, NewJob};
+use crate::queue::store::{
+    AdminOutcome, Disposition, Enqueued, JobFilter, LaneCounts, Leased, StoreError, Transition,
+};
+
+/// One queued request to the writer.
+#[derive(Debug)]
+pub(crate) enum Op {
+    Enqueue {
+        jobs: Vec<NewJob>,
+        now: Millis,
+    },
+    Lease {
+        lane: String,
+        limit: usize,
+        now: Millis,
+        until: Millis,
+    },
+    Finish {
+        id: JobId,
+        token: u64,
+        disposition: Disposition,
+        now: Millis,
+    },
+    /// Leases that expired at or before `cutoff` go back to ready, due at `now`.
+    ExpireLeases {
+        cutoff: Millis,
+        now: Millis,
+        limit: usize,
+    },
+    RetryDead {
+        id: JobId,
+        now: Millis,
+    },
+    Discard {
+        id: JobId,
+        now: Millis,
+    },
+    Replay {
+        filter: JobFilter,
+        now: Millis,
+        limit: usize,
+    },
+    Purge {
+        before: Millis,
+        limit: usize,
+    },
+}
+
+#[derive(Debug)]
+pub(crate) enum OpResult {
+    Enqueued(Vec<Enqueued>),
+    Leased(Leased),
+    Transition(Transition),
+    Count(usize),
+    Admin(AdminOutcome),
+}
+
+pub(crate) fn apply(tx: &mut dyn KvWrite, seq: &mut u64, op: &Op) -> Result<OpResult, StoreError> {
+    Ok(match op {
+        Op::Enqueue { jobs, now } => OpResult::Enqueued(enqueue(tx, seq, jobs, *now)?),
+        Op::Lease {
+            lane,
+            limit,
+            now,
+            until,
+        } => OpResult::Leased(lease(tx, lane, *limit, *now, *until)?),
+        Op::Finish {
+            id,
+            token,
+            disposition,
+            now,
+        } => OpResult::Transition(finish(tx, *id, *token, disposition, *now)?),
+        Op::ExpireLeases { cutoff, now, limit } => {
+            OpResult::Count(expire_leases(tx, *cutoff, *now, *limit)?)
+        }
+        Op::RetryDead { id, now } => OpResult::Admin(retry_dead(tx, *id, *now)?),
+        Op::Discard { id, now } => OpResult::Admin(discard(tx, *id, *now)?),
+        Op::Replay { filter, now, limit } => OpResult::Count(replay(tx, filter, *now, *limit)?),
+        Op::Purge { before, limit } => OpResult::Count(purge(tx, *before, *limit)?),
+    })
+}
+
+pub(crate) fn load(tx: &dyn KvRead, id: JobId) -> Result<Option<Job>, StoreError> {
+    tx.get(Table::Jobs, &keys::id_key(id))?
+        .map(|bytes| Job::decode(&bytes).map_err(StoreError::Corrupt))
+        .transpose()
+}
+
+fn load_existing(tx: &dyn KvRead, id: JobId) -> Result<Job, StoreError> {
+    load(tx, id)?.ok_or_else(|| StoreError::Corrupt(format!("index names missing job {id}")))
+}
+
+fn save(tx: &mut dyn KvWrite, job: &Job) -> Result<(), StoreError> {
+    tx.put(Table::Jobs, &keys::id_key(job.id), &job.encode())
+}
+
+fn read_u64(tx: &dyn KvRead, table: Table, key: &[u8]) -> Result<u64, StoreError> {
+    match tx.get(table, key)? {
+        None => Ok(0),
+        Some(bytes) => bytes
+            .as_slice()
+            .try_into()
+            .map(u64::from_be_bytes)
+            .map_err(|_| StoreError::Corrupt("counter of wrong size".into())),
+    }
+}
+
+fn bump(tx: &mut dyn KvWrite, lane: &str, state: JobState, delta: i64) -> Result<(), StoreError> {
+    let key = keys::counter_key(lane, state);
+    let value = read_u64(tx, Table::Meta, &key)?.saturating_add_signed(delta);
+    if value == 0 {
+        tx.delete(Table::Meta, &key)
+    } else {
+        tx.put(Table::Meta, &key, &value.to_be_bytes())
+    }
+}
+
+/// Moves a job to `new`, keeping the state index and counters in step.
+fn set_state(tx: &mut dyn KvWrite, job: &mut Job, new: JobState) -> Result<(), StoreError> {
+    if job.state == new {
+        return Ok(());
+    }
+    bump(tx, &job.lane, job.state, -1)?;
+    bump(tx, &job.lane, new, 1)?;
+    tx.delete(Table::ByState, &keys::state_key(job.state, job.id))?;
+    tx.put(Table::ByState, &keys::state_key(new, job.id), &[])?;
+    job.state = new;
+    Ok(())
+}
+
+fn head_of(tx: &dyn KvRead, lane: &str, ordering_key: &str) -> Result<Option<JobId>, StoreError> {
+    let prefix = keys::keys_prefix(lane, ordering_key);
+    let end = keys::prefix_end(&prefix);
+    tx.scan(Table::Keys, &prefix, end.as_deref(), 1)?
+        .first()
+        .map(|(_, v)| keys::id_from(v))
+        .transpose()
+}
+
+/// After the head of a key finished, the next job of that key becomes runnable (if it is ready).
+fn promote_next(tx: &mut dyn KvWrite, lane: &str, ordering_key: &str) -> Result<(), StoreError> {
+    if let Some(next) = head_of(tx, lane, ordering_key)? {
+        let job = load_existing(tx, next)?;
+        if job.state == JobState::Ready {
+            tx.put(
+                Table::Ready,
+                &keys::ready_key(lane, job.next_attempt_at, job.seq),
+                &keys::id_key(job.id),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn enqueue(
+    tx: &mut dyn KvWrite,
+    seq: &mut u64,
+    jobs: &[NewJob],
+    now: Millis,
+) -> Result<Vec<Enqueued>, StoreError> {
+    let mut out = Vec::with_capacity(jobs.len());
+    for new in jobs {
+        if let Some(key) = &new.idempotency_key
+            && let Some(existing) = tx.get(Table::Idem, key.as_bytes())?
+        {
+            out.push(Enqueued {
+                id: keys::id_from(&existing)?,
+                existing: true,
+            });
+            continue;
+        }
+        let id = Ulid::from_parts(now, fastrand::u128(..));
+        let job_seq = *seq;
+        *seq += 1;
+        let is_head = head_of(tx, &new.lane, &new.ordering_key)?.is_none();
+        tx.put(
+            Table::Keys,
+            &keys::keys_key(&new.lane, &new.ordering_key, job_seq),
+            &keys::id_key(id),
+        )?;
+        if is_head {
+            tx.put(
+                Table::Ready,
+                &keys::ready_key(&new.lane, now, job_seq),
+                &keys::id_key(id),
+            )?;
+        }
+        let job = Job {
+            id,
+            seq: job_seq,
+            kind: new.kind.clone(),
+            lane: new.lane.clone(),
+            ordering_key: new.ordering_key.clone(),
+            idempotency_key: new.idempotency_key.clone(),
+            state: JobState::Ready,
+            attempts: 0,
+            next_attempt_at: now,
+            lease_token: None,
+            lease_expires_at: None,
+            last_error: None,
+            created_at: now,
+            updated_at: now,
+            queued_at: now,
+            finished_at: None,
+            dead_reason: None,
+            payload: new.payload.clone(),
+        };
+        bump(tx, &job.lane, JobState::Ready, 1)?;
+        tx.put(Table::ByState, &keys::state_key(JobState::Ready, id), &[])?;
+        save(tx, &job)?;
+        if let Some(key) = &new.idempotency_key {
+            tx.put(Table::Idem, key.as_bytes(), &keys::id_key(id))?;
+        }
+        out.push(Enqueued {
+            id,
+            existing: false,
+        });
+    }
+    tx.put(Table::Meta, keys::SEQ_KEY, &seq.to_be_bytes())?;
+    Ok(out)
+}
+
+fn lease(
+    tx: &mut dyn KvWrite,
+    lane: &str,
+    limit: usize,
+    now: Millis,
+    until: Millis,
+) -> Result<Leased, StoreError> {
+    let (from, to) = keys::ready_due_range(lane, now);
+    let due = tx.scan(Table::Ready, &from, Some(&to), limit)?;
+    let mut jobs = Vec::with_capacity(due.len());
+    for (key, value) in &due {
+        tx.delete(Table::Ready, key)?;
+        let mut job = load_existing(tx, keys::id_from(value)?)?;
+        if job.state != JobState::Ready {
+            // Only ready jobs are indexed here; a stale entry is dropped rather than handed out twice.
+            continue;
+        }
+        set_state(tx, &mut job, JobState::Leased)?;
+        job.attempts = job.attempts.saturating_add(1);
+        job.lease_token = Some(fastrand::u64(1..));
+        job.lease_expires_at = Some(until);
+        job.updated_at = now;
+        tx.put(Table::Leases, &keys::time_id_key(until, job.id), &[])?;
+        save(tx, &job)?;
+        jobs.push(job);
+    }
+    let next_due = if due.len() == limit {
+        Some(now)
+    } else {
+        let prefix = keys::lane_prefix(lane);
+        let end = keys::prefix_end(&prefix);
+        match tx.scan(Table::Ready, &prefix, end.as_deref(), 1)?.first() {
+            Some((key, _)) => Some(keys::ready_key_time(lane, key)?),
+            None => None,
+        }
+    };
+    Ok(Leased { jobs, next_due })
+}
+
+fn finish(
+    tx: &mut dyn KvWrite,
+    id: JobId,
+    token: u64,
+    disposition: &Disposition,
+    now: Millis,
+) -> Result<Transition, StoreError> {
+    let Some(mut job) = load(tx, id)? else {
+        return Ok(Transition::LeaseLost);
+    };
+    if job.state != JobState::Leased || job.lease_token != Some(token) {
+        return Ok(Transition::LeaseLost);
+    }
+    if let Some(expires) = job.lease_expires_at {
+        tx.delete(Table::Leases, &keys::time_id_key(expires, id))?;
+    }
+    job.lease_token = None;
+    job.lease_expires_at = None;
+    job.updated_at = now;
+    match disposition {
+        Disposition::Done => {
+            set_state(tx, &mut job, JobState::Done)?;
+            job.finished_at = Some(now);
+            tx.delete(
+                Table::Keys,
+                &keys::keys_key(&job.lane, &job.ordering_key, job.seq),
+            )?;
+            tx.put(Table::Finished, &keys::time_id_key(now, id), &[])?;
+            promote_next(tx, &job.lane, &job.ordering_key)?;
+        }
+        Disposition::RetryAt { at, error } => {
+            set_state(tx, &mut job, JobState::Ready)?;
+            job.next_attempt_at = *at;
+            job.last_error = Some(error.clone());
+            tx.put(
+                Table::Ready,
+                &keys::ready_key(&job.lane, *at, job.seq),
+                &keys::id_key(id),
+            )?;
+        }
+        Disposition::Dead { error, reason } => {
+            set_state(tx, &mut job, JobState::Dead)?;
+            job.last_error = Some(error.clone());
+            job.dead_reason = Some(*reason);
+        }
+        Disposition::Release {
+            not_before,
+            refund,
+            note,
+        } => {
+            set_state(tx, &mut job, JobState::Ready)?;
+            if *refund {
+                job.attempts = job.attempts.saturating_sub(1);
+            }
+            if let Some(note) = note {
+                job.last_error = Some(note.clone());
+            }
+            job.next_attempt_at = (*not_before).max(now);
+            tx.put(
+                Table::Ready,
+                &keys::ready_key(&job.lane, job.next_attempt_at, job.seq),
+                &keys::id_key(id),
+            )?;
+        }
+    }
+    save(tx, &job)?;
+    Ok(Transition::Applied)
+}
+
+fn expire_leases(
+    tx: &mut dyn KvWrite,
+    cutoff: Millis,
+    now: Millis,
+    limit: usize,
+) -> Result<usize, StoreError> {
+    let expired = tx.scan(Table::Leases, &[], Some(&keys::time_upto(cutoff)), limit)?;
+    let mut count = 0;
+    for (key, _) in &expired {
+        tx.delete(Table::Leases, key)?;
+        let mut job = load_existing(tx, keys::id_suffix(key)?)?;
+        if job.state != JobState::Leased {
+            continue;
+        }
+        set_state(tx, &mut job, JobState::Ready)?;
+        job.lease_token = None;
+        job.lease_expires_at = None;
+        job.next_attempt_at = now;
+        job.updated_at = now;
+        job.last_error = Some(
+            JobError::retryable(
+                "lease_expired",
+                "the worker holding this job stopped or did not finish within its lease",
+            )
+            .record(now),
+        );
+        tx.put(
+            Table::Ready,
+            &keys::ready_key(&job.lane, now, job.seq),
+            &keys::id_key(job.id),
+        )?;
+        save(tx, &job)?;
+        count += 1;
+    }
+    Ok(count)
+}
+
+fn retry_dead(tx: &mut dyn KvWrite, id: JobId, now: Millis) -> Result<AdminOutcome, StoreError> {
+    let Some(mut job) = load(tx, id)? else {
+        return Ok(AdminOutcome::NotFound);
+    };
+    if job.state != JobState::Dead {
+        return Ok(AdminOutcome::WrongState(job.state));
+    }
+    set_state(tx, &mut job, JobState::Ready)?;
+    job.dead_reason = None;
+    job.attempts = 0;
+    job.queued_at = now;
+    job.next_attempt_at = now;
+    job.updated_at = now;
+    if head_of(tx, &job.lane, &job.ordering_key)? == Some(id) {
+        tx.put(
+            Table::Ready,
+            &keys::ready_key(&job.lane, now, job.seq),
+            &keys::id_key(id),
+        )?;
+    }
+    save(tx, &job)?;
+    Ok(AdminOutcome::Applied)
+}
+
+fn discard(tx: &mut dyn KvWrite, id: JobId, now: Millis) -> Result<AdminOutcome, StoreError> {
+    let Some(mut job) = load(tx, id)? else {
+        return Ok(AdminOutcome::NotFound);
+    };
+    match job.state {
+        JobState::Ready => tx.delete(
+            Table::Ready,
+            &keys::ready_key(&job.lane, job.next_attempt_at, job.seq),
+        )?,
+        JobState::Dead => {}
+        other => return Ok(AdminOutcome::WrongState(other)),
+    }
+    tx.delete(
+        Table::Keys,
+        &keys::keys_key(&job.lane, &job.ordering_key, job.seq),
+    )?;
+    set_state(tx, &mut job, JobState::Discarded)?;
+    job.finished_at = Some(now);
+    job.updated_at = now;
+    tx.put(Table::Finished, &keys::time_id_key(now, id), &[])?;
+    save(tx, &job)?;
+    promote_next(tx, &job.lane, &job.ordering_key)?;
+    Ok(AdminOutcome::Applied)
+}
+
+const SCAN_CHUNK: usize = 256;
+
+fn replay(
+    tx: &mut dyn KvWrite,
+    filter: &JobFilter,
+    now: Millis,
+    limit: usize,
+) -> Result<usize, StoreError> {
+    let prefix = [JobState::Dead.code()];
+    let end = keys::prefix_end(&prefix);
+    let mut from = prefix.to_vec();
+    let mut count = 0;
+    while count < limit {
+        let chunk = tx.scan(Table::ByState, &from, end.as_deref(), SCAN_CHUNK)?;
+        let Some((last, _)) = chunk.last() else { break };
+        from = last.clone();
+        from.push(0);
+        for (key, _) in &chunk {
+            let job = load_existing(tx, keys::id_suffix(key)?)?;
+            if filter.matches(&job)
+                && count < limit
+                && retry_dead(tx, job.id, now)? == AdminOutcome::Applied
+            {
+                count += 1;
+            }
+        }
+        if chunk.len() < SCAN_CHUNK {
+            break;
+        }
+    }
+    Ok(count)
+}
+
+fn purge(tx: &mut dyn KvWrite, before: Millis, limit: usize) -> Result<usize, StoreError> {
+    let old = tx.scan(
+        Table::Finished,
+        &[],
+        Some(&keys::time_upto(before.saturating_sub(1))),
+        limit,
+    )?;
+    for (key, _) in &old {
+        tx.delete(Table::Finished, key)?;
+        let id = keys::id_suffix(key)?;
+        let Some(job) = load(tx, id)? else { continue };
+        if !job.state.is_finished() {
+            continue;
+        }
+        bump(tx, &job.lane, job.state, -1)?;
+        tx.delete(Table::ByState, &keys::state_key(job.state, id))?;
+        tx.delete(Table::Jobs, &keys::id_key(id))?;
+        if let Some(idem) = &job.idempotency_key
+            && tx.get(Table::Idem, idem.as_bytes())?.as_deref() == Some(&keys::id_key(id)[..])
+        {
+            tx.delete(Table::Idem, idem.as_bytes())?;
+        }
+    }
+    Ok(old.len())
+}
+
+/// Per-lane counts from the counters kept in `Meta`.
+pub(crate) fn counts(tx: &dyn KvRead) -> Result<Vec<LaneCounts>, StoreError> {
+    let prefix = keys::counter_prefix();
+    let end = keys::prefix_end(&prefix);
+    let mut by_lane: std::collections::BTreeMap<String, LaneCounts> = Default::default();
+    for (key, value) in tx.scan(Table::Meta, &prefix, end.as_deref(), usize::MAX)? {
+        let (lane, state) = keys::counter_parts(&key)?;
+        let n = value
+            .as_slice()
+            .try_into()
+            .map(u64::from_be_bytes)
+            .map_err(|_| StoreError::Corrupt("counter of wrong size".into()))?;
+        let entry = by_lane.entry(lane.clone()).or_insert_with(|| LaneCounts {
+            lane,
+            ..Default::default()
+        });
+        *entry.slot(state) = n;
+    }
+    Ok(by_lane.into_values().collect())
+}
+
+/// Lists jobs in id order after `after`, using the state index when the filter names a state.
+pub(crate) fn list(
+    tx: &dyn KvRead,
+    filter: &JobFilter,
+    after: Option<JobId>,
+    limit: usize,
+) -> Result<Vec<Job>, StoreError> {
+    let mut out = Vec::new();
+    if limit == 0 {
+        return Ok(out);
+    }
+    let (table, prefix) = match filter.state {
+        Some(state) => (Table::ByState, vec![state.code()]),
+        None => (Table::Jobs, Vec::new()),
+    };
+    let end = keys::prefix_end(&prefix);
+    let mut from = prefix.clone();
+    if let Some(after) = after {
+        from.extend_from_slice(&keys::id_key(after));
+        from.push(0);
+    }
+    loop {
+        let chunk = tx.scan(table, &from, end.as_deref(), SCAN_CHUNK)?;
+        let Some((last, _)) = chunk.last() else { break };
+        from = last.clone();
+        from.push(0);
+        for (key, value) in &chunk {
+            let job = if table == Table::Jobs {
+                Job::decode(value).map_err(StoreError::Corrupt)?
+            } else {
+                load_existing(tx, keys::id_suffix(key)?)?
+            };
+            if filter.matches(&job) {
+                out.push(job);
+                if out.len() == limit {
+                    return Ok(out);
+                }
+            }
+        }
+        if chunk.len() < SCAN_CHUNK {
+            break;
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,164 @@
+//! The redb engine: one redb table per logical table; every write transaction commits with
+//! `Durability::Immediate`, so a successful commit is on disk.
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::keys::Table;
+use super::{Entries, KvEngine, KvRead, KvWrite, ReadFn, StoreError, WriteFn};
+
+type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
+
+fn def(table: Table) -> Def {
+    TableDefinition::new(table.name())
+}
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Io(format!("redb: {e}"))
+}
+
+#[derive(Debug)]
+pub(crate) struct RedbEngine {
+    db: Database,
+    path: PathBuf,
+}
+
+impl RedbEngine {
+    pub(crate) fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                StoreError::Locked(path.display().to_string())
+            }
+            other => err(other),
+        })?;
+        let txn = db.begin_write().map_err(err)?;
+        for table in Table::ALL {
+            txn.open_table(def(table)).map_err(err)?;
+        }
+        txn.commit().map_err(err)?;
+        Ok(Self {
+            db,
+            path: path.to_owned(),
+        })
+    }
+}
+
+fn scan_table(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    from: &[u8],
+    to: Option<&[u8]>,
+    limit: usize,
+) -> Result<Entries, StoreError> {
+    let range = match to {
+        Some(to) if to <= from => return Ok(Vec::new()),
+        Some(to) => table.range::<&[u8]>(from..to),
+        None => table.range::<&[u8]>(from..),
+    }
+    .map_err(err)?;
+    let mut out = Vec::new();
+    for entry in range.take(limit) {
+        let (k, v) = entry.map_err(err)?;
+        out.push((k.value().to_vec(), v.value().to_vec()));
+    }
+    Ok(out)
+}
+
+struct Write<'t> {
+    tables: Vec<redb::Table<'t, &'static [u8], &'static [u8]>>,
+}
+
+impl Write<'_> {
+    fn table(&self, table: Table) -> &redb::Table<'_, &'static [u8], &'static [u8]> {
+        &self.tables[index(table)]
+    }
+}
+
+fn index(table: Table) -> usize {
+    Table::ALL.iter().position(|t| *t == table).unwrap_or(0)
+}
+
+impl KvRead for Write<'_> {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .table(table)
+            .get(key)
+            .map_err(err)?
+            .map(|v| v.value().to_vec()))
+    }
+
+    fn scan(
+        &self,
+        table: Table,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, StoreError> {
+        scan_table(self.table(table), from, to, limit)
+    }
+}
+
+impl KvWrite for Write<'_> {
+    fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.tables[index(table)].insert(key, value).map_err(err)?;
+        Ok(())
+    }
+
+    fn delete(&mut self, table: Table, key: &[u8]) -> Result<(), StoreError> {
+        self.tables[index(table)].remove(key).map_err(err)?;
+        Ok(())
+    }
+}
+
+struct Read {
+    txn: redb::ReadTransaction,
+}
+
+impl KvRead for Read {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let t = self.txn.open_table(def(table)).map_err(err)?;
+        Ok(t.get(key).map_err(err)?.map(|v| v.value().to_vec()))
+    }
+
+    fn scan(
+        &self,
+        table: Table,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, StoreError> {
+        let t = self.txn.open_table(def(table)).map_err(err)?;
+        scan_table(&t, from, to, limit)
+    }
+}
+
+impl KvEngine for RedbEngine {
+    fn write(&self, f: &mut WriteFn<'_>) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(err)?;
+        txn.set_durability(Durability::Immediate).map_err(err)?;
+        let result = {
+            let mut tables = Vec::with_capacity(Table::ALL.len());
+            for table in Table::ALL {
+                tables.push(txn.open_table(def(table)).map_err(err)?);
+            }
+            let mut w = Write { tables };
+            f(&mut w)
+        };
+        match result {
+            Ok(()) => txn.commit().map_err(err),
+            Err(e) => {
+                txn.abort().map_err(err)?;
+                Err(e)
+            }
+        }
+    }
+
+    fn read(&self, f: &mut ReadFn<'_>) -> Result<(), StoreError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        f(&Read { txn })
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        super::disk_usage(&self.path)
+    }
+}

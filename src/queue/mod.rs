@@ -1,0 +1,277 @@
+//! The durable job queue: what the connector has promised to deliver, and how delivery is retried.
+//!
+//! - [`job`]: the record and its states; [`schedule`]: pure retry decisions;
+//! - [`store`]: the storage seam ([`JobStore`]); [`kv`]: the embedded backends (redb, sled);
+//! - [`worker`]: per-lane workers that lease jobs and run handlers; [`maintenance`]: lease expiry and
+//!   retention.
+//!
+//! [`Queue`] is the handle the rest of the daemon uses: it stamps times, applies the retry policy to a
+//! failed attempt, and wakes a lane's worker when work arrives.
+
+pub mod clock;
+pub mod job;
+pub mod kv;
+pub mod maintenance;
+pub mod schedule;
+pub mod store;
+pub mod worker;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+pub use self::clock::{Clock, TokioClock};
+pub use self::job::{
+    DeadReason, ErrorClass, Job, JobError, JobId, JobState, Millis, NewJob, RecordedError,
+};
+pub use self::kv::{Backend, KvJobStore, KvOptions};
+pub use self::schedule::{Decision, RetryPolicies, RetryPolicy};
+pub use self::store::{
+    AdminOutcome, Disposition, Enqueued, JobFilter, JobStore, LaneCounts, Leased, StoreError,
+    Transition,
+};
+
+use self::schedule::millis;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("invalid job: {0}")]
+    InvalidJob(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The queue handle; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Queue {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Arc<dyn JobStore>,
+    clock: Arc<dyn Clock>,
+    policies: RetryPolicies,
+    lease_for: Duration,
+    wakers: Mutex<HashMap<String, Arc<Notify>>>,
+}
+
+impl Queue {
+    pub fn new(
+        store: Arc<dyn JobStore>,
+        clock: Arc<dyn Clock>,
+        policies: RetryPolicies,
+        lease_for: Duration,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                clock,
+                policies,
+                lease_for,
+                wakers: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn JobStore> {
+        &self.inner.store
+    }
+
+    pub fn now(&self) -> Millis {
+        self.inner.clock.now()
+    }
+
+    pub fn lease_duration(&self) -> Duration {
+        self.inner.lease_for
+    }
+
+    /// The notifier a lane's worker waits on; enqueues into that lane wake it.
+    pub fn waker(&self, lane: &str) -> Arc<Notify> {
+        let mut wakers = self
+            .inner
+            .wakers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Arc::clone(wakers.entry(lane.to_owned()).or_default())
+    }
+
+    /// Durably adds one job. When this returns Ok, the job is on disk.
+    pub async fn enqueue(&self, job: NewJob) -> Result<Enqueued, QueueError> {
+        let mut out = self.enqueue_all(vec![job]).await?;
+        out.pop()
+            .ok_or_else(|| QueueError::Store(StoreError::Corrupt("empty enqueue answer".into())))
+    }
+
+    /// Durably adds jobs in one atomic write: all of them or none.
+    pub async fn enqueue_all(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, QueueError> {
+        for job in &jobs {
+            job.validate().map_err(QueueError::InvalidJob)?;
+        }
+        let lanes: Vec<String> = jobs.iter().map(|j| j.lane.clone()).collect();
+        let out = self.inner.store.enqueue(jobs, self.now()).await?;
+        for lane in lanes {
+            self.waker(&lane).notify_one();
+        }
+        Ok(out)
+    }
+
+    pub async fn lease(&self, lane: &str, limit: usize) -> Result<Leased, StoreError> {
+        let now = self.now();
+        let until = now.saturating_add(millis(self.inner.lease_for));
+        self.inner
+            .store
+            .lease(lane.to_owned(), limit, now, until)
+            .await
+    }
+
+    pub async fn complete(&self, job: &Job) -> Result<Transition, StoreError> {
+        self.finish(job, Disposition::Done).await
+    }
+
+    /// Applies the retry policy of the job's kind to a failed attempt.
+    pub async fn fail(
+        &self,
+        job: &Job,
+        error: &JobError,
+    ) -> Result<(Decision, Transition), StoreError> {
+        let now = self.now();
+        let policy = self.inner.policies.for_kind(&job.kind);
+        let decision = schedule::decide(
+            policy,
+            job.attempts,
+            job.queued_at,
+            now,
+            error,
+            fastrand::f64(),
+        );
+        let disposition = match decision {
+            Decision::RetryAt(at) => Disposition::RetryAt {
+                at,
+                error: error.record(now),
+            },
+            Decision::Dead(reason) => Disposition::Dead {
+                error: error.record(now),
+                reason,
+            },
+            Decision::PauseLane => Disposition::Release {
+                not_before: now,
+                refund: true,
+                note: Some(error.record(now)),
+            },
+        };
+        Ok((decision, self.finish(job, disposition).await?))
+    }
+
+    /// Gives a leased job back without a verdict (shutdown, paused lane).
+    pub async fn release(&self, job: &Job, refund: bool) -> Result<Transition, StoreError> {
+        let now = self.now();
+        self.finish(
+            job,
+            Disposition::Release {
+                not_before: now,
+                refund,
+                note: None,
+            },
+        )
+        .await
+    }
+
+    async fn finish(&self, job: &Job, disposition: Disposition) -> Result<Transition, StoreError> {
+        let Some(token) = job.lease_token else {
+            return Ok(Transition::LeaseLost);
+        };
+        let lane = job.lane.clone();
+        let out = self
+            .inner
+            .store
+            .finish(job.id, token, disposition, self.now())
+            .await?;
+        // A finished head may have made the next job of its key runnable.
+        self.waker(&lane).notify_one();
+        Ok(out)
+    }
+
+    /// Operator: requeue a dead job with a fresh attempt budget.
+    pub async fn retry(&self, id: JobId) -> Result<AdminOutcome, StoreError> {
+        let out = self.inner.store.retry_dead(id, self.now()).await?;
+        self.wake_job_lane(id).await;
+        Ok(out)
+    }
+
+    /// Operator: take a ready or dead job out of delivery.
+    pub async fn discard(&self, id: JobId) -> Result<AdminOutcome, StoreError> {
+        let out = self.inner.store.discard(id, self.now()).await?;
+        self.wake_job_lane(id).await;
+        Ok(out)
+    }
+
+    /// Operator: requeue up to `limit` dead jobs matching `filter`; answers how many.
+    pub async fn replay(&self, filter: JobFilter, limit: usize) -> Result<usize, StoreError> {
+        let lane = filter.lane.clone();
+        let n = self.inner.store.replay(filter, self.now(), limit).await?;
+        match lane {
+            Some(lane) => self.waker(&lane).notify_one(),
+            None => self.wake_all(),
+        }
+        Ok(n)
+    }
+
+    pub async fn get(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        self.inner.store.get(id).await
+    }
+
+    pub async fn list(
+        &self,
+        filter: JobFilter,
+        after: Option<JobId>,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        self.inner.store.list(filter, after, limit).await
+    }
+
+    pub async fn counts(&self) -> Result<Vec<LaneCounts>, StoreError> {
+        self.inner.store.counts().await
+    }
+
+    /// Returns jobs whose lease has run out to ready; answers how many.
+    pub async fn expire_leases(&self, limit: usize) -> Result<usize, StoreError> {
+        let n = self.inner.store.expire_leases(self.now(), limit).await?;
+        if n > 0 {
+            self.wake_all();
+        }
+        Ok(n)
+    }
+
+    /// Removes up to `limit` jobs that finished more than `retention` ago; answers how many.
+    pub async fn purge_finished(
+        &self,
+        retention: Duration,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        let before = self.now().saturating_sub(millis(retention));
+        self.inner.store.purge_finished(before, limit).await
+    }
+
+    async fn wake_job_lane(&self, id: JobId) {
+        if let Ok(Some(job)) = self.get(id).await {
+            self.waker(&job.lane).notify_one();
+        }
+    }
+
+    fn wake_all(&self) {
+        let wakers = self
+            .inner
+            .wakers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for waker in wakers.values() {
+            waker.notify_one();
+        }
+    }
+}

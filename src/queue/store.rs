@@ -1,0 +1,211 @@
+//! The storage seam: what any queue backend must do, at the level of queue operations.
+//!
+//! The embedded backends (redb, sled) share one implementation over an ordered key-value engine
+//! (`kv/`); a shared backend (PostgreSQL, several connector instances) implements this trait directly.
+//! Every method is one atomic, durable step: when its future resolves `Ok`, the change is on disk.
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::pin::Pin;
+
+use super::job::{DeadReason, Job, JobId, JobState, Millis, NewJob, RecordedError};
+
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Failures of the store itself (never of a job). The API answers 503 for these.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("store I/O error: {0}")]
+    Io(String),
+    #[error("store is closed")]
+    Closed,
+    #[error("store at {path} has format version {found}; this build reads version {supported}")]
+    UnsupportedVersion {
+        path: String,
+        found: String,
+        supported: u32,
+    },
+    #[error(
+        "store at {path} was created by the {found} backend, but the {configured} backend is configured"
+    )]
+    BackendMismatch {
+        path: String,
+        found: String,
+        configured: String,
+    },
+    #[error("store at {0} is in use by another process")]
+    Locked(String),
+    #[error("store record is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// The result of enqueueing one job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Enqueued {
+    pub id: JobId,
+    /// True when an earlier job had the same idempotency key and was returned instead.
+    pub existing: bool,
+}
+
+/// Jobs handed to a worker, and when the lane next has something due.
+#[derive(Debug, Clone, Default)]
+pub struct Leased {
+    pub jobs: Vec<Job>,
+    /// The earliest `next_attempt_at` among runnable jobs left in the lane, if any.
+    pub next_due: Option<Millis>,
+}
+
+/// How a leased job ends its lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    Done,
+    RetryAt {
+        at: Millis,
+        error: RecordedError,
+    },
+    Dead {
+        error: RecordedError,
+        reason: DeadReason,
+    },
+    /// Back to ready without a verdict: shutdown, or a paused lane. `refund` gives the attempt back.
+    Release {
+        not_before: Millis,
+        refund: bool,
+        note: Option<RecordedError>,
+    },
+}
+
+/// Whether a worker's `finish` took effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    Applied,
+    /// The lease expired and the job was given to someone else (or an operator acted); nothing changed.
+    LeaseLost,
+}
+
+/// Result of an operator action on one job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminOutcome {
+    Applied,
+    NotFound,
+    /// The action does not apply to a job in this state.
+    WrongState(JobState),
+}
+
+/// Selects jobs for listing and bulk replay. Empty fields match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobFilter {
+    pub state: Option<JobState>,
+    pub kind: Option<String>,
+    pub lane: Option<String>,
+    pub ordering_key: Option<String>,
+}
+
+impl JobFilter {
+    pub fn matches(&self, job: &Job) -> bool {
+        self.state.is_none_or(|s| s == job.state)
+            && self.kind.as_deref().is_none_or(|k| k == job.kind)
+            && self.lane.as_deref().is_none_or(|l| l == job.lane)
+            && self
+                .ordering_key
+                .as_deref()
+                .is_none_or(|k| k == job.ordering_key)
+    }
+}
+
+/// Jobs per state in one lane.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LaneCounts {
+    pub lane: String,
+    pub ready: u64,
+    pub leased: u64,
+    pub done: u64,
+    pub dead: u64,
+    pub discarded: u64,
+}
+
+impl LaneCounts {
+    pub fn get(&self, state: JobState) -> u64 {
+        match state {
+            JobState::Ready => self.ready,
+            JobState::Leased => self.leased,
+            JobState::Done => self.done,
+            JobState::Dead => self.dead,
+            JobState::Discarded => self.discarded,
+        }
+    }
+
+    pub(crate) fn slot(&mut self, state: JobState) -> &mut u64 {
+        match state {
+            JobState::Ready => &mut self.ready,
+            JobState::Leased => &mut self.leased,
+            JobState::Done => &mut self.done,
+            JobState::Dead => &mut self.dead,
+            JobState::Discarded => &mut self.discarded,
+        }
+    }
+}
+
+/// A queue backend.
+///
+/// Invariants every backend keeps (the tests in `queue::tests` hold each backend to them):
+/// - per lane and ordering key, only the unfinished job with the lowest `seq` is runnable; a dead job
+///   stays unfinished, so it holds its key until retried or discarded;
+/// - a job is leased by at most one worker, and only the holder of the current lease token can finish it;
+/// - state, attempts, next attempt time, last error and every index change together, in one transaction.
+pub trait JobStore: Send + Sync + Debug {
+    /// A short name for logs and benchmarks (`redb`, `sled`, `postgres`).
+    fn backend(&self) -> &'static str;
+
+    /// Adds jobs durably, in order; a job whose idempotency key is known returns the earlier job.
+    fn enqueue(&self, jobs: Vec<NewJob>, now: Millis) -> StoreFuture<'_, Vec<Enqueued>>;
+
+    /// Leases up to `limit` runnable jobs of `lane` that are due at `now`, until `lease_until`.
+    fn lease(
+        &self,
+        lane: String,
+        limit: usize,
+        now: Millis,
+        lease_until: Millis,
+    ) -> StoreFuture<'_, Leased>;
+
+    /// Ends a lease. Only the holder of `token` can do it.
+    fn finish(
+        &self,
+        id: JobId,
+        token: u64,
+        disposition: Disposition,
+        now: Millis,
+    ) -> StoreFuture<'_, Transition>;
+
+    /// Returns jobs whose lease ended before `now` to ready. Answers how many.
+    fn expire_leases(&self, now: Millis, limit: usize) -> StoreFuture<'_, usize>;
+
+    /// Requeues a dead job with a fresh attempt budget.
+    fn retry_dead(&self, id: JobId, now: Millis) -> StoreFuture<'_, AdminOutcome>;
+
+    /// Takes a ready or dead job out of delivery for good.
+    fn discard(&self, id: JobId, now: Millis) -> StoreFuture<'_, AdminOutcome>;
+
+    /// Requeues up to `limit` dead jobs matching `filter`. Answers how many.
+    fn replay(&self, filter: JobFilter, now: Millis, limit: usize) -> StoreFuture<'_, usize>;
+
+    fn get(&self, id: JobId) -> StoreFuture<'_, Option<Job>>;
+
+    /// Jobs matching `filter` in id order, starting after `after`.
+    fn list(
+        &self,
+        filter: JobFilter,
+        after: Option<JobId>,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<Job>>;
+
+    /// Removes up to `limit` finished jobs that finished before `before`. Answers how many.
+    fn purge_finished(&self, before: Millis, limit: usize) -> StoreFuture<'_, usize>;
+
+    /// Jobs per state for every lane that has any.
+    fn counts(&self) -> StoreFuture<'_, Vec<LaneCounts>>;
+
+    /// Bytes the store occupies on disk.
+    fn size_on_disk(&self) -> u64;
+}

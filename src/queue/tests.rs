@@ -1,0 +1,640 @@
+//! The queue's promises, checked against every embedded backend.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::clock::ManualClock;
+use super::kv::{CrashAction, CrashPlan, CrashPoint};
+use super::*;
+
+const START: Millis = 1_800_000_000_000;
+
+struct Harness {
+    queue: Queue,
+    clock: Arc<ManualClock>,
+}
+
+fn policies() -> RetryPolicies {
+    RetryPolicies {
+        default: RetryPolicy {
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(60),
+            max_attempts: 3,
+            max_age: Duration::from_secs(3600),
+        },
+        per_kind: Default::default(),
+    }
+}
+
+fn open(dir: &Path, backend: Backend, crash: Option<CrashPlan>) -> Harness {
+    let store = KvJobStore::open(dir, backend, KvOptions { crash }).expect("store opens");
+    let clock = Arc::new(ManualClock::new(START));
+    let queue = Queue::new(
+        Arc::new(store),
+        clock.clone(),
+        policies(),
+        Duration::from_secs(30),
+    );
+    Harness { queue, clock }
+}
+
+fn job(lane: &str, key: &str, n: u32) -> NewJob {
+    NewJob::new("test.kind", lane, key, format!("{key}#{n}").into_bytes())
+}
+
+fn payload(job: &Job) -> String {
+    String::from_utf8_lossy(&job.payload).into_owned()
+}
+
+async fn lease_payloads(q: &Queue, lane: &str) -> Vec<Job> {
+    let mut jobs = q.lease(lane, 100).await.expect("lease").jobs;
+    jobs.sort_by_key(|j| j.seq);
+    jobs
+}
+
+/// Runs one test body against each backend in its own temporary directory.
+macro_rules! each_backend {
+    ($name:ident, |$h:ident, $dir:ident, $backend:ident| $body:block) => {
+        mod $name {
+            use super::*;
+            async fn run($backend: Backend) {
+                let tmp = tempfile::tempdir().expect("tempdir");
+                let $dir = tmp.path().to_path_buf();
+                #[allow(unused_variables, unused_mut)]
+                let mut $h = open(&$dir, $backend, None);
+                $body
+            }
+            #[tokio::test]
+            async fn redb() {
+                run(Backend::Redb).await
+            }
+            #[tokio::test]
+            async fn sled() {
+                run(Backend::Sled).await
+            }
+        }
+    };
+}
+
+each_backend!(
+    an_enqueued_job_is_leased_then_completed,
+    |h, dir, backend| {
+        let id = h.queue.enqueue(job("l", "A", 1)).await.expect("enqueue").id;
+        let leased = lease_payloads(&h.queue, "l").await;
+        assert_eq!(leased.len(), 1);
+        assert_eq!(leased[0].id, id);
+        assert_eq!(leased[0].state, JobState::Leased);
+        assert_eq!(leased[0].attempts, 1);
+        assert_eq!(payload(&leased[0]), "A#1");
+        assert_eq!(
+            h.queue.complete(&leased[0]).await.ok(),
+            Some(Transition::Applied)
+        );
+        let stored = h.queue.get(id).await.expect("get").expect("present");
+        assert_eq!(stored.state, JobState::Done);
+        assert_eq!(stored.finished_at, Some(START));
+        let counts = h.queue.counts().await.expect("counts");
+        assert_eq!(counts.len(), 1);
+        assert_eq!(
+            (counts[0].done, counts[0].ready, counts[0].leased),
+            (1, 0, 0)
+        );
+    }
+);
+
+each_backend!(
+    only_the_oldest_job_of_a_key_is_runnable,
+    |h, dir, backend| {
+        for (key, n) in [("A", 1), ("A", 2), ("B", 1), ("A", 3)] {
+            h.queue.enqueue(job("l", key, n)).await.expect("enqueue");
+        }
+        let first = lease_payloads(&h.queue, "l").await;
+        assert_eq!(
+            first.iter().map(payload).collect::<Vec<_>>(),
+            ["A#1", "B#1"]
+        );
+        assert!(
+            lease_payloads(&h.queue, "l").await.is_empty(),
+            "A#2 waits for A#1"
+        );
+        h.queue.complete(&first[0]).await.expect("complete");
+        let second = lease_payloads(&h.queue, "l").await;
+        assert_eq!(second.iter().map(payload).collect::<Vec<_>>(), ["A#2"]);
+        h.queue.complete(&second[0]).await.expect("complete");
+        assert_eq!(
+            lease_payloads(&h.queue, "l")
+                .await
+                .iter()
+                .map(payload)
+                .collect::<Vec<_>>(),
+            ["A#3"]
+        );
+    }
+);
+
+each_backend!(lanes_do_not_share_keys_or_work, |h, dir, backend| {
+    h.queue
+        .enqueue(job("portal:national", "D1", 1))
+        .await
+        .expect("enqueue");
+    h.queue
+        .enqueue(job("portal:provincial", "D1", 1))
+        .await
+        .expect("enqueue");
+    assert_eq!(lease_payloads(&h.queue, "portal:national").await.len(), 1);
+    assert_eq!(lease_payloads(&h.queue, "portal:provincial").await.len(), 1);
+    assert!(lease_payloads(&h.queue, "portal").await.is_empty());
+});
+
+each_backend!(
+    a_retryable_failure_waits_for_its_backoff,
+    |h, dir, backend| {
+        h.queue.enqueue(job("l", "A", 1)).await.expect("enqueue");
+        let leased = lease_payloads(&h.queue, "l").await;
+        let (decision, _) = h
+            .queue
+            .fail(&leased[0], &JobError::retryable("http_503", "unavailable"))
+            .await
+            .expect("fail");
+        let Decision::RetryAt(at) = decision else {
+            panic!("expected a retry, got {decision:?}")
+        };
+        assert!(
+            (START..=START + 1000).contains(&at),
+            "first retry within base: {at}"
+        );
+        let stored = h
+            .queue
+            .get(leased[0].id)
+            .await
+            .expect("get")
+            .expect("present");
+        assert_eq!(stored.state, JobState::Ready);
+        assert_eq!(
+            stored.last_error.as_ref().map(|e| e.code.as_str()),
+            Some("http_503")
+        );
+        if at > START {
+            assert!(
+                lease_payloads(&h.queue, "l").await.is_empty(),
+                "not due yet"
+            );
+        }
+        h.clock.advance(Duration::from_secs(1));
+        let again = lease_payloads(&h.queue, "l").await;
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].attempts, 2);
+    }
+);
+
+each_backend!(attempts_run_out_into_the_dead_letter, |h, dir, backend| {
+    h.queue.enqueue(job("l", "A", 1)).await.expect("enqueue");
+    for _ in 0..3 {
+        h.clock.advance(Duration::from_secs(120));
+        let leased = lease_payloads(&h.queue, "l").await;
+        assert_eq!(leased.len(), 1);
+        h.queue
+            .fail(&leased[0], &JobError::retryable("timeout", "no answer"))
+            .await
+            .expect("fail");
+    }
+    let dead = h
+        .queue
+        .list(
+            JobFilter {
+                state: Some(JobState::Dead),
+                ..Default::default()
+            },
+            None,
+            10,
+        )
+        .await
+        .expect("list");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].attempts, 3);
+    assert_eq!(dead[0].dead_reason, Some(DeadReason::AttemptsExhausted));
+});
+
+each_backend!(
+    a_dead_job_holds_its_key_until_retried_or_discarded,
+    |h, dir, backend| {
+        h.queue.enqueue(job("l", "A", 1)).await.expect("enqueue");
+        h.queue.enqueue(job("l", "A", 2)).await.expect("enqueue");
+        let first = lease_payloads(&h.queue, "l").await;
+        h.queue
+            .fail(&first[0], &JobError::permanent("400", "rejected"))
+            .await
+            .expect("fail");
+        let dead = h
+            .queue
+            .get(first[0].id)
+            .await
+            .expect("get")
+            .expect("present");
+        assert_eq!(dead.state, JobState::Dead);
+        assert_eq!(dead.dead_reason, Some(DeadReason::PermanentError));
+        assert!(
+            lease_payloads(&h.queue, "l").await.is_empty(),
+            "A#2 must not overtake dead A#1"
+        );
+
+        assert_eq!(
+            h.queue.retry(first[0].id).await.ok(),
+            Some(AdminOutcome::Applied)
+        );
+        let retried = lease_payloads(&h.queue, "l").await;
+        assert_eq!(retried.iter().map(payload).collect::<Vec<_>>(), ["A#1"]);
+        assert_eq!(retried[0].attempts, 1, "manual retry gives a fresh budget");
+        h.queue
+            .fail(&retried[0], &JobError::permanent("400", "rejected"))
+            .await
+            .expect("fail");
+
+        assert_eq!(
+            h.queue.discard(first[0].id).await.ok(),
+            Some(AdminOutcome::Applied)
+        );
+        assert_eq!(
+            lease_payloads(&h.queue, "l")
+                .await
+                .iter()
+                .map(payload)
+                .collect::<Vec<_>>(),
+            ["A#2"]
+        );
+        assert_eq!(
+            h.queue.retry(first[0].id).await.ok(),
+            Some(AdminOutcome::WrongState(JobState::Discarded))
+        );
+    }
+);
+
+each_backend!(an_auth_failure_refunds_the_attempt, |h, dir, backend| {
+    h.queue.enqueue(job("l", "A", 1)).await.expect("enqueue");
+    let leased = lease_payloads(&h.queue, "l").await;
+    let (decision, _) = h
+        .queue
+        .fail(&leased[0], &JobError::auth("401", "token refused"))
+        .await
+        .expect("fail");
+    assert_eq!(decision, Decision::PauseLane);
+    let stored = h
+        .queue
+        .get(leased[0].id)
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!((stored.state, stored.attempts), (JobState::Ready, 0));
+    assert_eq!(lease_payloads(&h.queue, "l").await.len(), 1);
+});
+
+each_backend!(
+    an_expired_lease_returns_the_job_and_fences_the_old_worker,
+    |h, dir, backend| {
+        h.queue.enqueue(job("l", "A", 1)).await.expect("enqueue");
+        let stale = lease_payloads(&h.queue, "l").await.remove(0);
+        assert_eq!(
+            h.queue.expire_leases(100).await.ok(),
+            Some(0),
+            "not expired yet"
+        );
+        h.clock.advance(Duration::from_secs(31));
+        assert_eq!(h.queue.expire_leases(100).await.ok(), Some(1));
+        let fresh = lease_payloads(&h.queue, "l").await.remove(0);
+        assert_eq!(fresh.attempts, 2);
+        assert_eq!(
+            h.queue.complete(&stale).await.ok(),
+            Some(Transition::LeaseLost)
+        );
+        assert_eq!(
+            h.queue.complete(&fresh).await.ok(),
+            Some(Transition::Applied)
+        );
+    }
+);
+
+each_backend!(
+    an_idempotency_key_returns_the_first_job,
+    |h, dir, backend| {
+        let a = h
+            .queue
+            .enqueue(job("l", "A", 1).with_idempotency_key("req-1"))
+            .await
+            .expect("enqueue");
+        let b = h
+            .queue
+            .enqueue(job("l", "A", 2).with_idempotency_key("req-1"))
+            .await
+            .expect("enqueue");
+        assert!(!a.existing && b.existing);
+        assert_eq!(a.id, b.id);
+        // Two in one atomic batch are deduplicated too.
+        let both = h
+            .queue
+            .enqueue_all(vec![
+                job("l", "B", 1).with_idempotency_key("req-2"),
+                job("l", "B", 2).with_idempotency_key("req-2"),
+            ])
+            .await
+            .expect("enqueue");
+        assert_eq!(both[0].id, both[1].id);
+        assert_eq!(h.queue.counts().await.expect("counts")[0].ready, 2);
+    }
+);
+
+each_backend!(
+    replay_requeues_dead_jobs_matching_the_filter,
+    |h, dir, backend| {
+        for lane in ["x", "y", "x"] {
+            let key = format!("{lane}-{}", fastrand::u32(..));
+            h.queue.enqueue(job(lane, &key, 1)).await.expect("enqueue");
+        }
+        for lane in ["x", "y"] {
+            for j in lease_payloads(&h.queue, lane).await {
+                h.queue
+                    .fail(&j, &JobError::permanent("bad", "no"))
+                    .await
+                    .expect("fail");
+            }
+        }
+        let filter = JobFilter {
+            lane: Some("x".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            h.queue.replay(filter.clone(), 1).await.ok(),
+            Some(1),
+            "limit respected"
+        );
+        assert_eq!(h.queue.replay(filter, 100).await.ok(), Some(1));
+        let counts = h.queue.counts().await.expect("counts");
+        let x = counts.iter().find(|c| c.lane == "x").expect("lane x");
+        let y = counts.iter().find(|c| c.lane == "y").expect("lane y");
+        assert_eq!((x.ready, x.dead, y.dead), (2, 0, 1));
+    }
+);
+
+each_backend!(
+    finished_jobs_are_purged_after_retention,
+    |h, dir, backend| {
+        for n in 0..5 {
+            h.queue
+                .enqueue(job("l", &format!("K{n}"), n).with_idempotency_key(format!("idem-{n}")))
+                .await
+                .expect("enqueue");
+        }
+        for j in lease_payloads(&h.queue, "l").await {
+            h.queue.complete(&j).await.expect("complete");
+        }
+        let retention = Duration::from_secs(3600);
+        assert_eq!(
+            h.queue.purge_finished(retention, 2).await.ok(),
+            Some(0),
+            "too young"
+        );
+        h.clock.advance(retention + Duration::from_secs(1));
+        assert_eq!(h.queue.purge_finished(retention, 2).await.ok(), Some(2));
+        assert_eq!(h.queue.purge_finished(retention, 10).await.ok(), Some(3));
+        assert!(
+            h.queue
+                .list(JobFilter::default(), None, 10)
+                .await
+                .expect("list")
+                .is_empty()
+        );
+        assert!(h.queue.counts().await.expect("counts").is_empty());
+        // The idempotency key is free again once its job is gone.
+        let again = h
+            .queue
+            .enqueue(job("l", "K0", 0).with_idempotency_key("idem-0"))
+            .await
+            .expect("enqueue");
+        assert!(!again.existing);
+    }
+);
+
+each_backend!(listing_filters_and_pages_in_id_order, |h, dir, backend| {
+    for n in 0..7 {
+        h.clock.advance(Duration::from_millis(1));
+        let kind = if n % 2 == 0 { "even" } else { "odd" };
+        h.queue
+            .enqueue(NewJob::new(kind, "l", format!("K{n}"), vec![]))
+            .await
+            .expect("enqueue");
+    }
+    let evens = h
+        .queue
+        .list(
+            JobFilter {
+                kind: Some("even".into()),
+                ..Default::default()
+            },
+            None,
+            10,
+        )
+        .await
+        .expect("list");
+    assert_eq!(evens.len(), 4);
+    let page1 = h
+        .queue
+        .list(JobFilter::default(), None, 3)
+        .await
+        .expect("list");
+    let page2 = h
+        .queue
+        .list(JobFilter::default(), Some(page1[2].id), 10)
+        .await
+        .expect("list");
+    assert_eq!((page1.len(), page2.len()), (3, 4));
+    assert!(page1[2].id < page2[0].id);
+    let ready = h
+        .queue
+        .list(
+            JobFilter {
+                state: Some(JobState::Ready),
+                ..Default::default()
+            },
+            Some(page1[0].id),
+            10,
+        )
+        .await
+        .expect("list");
+    assert_eq!(ready.len(), 6);
+});
+
+each_backend!(
+    concurrent_producers_keep_every_job_and_per_key_order,
+    |h, dir, backend| {
+        let producers = 32;
+        let per = 20;
+        let mut tasks = Vec::new();
+        for p in 0..producers {
+            let q = h.queue.clone();
+            tasks.push(tokio::spawn(async move {
+                for n in 0..per {
+                    q.enqueue(job("l", &format!("P{p}"), n))
+                        .await
+                        .expect("enqueue");
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("producer");
+        }
+        let mut seen: std::collections::HashMap<String, u32> = Default::default();
+        let mut total = 0;
+        loop {
+            let batch = h.queue.lease("l", 64).await.expect("lease").jobs;
+            if batch.is_empty() {
+                break;
+            }
+            for j in batch {
+                let text = payload(&j);
+                let (key, n) = text.split_once('#').expect("payload");
+                let n: u32 = n.parse().expect("number");
+                let expected = seen.entry(key.to_owned()).or_insert(0);
+                assert_eq!(n, *expected, "{key} out of order");
+                *expected += 1;
+                total += 1;
+                h.queue.complete(&j).await.expect("complete");
+            }
+        }
+        assert_eq!(total, producers * per);
+    }
+);
+
+each_backend!(
+    what_was_acknowledged_survives_a_reopen,
+    |h, dir, backend| {
+        let kept = h.queue.enqueue(job("l", "A", 1)).await.expect("enqueue").id;
+        h.queue.enqueue(job("l", "B", 1)).await.expect("enqueue");
+        let leased = lease_payloads(&h.queue, "l").await;
+        assert_eq!(leased.len(), 2);
+        h.queue.complete(&leased[1]).await.expect("complete");
+        drop(h);
+        let h = open(&dir, backend, None);
+        let job = h.queue.get(kept).await.expect("get").expect("still there");
+        assert_eq!(
+            job.state,
+            JobState::Ready,
+            "an orphaned lease is returned at open"
+        );
+        assert_eq!(
+            job.last_error.map(|e| e.code),
+            Some("lease_expired".to_owned())
+        );
+        // The sequence continues after the reopen: a new job of key A runs after the old one.
+        h.queue.enqueue(job_after("A")).await.expect("enqueue");
+        let order = lease_payloads(&h.queue, "l").await;
+        assert_eq!(order.iter().map(payload).collect::<Vec<_>>(), ["A#1"]);
+    }
+);
+
+fn job_after(key: &str) -> NewJob {
+    job("l", key, 2)
+}
+
+each_backend!(
+    a_crash_before_commit_loses_only_the_unacknowledged,
+    |h, dir, backend| {
+        h.queue.enqueue(job("l", "A", 1)).await.expect("enqueue");
+        drop(h);
+        let h = open(
+            &dir,
+            backend,
+            Some(CrashPlan::new(
+                CrashPoint::BeforeCommit,
+                1,
+                CrashAction::Halt,
+            )),
+        );
+        let err = h.queue.enqueue(job("l", "A", 2)).await;
+        assert!(
+            matches!(err, Err(QueueError::Store(StoreError::Closed))),
+            "{err:?}"
+        );
+        assert!(
+            h.queue.enqueue(job("l", "A", 3)).await.is_err(),
+            "a crashed writer takes nothing more"
+        );
+        drop(h);
+        let h = open(&dir, backend, None);
+        let all = h
+            .queue
+            .list(JobFilter::default(), None, 10)
+            .await
+            .expect("list");
+        assert_eq!(all.iter().map(payload).collect::<Vec<_>>(), ["A#1"]);
+    }
+);
+
+each_backend!(
+    a_crash_after_commit_keeps_the_job_and_a_retry_does_not_duplicate_it,
+    |h, dir, backend| {
+        drop(h);
+        let h = open(
+            &dir,
+            backend,
+            Some(CrashPlan::new(
+                CrashPoint::AfterCommit,
+                1,
+                CrashAction::Halt,
+            )),
+        );
+        let first = job("l", "A", 1).with_idempotency_key("portal-req-7");
+        assert!(
+            h.queue.enqueue(first.clone()).await.is_err(),
+            "the caller never heard yes"
+        );
+        drop(h);
+        let h = open(&dir, backend, None);
+        let again = h.queue.enqueue(first).await.expect("retry by the caller");
+        assert!(
+            again.existing,
+            "the committed job is found, not created twice"
+        );
+        assert_eq!(
+            h.queue
+                .list(JobFilter::default(), None, 10)
+                .await
+                .expect("list")
+                .len(),
+            1
+        );
+    }
+);
+
+#[test]
+fn a_store_of_another_format_version_is_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        tmp.path().join("STORE"),
+        "backend = \"redb\"\nformat_version = 99\n",
+    )
+    .expect("write marker");
+    let err = KvJobStore::open(tmp.path(), Backend::Redb, KvOptions::default()).map(|_| ());
+    assert!(
+        matches!(&err, Err(StoreError::UnsupportedVersion { found, .. }) if found == "99"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_store_of_another_backend_is_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    drop(KvJobStore::open(tmp.path(), Backend::Sled, KvOptions::default()).expect("create"));
+    let err = KvJobStore::open(tmp.path(), Backend::Redb, KvOptions::default()).map(|_| ());
+    assert!(
+        matches!(err, Err(StoreError::BackendMismatch { .. })),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_store_in_use_is_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let _first = KvJobStore::open(tmp.path(), Backend::Redb, KvOptions::default()).expect("open");
+    let second = KvJobStore::open(tmp.path(), Backend::Redb, KvOptions::default()).map(|_| ());
+    assert!(matches!(second, Err(StoreError::Locked(_))), "{second:?}");
+}

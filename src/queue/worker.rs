@@ -1,0 +1,339 @@
+//! Lane workers: one task per lane leases due jobs (at most `concurrency` at a time), runs each job's
+//! handler, and reports the outcome to the queue.
+//!
+//! A handler that fails with an auth error pauses its lane: the job goes back with its attempt refunded,
+//! and the lane tries again (one job, as a probe) after `auth_pause`. On shutdown a lane stops leasing,
+//! lets running jobs finish for up to `shutdown_grace`, then releases the leases of any still running.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Debug;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+
+use super::job::{Job, JobError, JobId, Millis};
+use super::schedule::Decision;
+use super::{Queue, Transition};
+
+pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Result<(), JobError>> + Send + 'a>>;
+
+/// Delivers one kind of job. Must be idempotent: a job can run again after a crash or an expired lease.
+pub trait JobHandler: Send + Sync + Debug {
+    fn handle<'a>(&'a self, job: &'a Job) -> HandlerFuture<'a>;
+}
+
+/// Handlers by job kind.
+#[derive(Debug, Clone, Default)]
+pub struct Handlers {
+    by_kind: HashMap<String, Arc<dyn JobHandler>>,
+}
+
+impl Handlers {
+    pub fn register(&mut self, kind: impl Into<String>, handler: Arc<dyn JobHandler>) {
+        self.by_kind.insert(kind.into(), handler);
+    }
+
+    fn get(&self, kind: &str) -> Option<&Arc<dyn JobHandler>> {
+        self.by_kind.get(kind)
+    }
+}
+
+/// A lane and how many of its jobs may run at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaneSpec {
+    pub lane: String,
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerSettings {
+    /// Re-check the lane at least this often even without a wake-up (other instances, clock drift).
+    pub idle_poll: Duration,
+    pub auth_pause: Duration,
+    pub shutdown_grace: Duration,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            idle_poll: Duration::from_secs(1),
+            auth_pause: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LaneState {
+    Running,
+    /// Stopped by an auth/config error; probes again at `until`.
+    Paused,
+    Stopped,
+}
+
+impl LaneState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LaneState::Running => "running",
+            LaneState::Paused => "paused",
+            LaneState::Stopped => "stopped",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LaneStatus {
+    pub state: LaneState,
+    pub in_flight: usize,
+    /// Error code that paused the lane.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused_until: Option<Millis>,
+}
+
+/// What each lane worker is doing, shared with readiness and status reporting.
+#[derive(Debug, Clone, Default)]
+pub struct LaneBoard {
+    lanes: Arc<Mutex<BTreeMap<String, LaneStatus>>>,
+}
+
+impl LaneBoard {
+    pub fn snapshot(&self) -> BTreeMap<String, LaneStatus> {
+        self.lanes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn set(&self, lane: &str, status: LaneStatus) {
+        self.lanes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(lane.to_owned(), status);
+    }
+}
+
+/// Starts the worker of one lane. It runs until `shutdown` turns true, then drains.
+pub fn spawn_lane(
+    queue: Queue,
+    spec: LaneSpec,
+    handlers: Handlers,
+    settings: WorkerSettings,
+    board: LaneBoard,
+    shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(run_lane(queue, spec, handlers, settings, board, shutdown))
+}
+
+/// Outcome of one job run, as the lane loop needs it.
+enum RunEnd {
+    Finished,
+    PauseLane(String),
+}
+
+async fn run_lane(
+    queue: Queue,
+    spec: LaneSpec,
+    handlers: Handlers,
+    settings: WorkerSettings,
+    board: LaneBoard,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let waker = queue.waker(&spec.lane);
+    let concurrency = spec.concurrency.max(1);
+    let mut running: JoinSet<(JobId, RunEnd)> = JoinSet::new();
+    let mut in_flight: HashMap<JobId, Job> = HashMap::new();
+    let mut paused_until: Option<(tokio::time::Instant, String)> = None;
+    let mut next_due: Option<Millis> = None;
+    let publish = |in_flight: usize, paused: &Option<(tokio::time::Instant, String)>| {
+        let now = queue.now();
+        board.set(
+            &spec.lane,
+            LaneStatus {
+                state: if paused.is_some() {
+                    LaneState::Paused
+                } else {
+                    LaneState::Running
+                },
+                in_flight,
+                reason: paused.as_ref().map(|(_, r)| r.clone()),
+                paused_until: paused.as_ref().map(|(until, _)| {
+                    now.saturating_add(super::schedule::millis(
+                        until.saturating_duration_since(tokio::time::Instant::now()),
+                    ))
+                }),
+            },
+        );
+    };
+    publish(0, &paused_until);
+
+    while !*shutdown.borrow() {
+        if let Some((until, _)) = &paused_until
+            && tokio::time::Instant::now() >= *until
+        {
+            paused_until = None;
+            publish(in_flight.len(), &paused_until);
+        }
+        // While paused, nothing new is leased; after the pause, one job probes before the lane opens fully.
+        let free = match &paused_until {
+            Some(_) => 0,
+            None => concurrency - in_flight.len().min(concurrency),
+        };
+        if free > 0 && next_due.is_none_or(|due| due <= queue.now()) {
+            match queue.lease(&spec.lane, free).await {
+                Ok(leased) => {
+                    next_due = leased.next_due;
+                    for job in leased.jobs {
+                        in_flight.insert(job.id, job.clone());
+                        let handler = handlers.get(&job.kind).cloned();
+                        let q = queue.clone();
+                        running.spawn(async move {
+                            let id = job.id;
+                            (id, run_job(&q, handler, job).await)
+                        });
+                    }
+                    publish(in_flight.len(), &paused_until);
+                }
+                Err(error) => {
+                    tracing::error!(lane = %spec.lane, %error, "leasing failed; retrying shortly");
+                    next_due = Some(queue.now().saturating_add(1000));
+                }
+            }
+        }
+        let wait = wake_delay(&queue, next_due, &paused_until, settings.idle_poll);
+        tokio::select! {
+            Some(joined) = running.join_next(), if !running.is_empty() => {
+                if let Ok((id, end)) = joined {
+                    in_flight.remove(&id);
+                    if let RunEnd::PauseLane(reason) = end {
+                        tracing::warn!(lane = %spec.lane, %reason, pause = ?settings.auth_pause,
+                            "lane paused: upstream refused our credentials or configuration");
+                        paused_until = Some((tokio::time::Instant::now() + settings.auth_pause, reason));
+                    }
+                }
+                next_due = None;
+                publish(in_flight.len(), &paused_until);
+            }
+            _ = waker.notified() => { next_due = None; }
+            _ = tokio::time::sleep(wait) => { next_due = None; }
+            _ = shutdown.changed() => {}
+        }
+    }
+
+    drain(
+        &queue,
+        &spec.lane,
+        running,
+        in_flight,
+        settings.shutdown_grace,
+    )
+    .await;
+    board.set(
+        &spec.lane,
+        LaneStatus {
+            state: LaneState::Stopped,
+            in_flight: 0,
+            reason: None,
+            paused_until: None,
+        },
+    );
+}
+
+fn wake_delay(
+    queue: &Queue,
+    next_due: Option<Millis>,
+    paused: &Option<(tokio::time::Instant, String)>,
+    idle_poll: Duration,
+) -> Duration {
+    let mut wait = idle_poll;
+    if let Some(due) = next_due {
+        wait = wait.min(Duration::from_millis(due.saturating_sub(queue.now())));
+    }
+    if let Some((until, _)) = paused {
+        wait = wait.min(until.saturating_duration_since(tokio::time::Instant::now()));
+    }
+    wait
+}
+
+async fn drain(
+    queue: &Queue,
+    lane: &str,
+    mut running: JoinSet<(JobId, RunEnd)>,
+    mut in_flight: HashMap<JobId, Job>,
+    grace: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + grace;
+    while !running.is_empty() {
+        match tokio::time::timeout_at(deadline, running.join_next()).await {
+            Ok(Some(Ok((id, _)))) => {
+                in_flight.remove(&id);
+            }
+            Ok(Some(Err(_))) => {}
+            Ok(None) => break,
+            Err(_) => {
+                running.abort_all();
+                break;
+            }
+        }
+    }
+    // Jobs whose handler did not finish in time go back to ready now instead of after their lease.
+    for job in in_flight.values() {
+        match queue.release(job, true).await {
+            Ok(_) => tracing::info!(lane, job_id = %job.id, "released unfinished job at shutdown"),
+            Err(error) => {
+                tracing::warn!(lane, job_id = %job.id, %error, "could not release job at shutdown; its lease will expire")
+            }
+        }
+    }
+}
+
+async fn run_job(queue: &Queue, handler: Option<Arc<dyn JobHandler>>, job: Job) -> RunEnd {
+    // The handler must end before the lease does, or a second worker could run the same job.
+    let budget = queue.lease_duration().mul_f64(0.8);
+    let result = match handler {
+        None => Err(JobError::permanent(
+            "no_handler",
+            format!("no handler for job kind {}", job.kind),
+        )),
+        Some(handler) => match tokio::time::timeout(budget, handler.handle(&job)).await {
+            Ok(result) => result,
+            Err(_) => Err(JobError::retryable(
+                "handler_timeout",
+                format!("no answer within {budget:?}"),
+            )),
+        },
+    };
+    match result {
+        Ok(()) => match queue.complete(&job).await {
+            Ok(Transition::Applied) => RunEnd::Finished,
+            Ok(Transition::LeaseLost) => {
+                tracing::warn!(job_id = %job.id, kind = %job.kind, lane = %job.lane,
+                    "job delivered after its lease was lost; it may be delivered again");
+                RunEnd::Finished
+            }
+            Err(error) => {
+                tracing::error!(job_id = %job.id, %error, "could not record completion; the job will run again");
+                RunEnd::Finished
+            }
+        },
+        Err(error) => match queue.fail(&job, &error).await {
+            Ok((Decision::PauseLane, _)) => RunEnd::PauseLane(error.code),
+            Ok((decision, _)) => {
+                tracing::debug!(job_id = %job.id, kind = %job.kind, lane = %job.lane,
+                    class = error.class.as_str(), code = %error.code, ?decision, "attempt failed");
+                RunEnd::Finished
+            }
+            Err(store_error) => {
+                tracing::error!(job_id = %job.id, error = %store_error, "could not record a failed attempt");
+                RunEnd::Finished
+            }
+        },
+    }
+}
