@@ -1,5 +1,27 @@
 //! dvc-connector: a durable sidecar between a provincial public-service portal and the systems it must
-//! reach (population DB, VNPost, the national portal).
+//! reach — the national population database (through the provincial LGSP gateway), the public postal
+//! courier (VNPost) and the public-service portals (provincial and national).
+//!
+//! # Layout
+//! - [`cli`]: the command line (`run`, `check-config`, `bench` …); `main.rs` only dispatches.
+//! - [`settings`]: the TOML file and `DVC_CONNECTOR__…` overrides, validated once into [`settings::Settings`].
+//! - [`app`]: [`app::Application`] opens the store, binds the API and ops listeners, starts the workers,
+//!   and shuts them down in order.
+//! - [`queue`]: the durable job queue — records, pure retry scheduling, the storage seam and its
+//!   embedded backends, lane workers, lease expiry and retention.
+//! - `api`: the sidecar HTTP API the portal calls.
+//! - `ops`: health and readiness on their own listener.
+//! - [`bench`]: `dvc-connector bench …` measurements; [`qualify`]: the crash-qualification child.
+//! - [`telemetry`]: logging; [`tls`]: the rustls crypto provider.
 #![forbid(unsafe_code)]
 
+mod api;
+pub mod app;
+pub mod bench;
+pub mod cli;
+mod ops;
+pub mod qualify;
 pub mod queue;
+pub mod settings;
+pub mod telemetry;
+pub mod tls;

@@ -1,1 +1,78 @@
-fn main() {}
+//! The `dvc-connector` binary: parse the command line, load settings, run, map the outcome to an exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use dvc_connector::app::{self, Application};
+use dvc_connector::cli::{BenchCommand, Cli, Command};
+use dvc_connector::{bench, qualify, settings, telemetry};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    dvc_connector::tls::install_crypto_provider();
+    match cli.command {
+        Command::CheckConfig { config, print } => check_config(&config, print),
+        Command::Run { config } => {
+            let settings = match settings::load(&config, std::env::vars()) {
+                Ok(s) => s,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return ExitCode::from(2);
+                }
+            };
+            telemetry::init(settings.log.format, &settings.log.level);
+            exit(runtime().and_then(|rt| {
+                rt.block_on(async {
+                    let app = Application::build(&settings, app::Wiring::default()).await?;
+                    app.run_until_stopped(app::shutdown_signal()).await
+                })
+            }))
+        }
+        Command::Bench(BenchCommand::Queue(args)) => {
+            exit(runtime().and_then(|rt| rt.block_on(bench::queue(args))))
+        }
+        Command::QualifyChild(args) => {
+            exit(runtime().and_then(|rt| rt.block_on(qualify::child(args))))
+        }
+    }
+}
+
+fn check_config(path: &std::path::Path, print: bool) -> ExitCode {
+    let source = match settings::Source::read(path, std::env::vars()) {
+        Ok(source) => source,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(2);
+        }
+    };
+    match source.settings() {
+        Ok(_) => {
+            if print {
+                print!("{}", source.redacted());
+            }
+            println!("{}: configuration is valid", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{}: {} problem(s)", path.display(), errors.0.len());
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn exit(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("dvc-connector: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

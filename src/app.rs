@@ -1,0 +1,202 @@
+//! The application: opens the store, binds the listeners (port 0 works; the bound addresses are
+//! reported), starts the lane workers and maintenance, and stops them in order on shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::queue::maintenance::{self, MaintenanceSettings};
+use crate::queue::worker::{self, Handlers, LaneBoard, LaneSpec, WorkerSettings};
+use crate::queue::{KvJobStore, KvOptions, Queue, TokioClock};
+use crate::settings::Settings;
+
+/// What the flows contribute: a handler per job kind and the lanes to run.
+#[derive(Debug, Default)]
+pub struct Wiring {
+    pub handlers: Handlers,
+    pub lanes: Vec<String>,
+}
+
+pub struct Application {
+    api_addr: SocketAddr,
+    ops_addr: SocketAddr,
+    queue: Queue,
+    store: Arc<KvJobStore>,
+    shutdown: watch::Sender<bool>,
+    workers: Vec<JoinHandle<()>>,
+    servers: Vec<JoinHandle<std::io::Result<()>>>,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("api_addr", &self.api_addr)
+            .field("ops_addr", &self.ops_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    pub async fn build(settings: &Settings, wiring: Wiring) -> anyhow::Result<Self> {
+        Self::build_with(settings, wiring, KvOptions::default()).await
+    }
+
+    /// As [`Application::build`], with store options (crash points for qualification runs).
+    pub async fn build_with(
+        settings: &Settings,
+        wiring: Wiring,
+        options: KvOptions,
+    ) -> anyhow::Result<Self> {
+        let path = settings.store.path.clone();
+        let backend = settings.store.backend;
+        let store = tokio::task::spawn_blocking(move || KvJobStore::open(&path, backend, options))
+            .await?
+            .with_context(|| {
+                format!(
+                    "opening the queue store at {}",
+                    settings.store.path.display()
+                )
+            })?;
+        let store = Arc::new(store);
+        let queue = Queue::new(
+            store.clone(),
+            Arc::new(TokioClock::new()),
+            settings.queue.retry.clone(),
+            settings.queue.lease,
+        );
+
+        let api = TcpListener::bind(settings.api.listen)
+            .await
+            .with_context(|| format!("binding the API listener on {}", settings.api.listen))?;
+        let ops = TcpListener::bind(settings.ops.listen)
+            .await
+            .with_context(|| format!("binding the ops listener on {}", settings.ops.listen))?;
+        let api_addr = api.local_addr()?;
+        let ops_addr = ops.local_addr()?;
+
+        let (shutdown, stop) = watch::channel(false);
+        let board = LaneBoard::default();
+        let worker_settings = WorkerSettings {
+            idle_poll: settings.queue.idle_poll,
+            auth_pause: settings.queue.auth_pause,
+            shutdown_grace: settings.queue.shutdown_grace,
+        };
+        let mut workers = Vec::new();
+        for lane in &wiring.lanes {
+            workers.push(worker::spawn_lane(
+                queue.clone(),
+                LaneSpec {
+                    lane: lane.clone(),
+                    concurrency: settings.queue.lane_concurrency,
+                },
+                wiring.handlers.clone(),
+                worker_settings.clone(),
+                board.clone(),
+                stop.clone(),
+            ));
+        }
+        workers.push(maintenance::spawn(
+            queue.clone(),
+            MaintenanceSettings {
+                lease_check_every: (settings.queue.lease / 4)
+                    .max(std::time::Duration::from_secs(1)),
+                retention: settings.queue.retention,
+                purge_every: settings.queue.purge_interval,
+                purge_batch: settings.queue.purge_batch,
+            },
+            stop.clone(),
+        ));
+
+        let ops_router = crate::ops::router(crate::ops::OpsState {
+            queue: queue.clone(),
+            board,
+            lanes: wiring.lanes.clone(),
+        });
+        let servers = vec![
+            serve(api, crate::api::router(), stop.clone()),
+            serve(ops, ops_router, stop),
+        ];
+        tracing::info!(%api_addr, %ops_addr, backend = backend.as_str(), "dvc-connector started");
+        Ok(Self {
+            api_addr,
+            ops_addr,
+            queue,
+            store,
+            shutdown,
+            workers,
+            servers,
+        })
+    }
+
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.ops_addr
+    }
+
+    pub fn queue(&self) -> &Queue {
+        &self.queue
+    }
+
+    /// Runs until `stop` resolves, then: stop accepting requests, let running jobs finish (or release
+    /// them after the grace period), close the store. Every acknowledged write is already on disk.
+    pub async fn run_until_stopped(self, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+        stop.await;
+        tracing::info!("shutting down: no new work; finishing running jobs");
+        let _ = self.shutdown.send(true);
+        for server in self.servers {
+            server.await?.context("HTTP server")?;
+        }
+        for worker in self.workers {
+            worker.await?;
+        }
+        let store = self.store;
+        drop(self.queue);
+        tokio::task::spawn_blocking(move || store.close()).await?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<std::io::Result<()>> {
+    tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            })
+            .await
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,96 @@
+//! The command line. `main` parses it and dispatches; each command's work lives in its own module.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dvc-connector",
+    version,
+    about = "Durable connector between a provincial public-service portal and the population DB, VNPost \
+             and the national portal",
+    long_about = "dvc-connector runs beside the provincial portal. It accepts identity checks, postal \
+                  shipments and dossier status updates over a local HTTP API, makes each one durable \
+                  before answering, and delivers it to its upstream with retries, per-dossier ordering \
+                  and idempotency.\n\nExit status: 0 success, 1 failure, 2 invalid configuration or usage."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon until SIGTERM or SIGINT.
+    Run {
+        /// The configuration file (TOML); DVC_CONNECTOR__SECTION__KEY variables override it.
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Check a configuration file and report every problem (file or variable, key, what was expected).
+    CheckConfig {
+        #[arg(value_name = "FILE")]
+        config: PathBuf,
+        /// Also print the configuration as read (file plus environment), with secrets redacted.
+        #[arg(long)]
+        print: bool,
+    },
+    /// Measure performance (not a test: figures go to docs/BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Crash-qualification child process (used by the integration tests; see docs/STORE.md).
+    #[command(hide = true)]
+    QualifyChild(QualifyArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Durable enqueue and lease+complete throughput of each queue backend, next to the disk's fsync rate.
+    Queue(QueueBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct QueueBenchArgs {
+    /// Backends to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "redb,sled")]
+    pub backend: Vec<String>,
+    /// Concurrent producer counts, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
+    pub producers: Vec<usize>,
+    /// How long each enqueue measurement runs.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub duration: std::time::Duration,
+    /// Directory for the temporary stores; must be on the disk being measured (not tmpfs).
+    #[arg(long, value_name = "DIR", default_value = "target/bench-queue")]
+    pub dir: PathBuf,
+    /// Payload bytes per job.
+    #[arg(long, default_value_t = 256)]
+    pub payload: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct QualifyArgs {
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Where the worker delivers each job (an HTTP endpoint that records what it receives).
+    #[arg(long)]
+    pub ledger: String,
+    /// Distinguishes the ordering keys of this run from those of earlier runs.
+    #[arg(long)]
+    pub run: u32,
+    #[arg(long, default_value_t = 4)]
+    pub producers: usize,
+    #[arg(long, default_value_t = 3)]
+    pub keys: usize,
+    /// Jobs per key.
+    #[arg(long, default_value_t = 1000)]
+    pub jobs: usize,
+    /// Abort the process at a named crash point: before_commit:N or after_commit:N (the N-th time).
+    #[arg(long)]
+    pub crash_at: Option<String>,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    crate::settings::parse_duration(s)
+}

@@ -1,0 +1,57 @@
+//! The ops listener: liveness, readiness (and, in later issues, metrics and the dashboard), on an address
+//! of its own so that operators never share the portal's port.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json};
+use axum::routing::get;
+use serde_json::json;
+
+use crate::queue::Queue;
+use crate::queue::worker::{LaneBoard, LaneState};
+
+#[derive(Debug, Clone)]
+pub(crate) struct OpsState {
+    pub queue: Queue,
+    pub board: LaneBoard,
+    /// Lanes the application started; readiness needs each one's worker reporting.
+    pub lanes: Vec<String>,
+}
+
+pub(crate) fn router(state: OpsState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+/// Ready when the store takes a durable write and every lane's worker is running (paused counts as
+/// running: it is deliberate, and reported).
+async fn readyz(State(state): State<OpsState>) -> impl IntoResponse {
+    // An empty lease-expiry pass is a real write transaction through the writer: it proves the store
+    // is open and the disk takes a commit.
+    let store = state.queue.expire_leases(0).await;
+    let lanes = state.board.snapshot();
+    let workers_ok = state.lanes.iter().all(|lane| {
+        lanes
+            .get(lane)
+            .is_some_and(|s| s.state != LaneState::Stopped)
+    });
+    let ready = store.is_ok() && workers_ok;
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "store": {
+            "backend": state.queue.store().backend(),
+            "writable": store.is_ok(),
+            "error": store.err().map(|e| e.to_string()),
+        },
+        "lanes": lanes,
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body))
+}

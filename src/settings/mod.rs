@@ -1,0 +1,381 @@
+//! Configuration: a TOML file plus `DVC_CONNECTOR__SECTION__KEY` environment overrides, validated once
+//! into [`Settings`].
+//!
+//! Loading never stops at the first problem: unknown keys and wrongly typed values are removed one by one
+//! and deserialization is repeated, then every semantic check runs, so `check-config` can list all
+//! problems with the file (or variable), the key and what was expected. Secrets are `SecretString`s and
+//! print as `<redacted>`.
+
+mod raw;
+mod validate;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use url::Url;
+
+use crate::queue::{Backend, RetryPolicies};
+
+pub use self::validate::parse_duration;
+
+/// Prefix of environment variables that override the file; `__` separates the key's parts.
+pub const ENV_PREFIX: &str = "DVC_CONNECTOR__";
+
+#[derive(Debug)]
+pub struct Settings {
+    pub api: ApiSettings,
+    pub ops: OpsSettings,
+    pub store: StoreSettings,
+    pub queue: QueueSettings,
+    pub log: LogSettings,
+    pub upstreams: Upstreams,
+    pub callbacks: Option<CallbackSettings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    pub listen: SocketAddr,
+    pub body_limit: usize,
+    pub tokens: Vec<TokenSettings>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    Portal,
+    Admin,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenSettings {
+    pub name: String,
+    /// SHA-256 of the bearer token; the token itself is never configured.
+    pub sha256: [u8; 32],
+    pub scopes: BTreeSet<Scope>,
+}
+
+#[derive(Debug, Clone)]
+pub struct OpsSettings {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    pub backend: Backend,
+    /// Absolute; a relative path in the file is taken relative to the file's directory.
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    pub lease: Duration,
+    pub lane_concurrency: usize,
+    pub idle_poll: Duration,
+    pub auth_pause: Duration,
+    pub shutdown_grace: Duration,
+    pub retention: Duration,
+    pub purge_interval: Duration,
+    pub purge_batch: usize,
+    pub retry: RetryPolicies,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable on a terminal, JSON otherwise.
+    Auto,
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// A `tracing` filter directive such as `info` or `info,dvc_connector=debug`.
+    pub level: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct PopulationSettings {
+    pub service_url: Url,
+    pub token_url: Url,
+    pub client_id: String,
+    pub client_secret: SecretString,
+    pub http: HttpSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct PostalSettings {
+    pub base_url: Url,
+    pub customer_code: String,
+    pub customer_key: String,
+    pub secret_key: SecretString,
+    pub http: HttpSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct PortalTarget {
+    pub name: String,
+    pub base_url: Url,
+    pub username: String,
+    pub password: SecretString,
+    pub agency_code: String,
+    pub routing_code: String,
+    pub http: HttpSettings,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Upstreams {
+    pub population: Option<PopulationSettings>,
+    pub postal: Option<PostalSettings>,
+    pub portal: BTreeMap<String, PortalTarget>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CallbackSettings {
+    pub url: Url,
+    pub secret: SecretString,
+}
+
+/// One problem with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file, or `environment variable NAME` when the value came from there.
+    pub origin: String,
+    /// Dotted key, e.g. `queue.lease`; empty for problems with the file as a whole.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.origin, self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.origin, self.key, self.message)
+        }
+    }
+}
+
+/// Every problem found, in file order where possible.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// The configuration as read (file plus environment), before validation; printable with secrets redacted.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub path: PathBuf,
+    table: toml::Table,
+    /// Dotted keys set from the environment, with the variable's name.
+    from_env: BTreeMap<String, String>,
+}
+
+impl Source {
+    /// Reads `path` and applies the overrides found in `env` (pass `std::env::vars()` in production).
+    pub fn read(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Source, ConfigErrors> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                origin: origin.clone(),
+                key: String::new(),
+                message: format!("cannot read the file: {e}"),
+            }])
+        })?;
+        let mut table: toml::Table = toml::from_str(&text).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                origin: origin.clone(),
+                key: String::new(),
+                message: format!("not valid TOML: {}", e.to_string().trim()),
+            }])
+        })?;
+        let mut from_env = BTreeMap::new();
+        let mut errors = Vec::new();
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+            if path.iter().any(String::is_empty) {
+                errors.push(ConfigError {
+                    origin: format!("environment variable {name}"),
+                    key: String::new(),
+                    message: "expected DVC_CONNECTOR__SECTION__KEY with non-empty parts".into(),
+                });
+                continue;
+            }
+            if let Err(message) = set_path(&mut table, &path, &value) {
+                errors.push(ConfigError {
+                    origin: format!("environment variable {name}"),
+                    key: path.join("."),
+                    message,
+                });
+                continue;
+            }
+            from_env.insert(path.join("."), name);
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        Ok(Source {
+            path: path.to_owned(),
+            table,
+            from_env,
+        })
+    }
+
+    fn origin_of(&self, key: &str) -> String {
+        // A key set from the environment, or one below it.
+        self.from_env
+            .iter()
+            .find(|(k, _)| key == k.as_str() || key.starts_with(&format!("{k}.")))
+            .map(|(_, name)| format!("environment variable {name}"))
+            .unwrap_or_else(|| self.path.display().to_string())
+    }
+
+    /// The configuration as TOML with every secret replaced by `<redacted>`.
+    pub fn redacted(&self) -> String {
+        let mut table = self.table.clone();
+        redact(&mut table);
+        toml::to_string_pretty(&table).unwrap_or_default()
+    }
+
+    /// Validates into [`Settings`], reporting every problem.
+    pub fn settings(&self) -> Result<Settings, ConfigErrors> {
+        let mut problems: Vec<(String, String)> = Vec::new();
+        let raw = validate::deserialize_all(self.table.clone(), &mut problems);
+        let base_dir = self
+            .path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let result = raw.map(|raw| validate::settings(raw, &base_dir, &mut problems));
+        if problems.is_empty()
+            && let Some(settings) = result
+        {
+            return Ok(settings);
+        }
+        Err(ConfigErrors(
+            problems
+                .into_iter()
+                .map(|(key, message)| ConfigError {
+                    origin: self.origin_of(&key),
+                    key,
+                    message,
+                })
+                .collect(),
+        ))
+    }
+}
+
+/// Reads and validates in one step.
+pub fn load(
+    path: &Path,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Settings, ConfigErrors> {
+    Source::read(path, env)?.settings()
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], raw: &str) -> Result<(), String> {
+    let mut root = toml::Value::Table(std::mem::take(table));
+    let result = set_in(&mut root, path, raw);
+    if let toml::Value::Table(t) = root {
+        *table = t;
+    }
+    result
+}
+
+/// Sets `path` below `node`; list entries are addressed by index (`API__TOKENS__0__SHA256`).
+fn set_in(node: &mut toml::Value, path: &[String], raw: &str) -> Result<(), String> {
+    let (part, rest) = path.split_first().ok_or("empty key")?;
+    match node {
+        toml::Value::Table(t) if rest.is_empty() => {
+            let keep_text = raw::SECRET_KEYS.contains(&part.as_str())
+                || matches!(t.get(part), Some(toml::Value::String(_)));
+            let value = if keep_text {
+                toml::Value::String(raw.to_owned())
+            } else {
+                parse_scalar(raw)
+            };
+            t.insert(part.clone(), value);
+            Ok(())
+        }
+        toml::Value::Table(t) => {
+            let child = t
+                .entry(part.clone())
+                .or_insert_with(|| toml::Value::Table(Default::default()));
+            set_in(child, rest, raw)
+        }
+        toml::Value::Array(items) => {
+            let i: usize = part
+                .parse()
+                .map_err(|_| format!("`{part}`: this key is a list; name an entry by its index"))?;
+            let len = items.len();
+            let child = items
+                .get_mut(i)
+                .ok_or_else(|| format!("the list has {len} entries; there is no entry {i}"))?;
+            if rest.is_empty() {
+                return Err("name a key inside the list entry".into());
+            }
+            set_in(child, rest, raw)
+        }
+        _ => Err(format!(
+            "`{part}` cannot be set inside a value that is not a section"
+        )),
+    }
+}
+
+/// An environment value as a TOML value (`8` → integer, `true` → boolean, `["a"]` → array), else text.
+fn parse_scalar(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+fn redact(table: &mut toml::Table) {
+    for (key, value) in table.iter_mut() {
+        match value {
+            toml::Value::Table(inner) => redact(inner),
+            toml::Value::Array(items) => {
+                for item in items {
+                    if let toml::Value::Table(inner) = item {
+                        redact(inner);
+                    }
+                }
+            }
+            _ if raw::SECRET_KEYS.contains(&key.as_str()) => {
+                *value = toml::Value::String("<redacted>".into());
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

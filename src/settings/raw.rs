@@ -1,0 +1,152 @@
+//! The configuration file as written: every section optional, unknown keys rejected. Nothing here is
+//! validated beyond TOML types; `super::validate` turns it into [`super::Settings`] once.
+
+use std::collections::BTreeMap;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSettings {
+    #[serde(default)]
+    pub api: RawApi,
+    #[serde(default)]
+    pub ops: RawOps,
+    #[serde(default)]
+    pub store: RawStore,
+    #[serde(default)]
+    pub queue: RawQueue,
+    #[serde(default)]
+    pub log: RawLog,
+    #[serde(default)]
+    pub upstreams: RawUpstreams,
+    pub callbacks: Option<RawCallbacks>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawApi {
+    pub listen: Option<String>,
+    pub body_limit: Option<toml::Value>,
+    #[serde(default)]
+    pub tokens: Vec<RawToken>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawToken {
+    pub name: Option<String>,
+    pub sha256: Option<String>,
+    pub scopes: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawOps {
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawStore {
+    pub backend: Option<String>,
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawQueue {
+    pub lease: Option<String>,
+    pub lane_concurrency: Option<i64>,
+    pub idle_poll: Option<String>,
+    pub auth_pause: Option<String>,
+    pub shutdown_grace: Option<String>,
+    pub retention: Option<String>,
+    pub purge_interval: Option<String>,
+    pub purge_batch: Option<i64>,
+    #[serde(default)]
+    pub retry: RawRetry,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRetry {
+    pub base: Option<String>,
+    pub cap: Option<String>,
+    pub max_attempts: Option<i64>,
+    pub max_age: Option<String>,
+    /// Per job kind, the same keys again; unset keys fall back to the defaults above.
+    #[serde(default)]
+    pub kinds: BTreeMap<String, RawRetryOverride>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRetryOverride {
+    pub base: Option<String>,
+    pub cap: Option<String>,
+    pub max_attempts: Option<i64>,
+    pub max_age: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLog {
+    pub format: Option<String>,
+    pub level: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpstreams {
+    pub population: Option<RawPopulation>,
+    pub postal: Option<RawPostal>,
+    /// Portal targets by name (e.g. `national`, `provincial`); each gets its own lane.
+    #[serde(default)]
+    pub portal: BTreeMap<String, RawPortalTarget>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPopulation {
+    pub service_url: Option<String>,
+    pub token_url: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<SecretString>,
+    pub connect_timeout: Option<String>,
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPostal {
+    pub base_url: Option<String>,
+    pub customer_code: Option<String>,
+    pub customer_key: Option<String>,
+    pub secret_key: Option<SecretString>,
+    pub connect_timeout: Option<String>,
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPortalTarget {
+    pub base_url: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<SecretString>,
+    pub agency_code: Option<String>,
+    pub routing_code: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCallbacks {
+    pub url: Option<String>,
+    pub secret: Option<SecretString>,
+}
+
+/// Keys whose values are secrets: never printed, and always text when set from the environment.
+pub(crate) const SECRET_KEYS: &[&str] = &["client_secret", "secret_key", "password", "secret"];

@@ -1,0 +1,174 @@
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+
+use super::*;
+
+fn repo_file(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+fn write_config(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("connector.toml");
+    std::fs::write(&path, text).expect("write");
+    (dir, path)
+}
+
+fn no_env() -> Vec<(String, String)> {
+    Vec::new()
+}
+
+#[test]
+fn the_development_example_is_valid() {
+    let settings = load(&repo_file("config/dev.toml"), no_env()).expect("dev config loads");
+    assert_eq!(settings.store.backend, crate::queue::Backend::Redb);
+    assert!(
+        settings.store.path.is_absolute()
+            || settings.store.path.starts_with(env!("CARGO_MANIFEST_DIR"))
+    );
+    assert_eq!(settings.upstreams.portal.len(), 2);
+    assert_eq!(settings.api.tokens.len(), 2);
+    assert_eq!(settings.queue.lease, Duration::from_secs(60));
+}
+
+#[test]
+fn the_production_template_needs_only_its_blanks_filled() {
+    let hash = "a".repeat(64);
+    let env = [
+        ("API__TOKENS__0__SHA256", hash.as_str()),
+        ("API__TOKENS__1__SHA256", hash.as_str()),
+        ("UPSTREAMS__POPULATION__CLIENT_SECRET", "s1"),
+        ("UPSTREAMS__POSTAL__SECRET_KEY", "s2"),
+        ("UPSTREAMS__PORTAL__NATIONAL__PASSWORD", "s3"),
+        ("CALLBACKS__SECRET", "s4"),
+    ]
+    .map(|(k, v)| (format!("{ENV_PREFIX}{k}"), v.to_owned()));
+    let settings = load(&repo_file("config/production.toml"), env).expect("template loads");
+    assert_eq!(
+        settings.upstreams.portal["national"]
+            .password
+            .expose_secret(),
+        "s3"
+    );
+    // Without the environment, each blank is reported.
+    let errors = load(&repo_file("config/production.toml"), no_env()).expect_err("blanks");
+    let keys: Vec<&str> = errors.0.iter().map(|e| e.key.as_str()).collect();
+    for key in [
+        "api.tokens.0.sha256",
+        "upstreams.population.client_secret",
+        "upstreams.postal.secret_key",
+        "upstreams.portal.national.password",
+        "callbacks.secret",
+    ] {
+        assert!(keys.contains(&key), "{key} missing from {keys:?}");
+    }
+}
+
+#[test]
+fn every_mistake_is_reported_with_its_key_not_just_the_first() {
+    let (_dir, path) = write_config(
+        r#"
+[store]
+path = "store"
+colour = "blue"
+
+[queue]
+lease = 30
+lane_concurrency = 0
+
+[api]
+listen = "localhost"
+"#,
+    );
+    let errors = load(&path, no_env()).expect_err("three mistakes and a half");
+    let found: Vec<(&str, &str)> = errors
+        .0
+        .iter()
+        .map(|e| (e.key.as_str(), e.message.as_str()))
+        .collect();
+    let has =
+        |key: &str, fragment: &str| found.iter().any(|(k, m)| *k == key && m.contains(fragment));
+    assert!(has("store.colour", "unknown key"), "{found:?}");
+    assert!(has("queue.lease", "invalid type"), "{found:?}");
+    assert!(has("queue.lane_concurrency", "from 1 to 1024"), "{found:?}");
+    assert!(has("api.listen", "IP:PORT"), "{found:?}");
+    assert_eq!(found.len(), 4, "{found:?}");
+    for e in &errors.0 {
+        assert_eq!(e.origin, path.display().to_string());
+    }
+}
+
+#[test]
+fn the_environment_overrides_the_file_and_is_named_in_errors() {
+    let (_dir, path) = write_config("[store]\npath = \"s\"\n[queue]\nlease = \"30s\"\n");
+    let env = vec![
+        ("DVC_CONNECTOR__QUEUE__LEASE".to_owned(), "90s".to_owned()),
+        (
+            "DVC_CONNECTOR__QUEUE__LANE_CONCURRENCY".to_owned(),
+            "4".to_owned(),
+        ),
+        ("UNRELATED".to_owned(), "x".to_owned()),
+    ];
+    let settings = load(&path, env).expect("loads");
+    assert_eq!(settings.queue.lease, Duration::from_secs(90));
+    assert_eq!(settings.queue.lane_concurrency, 4);
+
+    let bad = vec![("DVC_CONNECTOR__QUEUE__LEASE".to_owned(), "soon".to_owned())];
+    let errors = load(&path, bad).expect_err("bad env value");
+    assert_eq!(errors.0.len(), 1);
+    assert_eq!(
+        errors.0[0].origin,
+        "environment variable DVC_CONNECTOR__QUEUE__LEASE"
+    );
+    assert_eq!(errors.0[0].key, "queue.lease");
+}
+
+#[test]
+fn secrets_never_print() {
+    let env = vec![(
+        "DVC_CONNECTOR__UPSTREAMS__POPULATION__CLIENT_SECRET".to_owned(),
+        "hunter2-from-env".to_owned(),
+    )];
+    let source = Source::read(&repo_file("config/dev.toml"), env).expect("reads");
+    let printed = source.redacted();
+    for secret in [
+        "hunter2-from-env",
+        "dev-secret",
+        "dev-password",
+        "dev-callback-secret",
+    ] {
+        assert!(!printed.contains(secret), "{secret} printed");
+    }
+    assert!(printed.contains("<redacted>"));
+    let settings = source.settings().expect("valid");
+    let debug = format!("{settings:?}");
+    assert!(!debug.contains("hunter2-from-env") && !debug.contains("dev-password"));
+}
+
+#[test]
+fn a_relative_store_path_is_taken_from_the_files_directory() {
+    let (dir, path) = write_config("[store]\npath = \"data/queue\"\n");
+    let settings = load(&path, no_env()).expect("loads");
+    assert_eq!(settings.store.path, dir.path().join("data/queue"));
+}
+
+#[test]
+fn a_file_that_is_not_toml_says_so() {
+    let (_dir, path) = write_config("[store\npath = 1");
+    let errors = load(&path, no_env()).expect_err("syntax");
+    assert!(
+        errors.0[0].message.starts_with("not valid TOML"),
+        "{errors}"
+    );
+}
+
+#[test]
+fn durations_need_a_unit() {
+    assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+    assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+    assert!(parse_duration("30").is_err());
+    assert!(parse_duration("3 weeks").is_err());
+    assert!(parse_duration("").is_err());
+}

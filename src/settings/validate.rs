@@ -1,0 +1,628 @@
+//! Raw configuration → [`Settings`], collecting every problem as (dotted key, what was expected).
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use url::Url;
+
+use super::raw::{RawRetry, RawRetryOverride, RawSettings};
+use super::*;
+use crate::queue::{Backend, RetryPolicies, RetryPolicy};
+
+type Problems = Vec<(String, String)>;
+
+/// Deserializes, removing each unknown or mistyped key (and noting it) until the rest fits.
+/// None when the document cannot be made to fit at all.
+pub(super) fn deserialize_all(
+    mut table: toml::Table,
+    problems: &mut Problems,
+) -> Option<RawSettings> {
+    for _ in 0..256 {
+        let value = toml::Value::Table(table.clone());
+        match serde_path_to_error::deserialize::<_, RawSettings>(value) {
+            Ok(raw) => return Some(raw),
+            Err(error) => {
+                let path: Vec<String> = error
+                    .path()
+                    .iter()
+                    .filter_map(|segment| match segment {
+                        serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+                        serde_path_to_error::Segment::Seq { index } => Some(index.to_string()),
+                        _ => None,
+                    })
+                    .collect();
+                // toml appends "in `path`" on a second line; the key is reported separately.
+                let message = error
+                    .inner()
+                    .to_string()
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                let message = if message.starts_with("unknown field") {
+                    format!("unknown key ({message})")
+                } else {
+                    message
+                };
+                problems.push((path.join("."), message));
+                if !remove(&mut table, &path) {
+                    return None;
+                }
+            }
+        }
+    }
+    None
+}
+
+fn remove(table: &mut toml::Table, path: &[String]) -> bool {
+    let mut root = toml::Value::Table(std::mem::take(table));
+    let removed = remove_in(&mut root, path);
+    if let toml::Value::Table(t) = root {
+        *table = t;
+    }
+    removed
+}
+
+fn remove_in(node: &mut toml::Value, path: &[String]) -> bool {
+    let Some((part, rest)) = path.split_first() else {
+        return false;
+    };
+    match node {
+        toml::Value::Table(t) if rest.is_empty() => t.remove(part).is_some(),
+        toml::Value::Table(t) => t.get_mut(part).is_some_and(|child| remove_in(child, rest)),
+        toml::Value::Array(items) => match part.parse::<usize>() {
+            Ok(i) if i < items.len() && rest.is_empty() => {
+                items.remove(i);
+                true
+            }
+            Ok(i) => items.get_mut(i).is_some_and(|child| remove_in(child, rest)),
+            Err(_) => false,
+        },
+        _ => false,
+    }
+}
+
+/// Parses `500ms`, `30s`, `10m`, `1h`, `7d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| {
+        format!("`{text}` has no unit; expected a duration like 500ms, 30s, 10m, 1h or 7d")
+    })?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}`: expected a duration like 500ms, 30s, 10m, 1h or 7d"))?;
+    let secs = |mult: u64| n.checked_mul(mult).map(Duration::from_secs);
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86_400),
+        _ => None,
+    }
+    .ok_or_else(|| format!("`{text}`: expected a duration like 500ms, 30s, 10m, 1h or 7d"))
+}
+
+fn parse_size(value: &toml::Value) -> Result<usize, String> {
+    let expected = "expected a size in bytes, or a number with KiB or MiB";
+    match value {
+        toml::Value::Integer(n) if *n > 0 => usize::try_from(*n).map_err(|_| expected.to_owned()),
+        toml::Value::String(s) => {
+            let s = s.trim();
+            let (number, mult) = if let Some(n) = s.strip_suffix("MiB") {
+                (n, 1 << 20)
+            } else if let Some(n) = s.strip_suffix("KiB") {
+                (n, 1 << 10)
+            } else {
+                (s, 1)
+            };
+            number
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .and_then(|n| n.checked_mul(mult))
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("`{s}`: {expected}"))
+        }
+        _ => Err(expected.to_owned()),
+    }
+}
+
+/// Collects one section's checks; each getter records a problem and returns a fallback.
+struct Checker<'a> {
+    problems: &'a mut Problems,
+}
+
+impl Checker<'_> {
+    fn fail(&mut self, key: &str, message: impl Into<String>) {
+        self.problems.push((key.to_owned(), message.into()));
+    }
+
+    fn duration(
+        &mut self,
+        key: &str,
+        value: Option<&str>,
+        default: Duration,
+        min: Duration,
+    ) -> Duration {
+        let Some(text) = value else { return default };
+        match parse_duration(text) {
+            Ok(d) if d >= min => d,
+            Ok(_) => {
+                self.fail(
+                    key,
+                    format!("`{text}` is too short; expected at least {min:?}"),
+                );
+                default
+            }
+            Err(message) => {
+                self.fail(key, message);
+                default
+            }
+        }
+    }
+
+    fn int(&mut self, key: &str, value: Option<i64>, default: u64, range: (u64, u64)) -> u64 {
+        let Some(n) = value else { return default };
+        match u64::try_from(n) {
+            Ok(n) if (range.0..=range.1).contains(&n) => n,
+            _ => {
+                self.fail(
+                    key,
+                    format!(
+                        "{n} is out of range; expected an integer from {} to {}",
+                        range.0, range.1
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    fn addr(&mut self, key: &str, value: Option<&str>, default: &str) -> SocketAddr {
+        let fallback: SocketAddr = default
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let Some(text) = value else { return fallback };
+        text.parse().unwrap_or_else(|_| {
+            self.fail(
+                key,
+                format!("`{text}` is not an address; expected IP:PORT such as 127.0.0.1:8080"),
+            );
+            fallback
+        })
+    }
+
+    fn required<'v>(&mut self, key: &str, value: Option<&'v str>) -> Option<&'v str> {
+        match value {
+            Some(v) if !v.trim().is_empty() => Some(v),
+            Some(_) => {
+                self.fail(key, "must not be empty");
+                None
+            }
+            None => {
+                self.fail(key, "missing; this key is required");
+                None
+            }
+        }
+    }
+
+    fn url(&mut self, key: &str, value: Option<&str>) -> Option<Url> {
+        let text = self.required(key, value)?;
+        match Url::parse(text) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+                Some(url)
+            }
+            Ok(_) => {
+                self.fail(
+                    key,
+                    format!("`{text}`: expected an http:// or https:// URL with a host"),
+                );
+                None
+            }
+            Err(e) => {
+                self.fail(key, format!("`{text}` is not a URL ({e})"));
+                None
+            }
+        }
+    }
+
+    fn secret(&mut self, key: &str, value: Option<SecretString>) -> Option<SecretString> {
+        use secrecy::ExposeSecret;
+        match value {
+            Some(s) if !s.expose_secret().is_empty() => Some(s),
+            Some(_) => {
+                self.fail(key, "must not be empty");
+                None
+            }
+            None => {
+                self.fail(
+                    key,
+                    "missing; this secret is required (set it here or in the environment)",
+                );
+                None
+            }
+        }
+    }
+
+    fn http(&mut self, section: &str, connect: Option<&str>, total: Option<&str>) -> HttpSettings {
+        let connect_timeout = self.duration(
+            &format!("{section}.connect_timeout"),
+            connect,
+            Duration::from_secs(5),
+            Duration::from_millis(1),
+        );
+        let timeout = self.duration(
+            &format!("{section}.timeout"),
+            total,
+            Duration::from_secs(30),
+            Duration::from_millis(1),
+        );
+        if timeout < connect_timeout {
+            self.fail(
+                &format!("{section}.timeout"),
+                "must not be shorter than connect_timeout",
+            );
+        }
+        HttpSettings {
+            connect_timeout,
+            timeout,
+        }
+    }
+}
+
+pub(super) fn settings(raw: RawSettings, base_dir: &Path, problems: &mut Problems) -> Settings {
+    let mut c = Checker { problems };
+
+    let listen = c.addr("api.listen", raw.api.listen.as_deref(), "127.0.0.1:8080");
+    let body_limit = match &raw.api.body_limit {
+        None => 1 << 20,
+        Some(v) => parse_size(v).unwrap_or_else(|m| {
+            c.fail("api.body_limit", m);
+            1 << 20
+        }),
+    };
+    let mut tokens = Vec::new();
+    let mut names = BTreeSet::new();
+    for (i, t) in raw.api.tokens.iter().enumerate() {
+        let key = format!("api.tokens.{i}");
+        let name = c
+            .required(&format!("{key}.name"), t.name.as_deref())
+            .unwrap_or_default()
+            .to_owned();
+        if !name.is_empty() && !names.insert(name.clone()) {
+            c.fail(
+                &format!("{key}.name"),
+                format!("`{name}` is used by another token"),
+            );
+        }
+        let sha256 = match c.required(&format!("{key}.sha256"), t.sha256.as_deref()) {
+            Some(hex) => decode_sha256(hex).unwrap_or_else(|| {
+                c.fail(
+                    &format!("{key}.sha256"),
+                    "expected 64 hex digits (sha256 of the token)",
+                );
+                [0; 32]
+            }),
+            None => [0; 32],
+        };
+        let mut scopes = BTreeSet::new();
+        match &t.scopes {
+            None => c.fail(
+                &format!("{key}.scopes"),
+                "missing; expected a list of \"portal\" and/or \"admin\"",
+            ),
+            Some(list) => {
+                for s in list {
+                    match s.as_str() {
+                        "portal" => {
+                            scopes.insert(Scope::Portal);
+                        }
+                        "admin" => {
+                            scopes.insert(Scope::Admin);
+                        }
+                        other => c.fail(
+                            &format!("{key}.scopes"),
+                            format!("unknown scope `{other}`; expected \"portal\" or \"admin\""),
+                        ),
+                    }
+                }
+                if list.is_empty() {
+                    c.fail(&format!("{key}.scopes"), "must name at least one scope");
+                }
+            }
+        }
+        tokens.push(TokenSettings {
+            name,
+            sha256,
+            scopes,
+        });
+    }
+    let api = ApiSettings {
+        listen,
+        body_limit,
+        tokens,
+    };
+
+    let ops = OpsSettings {
+        listen: c.addr("ops.listen", raw.ops.listen.as_deref(), "127.0.0.1:9090"),
+    };
+    if ops.listen == api.listen && api.listen.port() != 0 {
+        c.fail("ops.listen", "must differ from api.listen");
+    }
+
+    let backend = match raw.store.backend.as_deref() {
+        None => Backend::Redb,
+        Some(name) => Backend::parse(name).unwrap_or_else(|| {
+            c.fail(
+                "store.backend",
+                format!("unknown backend `{name}`; expected \"redb\" or \"sled\""),
+            );
+            Backend::Redb
+        }),
+    };
+    let path = match c.required("store.path", raw.store.path.as_deref()) {
+        Some(p) => base_dir.join(p),
+        None => PathBuf::new(),
+    };
+    let store = StoreSettings { backend, path };
+
+    let q = &raw.queue;
+    let second = Duration::from_secs(1);
+    let lease = c.duration(
+        "queue.lease",
+        q.lease.as_deref(),
+        Duration::from_secs(60),
+        second,
+    );
+    let queue = QueueSettings {
+        lease,
+        lane_concurrency: c.int("queue.lane_concurrency", q.lane_concurrency, 16, (1, 1024))
+            as usize,
+        idle_poll: c.duration(
+            "queue.idle_poll",
+            q.idle_poll.as_deref(),
+            second,
+            Duration::from_millis(10),
+        ),
+        auth_pause: c.duration(
+            "queue.auth_pause",
+            q.auth_pause.as_deref(),
+            Duration::from_secs(60),
+            second,
+        ),
+        shutdown_grace: c.duration(
+            "queue.shutdown_grace",
+            q.shutdown_grace.as_deref(),
+            Duration::from_secs(10),
+            Duration::ZERO,
+        ),
+        retention: c.duration(
+            "queue.retention",
+            q.retention.as_deref(),
+            Duration::from_secs(7 * 86_400),
+            Duration::from_secs(60),
+        ),
+        purge_interval: c.duration(
+            "queue.purge_interval",
+            q.purge_interval.as_deref(),
+            Duration::from_secs(600),
+            second,
+        ),
+        purge_batch: c.int("queue.purge_batch", q.purge_batch, 1000, (1, 100_000)) as usize,
+        retry: retry_policies(&mut c, &q.retry),
+    };
+    if queue.shutdown_grace >= queue.lease {
+        c.fail(
+            "queue.shutdown_grace",
+            "must be shorter than queue.lease, or a slow job could run twice",
+        );
+    }
+
+    let log = LogSettings {
+        format: match raw.log.format.as_deref() {
+            None | Some("auto") => LogFormat::Auto,
+            Some("human") => LogFormat::Human,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                c.fail(
+                    "log.format",
+                    format!("unknown format `{other}`; expected \"auto\", \"human\" or \"json\""),
+                );
+                LogFormat::Auto
+            }
+        },
+        level: match raw.log.level.clone() {
+            None => "info".to_owned(),
+            Some(level) => {
+                if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+                    c.fail("log.level", format!("`{level}`: expected a level (error, warn, info, debug, trace) or a tracing filter"));
+                }
+                level
+            }
+        },
+    };
+
+    let mut upstreams = Upstreams::default();
+    if let Some(p) = raw.upstreams.population {
+        let s = "upstreams.population";
+        let service_url = c.url(&format!("{s}.service_url"), p.service_url.as_deref());
+        let token_url = c.url(&format!("{s}.token_url"), p.token_url.as_deref());
+        let client_id = c
+            .required(&format!("{s}.client_id"), p.client_id.as_deref())
+            .map(str::to_owned);
+        let client_secret = c.secret(&format!("{s}.client_secret"), p.client_secret);
+        let http = c.http(s, p.connect_timeout.as_deref(), p.timeout.as_deref());
+        if let (Some(service_url), Some(token_url), Some(client_id), Some(client_secret)) =
+            (service_url, token_url, client_id, client_secret)
+        {
+            upstreams.population = Some(PopulationSettings {
+                service_url,
+                token_url,
+                client_id,
+                client_secret,
+                http,
+            });
+        }
+    }
+    if let Some(p) = raw.upstreams.postal {
+        let s = "upstreams.postal";
+        let base_url = c.url(&format!("{s}.base_url"), p.base_url.as_deref());
+        let customer_code = c
+            .required(&format!("{s}.customer_code"), p.customer_code.as_deref())
+            .map(str::to_owned);
+        let customer_key = c
+            .required(&format!("{s}.customer_key"), p.customer_key.as_deref())
+            .map(str::to_owned);
+        let secret_key = c.secret(&format!("{s}.secret_key"), p.secret_key);
+        let http = c.http(s, p.connect_timeout.as_deref(), p.timeout.as_deref());
+        if let (Some(base_url), Some(customer_code), Some(customer_key), Some(secret_key)) =
+            (base_url, customer_code, customer_key, secret_key)
+        {
+            upstreams.postal = Some(PostalSettings {
+                base_url,
+                customer_code,
+                customer_key,
+                secret_key,
+                http,
+            });
+        }
+    }
+    for (name, t) in raw.upstreams.portal {
+        let s = format!("upstreams.portal.{name}");
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_' || ch == '-')
+        {
+            c.fail(
+                &s,
+                "target names use lower-case letters, digits, '-' and '_'",
+            );
+        }
+        let base_url = c.url(&format!("{s}.base_url"), t.base_url.as_deref());
+        let username = c
+            .required(&format!("{s}.username"), t.username.as_deref())
+            .map(str::to_owned);
+        let password = c.secret(&format!("{s}.password"), t.password);
+        let agency_code = c
+            .required(&format!("{s}.agency_code"), t.agency_code.as_deref())
+            .map(str::to_owned);
+        let routing_code = t.routing_code.clone().unwrap_or_default();
+        let http = c.http(&s, t.connect_timeout.as_deref(), t.timeout.as_deref());
+        if let (Some(base_url), Some(username), Some(password), Some(agency_code)) =
+            (base_url, username, password, agency_code)
+        {
+            upstreams.portal.insert(
+                name.clone(),
+                PortalTarget {
+                    name,
+                    base_url,
+                    username,
+                    password,
+                    agency_code,
+                    routing_code,
+                    http,
+                },
+            );
+        }
+    }
+
+    let callbacks = raw.callbacks.and_then(|cb| {
+        let url = c.url("callbacks.url", cb.url.as_deref());
+        let secret = c.secret("callbacks.secret", cb.secret);
+        Some(CallbackSettings {
+            url: url?,
+            secret: secret?,
+        })
+    });
+
+    Settings {
+        api,
+        ops,
+        store,
+        queue,
+        log,
+        upstreams,
+        callbacks,
+    }
+}
+
+fn retry_policies(c: &mut Checker<'_>, raw: &RawRetry) -> RetryPolicies {
+    let defaults = RetryPolicy::default();
+    let default = policy(
+        c,
+        "queue.retry",
+        &RawRetryOverride {
+            base: raw.base.clone(),
+            cap: raw.cap.clone(),
+            max_attempts: raw.max_attempts,
+            max_age: raw.max_age.clone(),
+        },
+        &defaults,
+    );
+    let mut per_kind = std::collections::HashMap::new();
+    for (kind, over) in &raw.kinds {
+        per_kind.insert(
+            kind.clone(),
+            policy(c, &format!("queue.retry.kinds.{kind}"), over, &default),
+        );
+    }
+    RetryPolicies { default, per_kind }
+}
+
+fn policy(
+    c: &mut Checker<'_>,
+    section: &str,
+    raw: &RawRetryOverride,
+    fallback: &RetryPolicy,
+) -> RetryPolicy {
+    let ms = Duration::from_millis(1);
+    let p = RetryPolicy {
+        base: c.duration(
+            &format!("{section}.base"),
+            raw.base.as_deref(),
+            fallback.base,
+            ms,
+        ),
+        cap: c.duration(
+            &format!("{section}.cap"),
+            raw.cap.as_deref(),
+            fallback.cap,
+            ms,
+        ),
+        max_attempts: c.int(
+            &format!("{section}.max_attempts"),
+            raw.max_attempts,
+            u64::from(fallback.max_attempts),
+            (1, 10_000),
+        ) as u32,
+        max_age: c.duration(
+            &format!("{section}.max_age"),
+            raw.max_age.as_deref(),
+            fallback.max_age,
+            Duration::from_secs(1),
+        ),
+    };
+    if p.cap < p.base {
+        c.fail(&format!("{section}.cap"), "must not be smaller than base");
+    }
+    p
+}
+
+fn decode_sha256(hex: &str) -> Option<[u8; 32]> {
+    let bytes = hex.trim().as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        let text = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(text, 16).ok()?;
+    }
+    Some(out)
+}
