@@ -123,15 +123,8 @@ pub async fn child(args: QualifyArgs) -> anyhow::Result<()> {
         }
     };
     app.run_until_stopped(stop).await?;
-    let counts = {
-        let store = crate::queue::KvJobStore::open(
-            &settings.store.path,
-            settings.store.backend,
-            KvOptions::default(),
-        )?;
-        let store: Arc<dyn crate::queue::JobStore> = Arc::new(store);
-        store.counts().await?
-    };
+    // The writer is closed; reads still see the final, committed state.
+    let counts = queue.counts().await?;
     let sum = |f: fn(&crate::queue::LaneCounts) -> u64| counts.iter().map(f).sum::<u64>();
     println!(
         "COUNTS ready={} leased={} done={} dead={}",
