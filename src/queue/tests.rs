@@ -638,3 +638,102 @@ fn a_store_in_use_is_refused() {
     let second = KvJobStore::open(tmp.path(), Backend::Redb, KvOptions::default()).map(|_| ());
     assert!(matches!(second, Err(StoreError::Locked(_))), "{second:?}");
 }
+
+each_backend!(
+    counters_match_the_stored_states_after_a_mixed_workload,
+    |h, dir, backend| {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let lanes = ["a", "b"];
+        for round in 0..40 {
+            let batch: Vec<NewJob> = (0..rng.usize(1..6))
+                .map(|i| {
+                    job(
+                        lanes[rng.usize(..2)],
+                        &format!("K{}", rng.u32(0..5)),
+                        round * 10 + i as u32,
+                    )
+                })
+                .collect();
+            h.queue.enqueue_all(batch).await.expect("enqueue");
+            for lane in lanes {
+                for j in h
+                    .queue
+                    .lease(lane, rng.usize(1..4))
+                    .await
+                    .expect("lease")
+                    .jobs
+                {
+                    match rng.u32(0..4) {
+                        0 => drop(h.queue.complete(&j).await.expect("complete")),
+                        1 => drop(
+                            h.queue
+                                .fail(&j, &JobError::retryable("x", "y"))
+                                .await
+                                .expect("fail"),
+                        ),
+                        2 => drop(
+                            h.queue
+                                .fail(&j, &JobError::permanent("x", "y"))
+                                .await
+                                .expect("fail"),
+                        ),
+                        _ => {}
+                    }
+                }
+            }
+            if round % 7 == 0 {
+                let dead = h
+                    .queue
+                    .list(
+                        JobFilter {
+                            state: Some(JobState::Dead),
+                            ..Default::default()
+                        },
+                        None,
+                        1,
+                    )
+                    .await
+                    .expect("list");
+                if let Some(d) = dead.first() {
+                    h.queue.discard(d.id).await.expect("discard");
+                }
+            }
+            h.clock.advance(Duration::from_secs(2));
+        }
+        let all = h
+            .queue
+            .list(JobFilter::default(), None, 10_000)
+            .await
+            .expect("list");
+        for counts in h.queue.counts().await.expect("counts") {
+            for state in JobState::ALL {
+                let stored = all
+                    .iter()
+                    .filter(|j| j.lane == counts.lane && j.state == state)
+                    .count();
+                assert_eq!(
+                    counts.get(state),
+                    stored as u64,
+                    "{} {state:?}",
+                    counts.lane
+                );
+            }
+        }
+        let dead_listed = h
+            .queue
+            .list(
+                JobFilter {
+                    state: Some(JobState::Dead),
+                    ..Default::default()
+                },
+                None,
+                10_000,
+            )
+            .await
+            .expect("list");
+        assert_eq!(
+            dead_listed.len(),
+            all.iter().filter(|j| j.state == JobState::Dead).count()
+        );
+    }
+);

@@ -19,7 +19,7 @@ pub(crate) enum Table {
     Leases,
     /// (finished_at, id) → ∅, for done and discarded jobs awaiting retention.
     Finished,
-    /// (state, id) → ∅, for listing by state.
+    /// (state, id) → ∅, for dead jobs only: the dead-letter list and bulk replay.
     ByState,
     /// idempotency key → id.
     Idem,

@@ -66,28 +66,62 @@ pub(crate) enum OpResult {
     Admin(AdminOutcome),
 }
 
-pub(crate) fn apply(tx: &mut dyn KvWrite, seq: &mut u64, op: &Op) -> Result<OpResult, StoreError> {
+/// Counter changes of one batch, written once at its end instead of once per job.
+#[derive(Debug, Default)]
+pub(crate) struct Deltas {
+    counters: std::collections::HashMap<(String, JobState), i64>,
+}
+
+impl Deltas {
+    fn add(&mut self, lane: &str, state: JobState, delta: i64) {
+        *self.counters.entry((lane.to_owned(), state)).or_insert(0) += delta;
+    }
+
+    /// Writes the accumulated counters and the next sequence number.
+    pub(crate) fn flush(self, tx: &mut dyn KvWrite, seq: u64) -> Result<(), StoreError> {
+        for ((lane, state), delta) in self.counters {
+            if delta == 0 {
+                continue;
+            }
+            let key = keys::counter_key(&lane, state);
+            let value = read_u64(tx, Table::Meta, &key)?.saturating_add_signed(delta);
+            if value == 0 {
+                tx.delete(Table::Meta, &key)?;
+            } else {
+                tx.put(Table::Meta, &key, &value.to_be_bytes())?;
+            }
+        }
+        tx.put(Table::Meta, keys::SEQ_KEY, &seq.to_be_bytes())
+    }
+}
+
+pub(crate) fn apply(
+    tx: &mut dyn KvWrite,
+    seq: &mut u64,
+    d: &mut Deltas,
+    op: &Op,
+) -> Result<OpResult, StoreError> {
     Ok(match op {
-        Op::Enqueue { jobs, now } => OpResult::Enqueued(enqueue(tx, seq, jobs, *now)?),
+        Op::Enqueue { jobs, now } => OpResult::Enqueued(enqueue(tx, d, seq, jobs, *now)?),
         Op::Lease {
             lane,
             limit,
             now,
             until,
-        } => OpResult::Leased(lease(tx, lane, *limit, *now, *until)?),
+        } => OpResult::Leased(lease(tx, d, lane, *limit, *now, *until)?),
         Op::Finish {
             id,
             token,
             disposition,
             now,
-        } => OpResult::Transition(finish(tx, *id, *token, disposition, *now)?),
+        } => OpResult::Transition(finish(tx, d, *id, *token, disposition, *now)?),
         Op::ExpireLeases { cutoff, now, limit } => {
-            OpResult::Count(expire_leases(tx, *cutoff, *now, *limit)?)
+            OpResult::Count(expire_leases(tx, d, *cutoff, *now, *limit)?)
         }
-        Op::RetryDead { id, now } => OpResult::Admin(retry_dead(tx, *id, *now)?),
-        Op::Discard { id, now } => OpResult::Admin(discard(tx, *id, *now)?),
-        Op::Replay { filter, now, limit } => OpResult::Count(replay(tx, filter, *now, *limit)?),
-        Op::Purge { before, limit } => OpResult::Count(purge(tx, *before, *limit)?),
+        Op::RetryDead { id, now } => OpResult::Admin(retry_dead(tx, d, *id, *now)?),
+        Op::Discard { id, now } => OpResult::Admin(discard(tx, d, *id, *now)?),
+        Op::Replay { filter, now, limit } => OpResult::Count(replay(tx, d, filter, *now, *limit)?),
+        Op::Purge { before, limit } => OpResult::Count(purge(tx, d, *before, *limit)?),
     })
 }
 
@@ -116,25 +150,30 @@ fn read_u64(tx: &dyn KvRead, table: Table, key: &[u8]) -> Result<u64, StoreError
     }
 }
 
-fn bump(tx: &mut dyn KvWrite, lane: &str, state: JobState, delta: i64) -> Result<(), StoreError> {
-    let key = keys::counter_key(lane, state);
-    let value = read_u64(tx, Table::Meta, &key)?.saturating_add_signed(delta);
-    if value == 0 {
-        tx.delete(Table::Meta, &key)
-    } else {
-        tx.put(Table::Meta, &key, &value.to_be_bytes())
-    }
-}
-
 /// Moves a job to `new`, keeping the state index and counters in step.
-fn set_state(tx: &mut dyn KvWrite, job: &mut Job, new: JobState) -> Result<(), StoreError> {
+fn set_state(
+    tx: &mut dyn KvWrite,
+    d: &mut Deltas,
+    job: &mut Job,
+    new: JobState,
+) -> Result<(), StoreError> {
     if job.state == new {
         return Ok(());
     }
-    bump(tx, &job.lane, job.state, -1)?;
-    bump(tx, &job.lane, new, 1)?;
-    tx.delete(Table::ByState, &keys::state_key(job.state, job.id))?;
-    tx.put(Table::ByState, &keys::state_key(new, job.id), &[])?;
+    d.add(&job.lane, job.state, -1);
+    d.add(&job.lane, new, 1);
+    // Only dead jobs are indexed by state: the dead-letter list and replay need them fast; other
+    // states are counted by the counters and listed by scanning, which keeps the hot path short.
+    if job.state == JobState::Dead {
+        tx.delete(Table::ByState, &keys::state_key(JobState::Dead, job.id))?;
+    }
+    if new == JobState::Dead {
+        tx.put(
+            Table::ByState,
+            &keys::state_key(JobState::Dead, job.id),
+            &[],
+        )?;
+    }
     job.state = new;
     Ok(())
 }
@@ -165,6 +204,7 @@ fn promote_next(tx: &mut dyn KvWrite, lane: &str, ordering_key: &str) -> Result<
 
 fn enqueue(
     tx: &mut dyn KvWrite,
+    d: &mut Deltas,
     seq: &mut u64,
     jobs: &[NewJob],
     now: Millis,
@@ -216,8 +256,7 @@ fn enqueue(
             dead_reason: None,
             payload: new.payload.clone(),
         };
-        bump(tx, &job.lane, JobState::Ready, 1)?;
-        tx.put(Table::ByState, &keys::state_key(JobState::Ready, id), &[])?;
+        d.add(&job.lane, JobState::Ready, 1);
         save(tx, &job)?;
         if let Some(key) = &new.idempotency_key {
             tx.put(Table::Idem, key.as_bytes(), &keys::id_key(id))?;
@@ -227,12 +266,12 @@ fn enqueue(
             existing: false,
         });
     }
-    tx.put(Table::Meta, keys::SEQ_KEY, &seq.to_be_bytes())?;
     Ok(out)
 }
 
 fn lease(
     tx: &mut dyn KvWrite,
+    d: &mut Deltas,
     lane: &str,
     limit: usize,
     now: Millis,
@@ -248,7 +287,7 @@ fn lease(
             // Only ready jobs are indexed here; a stale entry is dropped rather than handed out twice.
             continue;
         }
-        set_state(tx, &mut job, JobState::Leased)?;
+        set_state(tx, d, &mut job, JobState::Leased)?;
         job.attempts = job.attempts.saturating_add(1);
         job.lease_token = Some(fastrand::u64(1..));
         job.lease_expires_at = Some(until);
@@ -272,6 +311,7 @@ fn lease(
 
 fn finish(
     tx: &mut dyn KvWrite,
+    d: &mut Deltas,
     id: JobId,
     token: u64,
     disposition: &Disposition,
@@ -291,7 +331,7 @@ fn finish(
     job.updated_at = now;
     match disposition {
         Disposition::Done => {
-            set_state(tx, &mut job, JobState::Done)?;
+            set_state(tx, d, &mut job, JobState::Done)?;
             job.finished_at = Some(now);
             tx.delete(
                 Table::Keys,
@@ -301,7 +341,7 @@ fn finish(
             promote_next(tx, &job.lane, &job.ordering_key)?;
         }
         Disposition::RetryAt { at, error } => {
-            set_state(tx, &mut job, JobState::Ready)?;
+            set_state(tx, d, &mut job, JobState::Ready)?;
             job.next_attempt_at = *at;
             job.last_error = Some(error.clone());
             tx.put(
@@ -311,7 +351,7 @@ fn finish(
             )?;
         }
         Disposition::Dead { error, reason } => {
-            set_state(tx, &mut job, JobState::Dead)?;
+            set_state(tx, d, &mut job, JobState::Dead)?;
             job.last_error = Some(error.clone());
             job.dead_reason = Some(*reason);
         }
@@ -320,7 +360,7 @@ fn finish(
             refund,
             note,
         } => {
-            set_state(tx, &mut job, JobState::Ready)?;
+            set_state(tx, d, &mut job, JobState::Ready)?;
             if *refund {
                 job.attempts = job.attempts.saturating_sub(1);
             }
@@ -341,6 +381,7 @@ fn finish(
 
 fn expire_leases(
     tx: &mut dyn KvWrite,
+    d: &mut Deltas,
     cutoff: Millis,
     now: Millis,
     limit: usize,
@@ -353,7 +394,7 @@ fn expire_leases(
         if job.state != JobState::Leased {
             continue;
         }
-        set_state(tx, &mut job, JobState::Ready)?;
+        set_state(tx, d, &mut job, JobState::Ready)?;
         job.lease_token = None;
         job.lease_expires_at = None;
         job.next_attempt_at = now;
@@ -376,14 +417,19 @@ fn expire_leases(
     Ok(count)
 }
 
-fn retry_dead(tx: &mut dyn KvWrite, id: JobId, now: Millis) -> Result<AdminOutcome, StoreError> {
+fn retry_dead(
+    tx: &mut dyn KvWrite,
+    d: &mut Deltas,
+    id: JobId,
+    now: Millis,
+) -> Result<AdminOutcome, StoreError> {
     let Some(mut job) = load(tx, id)? else {
         return Ok(AdminOutcome::NotFound);
     };
     if job.state != JobState::Dead {
         return Ok(AdminOutcome::WrongState(job.state));
     }
-    set_state(tx, &mut job, JobState::Ready)?;
+    set_state(tx, d, &mut job, JobState::Ready)?;
     job.dead_reason = None;
     job.attempts = 0;
     job.queued_at = now;
@@ -400,7 +446,12 @@ fn retry_dead(tx: &mut dyn KvWrite, id: JobId, now: Millis) -> Result<AdminOutco
     Ok(AdminOutcome::Applied)
 }
 
-fn discard(tx: &mut dyn KvWrite, id: JobId, now: Millis) -> Result<AdminOutcome, StoreError> {
+fn discard(
+    tx: &mut dyn KvWrite,
+    d: &mut Deltas,
+    id: JobId,
+    now: Millis,
+) -> Result<AdminOutcome, StoreError> {
     let Some(mut job) = load(tx, id)? else {
         return Ok(AdminOutcome::NotFound);
     };
@@ -416,7 +467,7 @@ fn discard(tx: &mut dyn KvWrite, id: JobId, now: Millis) -> Result<AdminOutcome,
         Table::Keys,
         &keys::keys_key(&job.lane, &job.ordering_key, job.seq),
     )?;
-    set_state(tx, &mut job, JobState::Discarded)?;
+    set_state(tx, d, &mut job, JobState::Discarded)?;
     job.finished_at = Some(now);
     job.updated_at = now;
     tx.put(Table::Finished, &keys::time_id_key(now, id), &[])?;
@@ -429,6 +480,7 @@ const SCAN_CHUNK: usize = 256;
 
 fn replay(
     tx: &mut dyn KvWrite,
+    d: &mut Deltas,
     filter: &JobFilter,
     now: Millis,
     limit: usize,
@@ -446,7 +498,7 @@ fn replay(
             let job = load_existing(tx, keys::id_suffix(key)?)?;
             if filter.matches(&job)
                 && count < limit
-                && retry_dead(tx, job.id, now)? == AdminOutcome::Applied
+                && retry_dead(tx, d, job.id, now)? == AdminOutcome::Applied
             {
                 count += 1;
             }
@@ -458,7 +510,12 @@ fn replay(
     Ok(count)
 }
 
-fn purge(tx: &mut dyn KvWrite, before: Millis, limit: usize) -> Result<usize, StoreError> {
+fn purge(
+    tx: &mut dyn KvWrite,
+    d: &mut Deltas,
+    before: Millis,
+    limit: usize,
+) -> Result<usize, StoreError> {
     let old = tx.scan(
         Table::Finished,
         &[],
@@ -472,8 +529,7 @@ fn purge(tx: &mut dyn KvWrite, before: Millis, limit: usize) -> Result<usize, St
         if !job.state.is_finished() {
             continue;
         }
-        bump(tx, &job.lane, job.state, -1)?;
-        tx.delete(Table::ByState, &keys::state_key(job.state, id))?;
+        d.add(&job.lane, job.state, -1);
         tx.delete(Table::Jobs, &keys::id_key(id))?;
         if let Some(idem) = &job.idempotency_key
             && tx.get(Table::Idem, idem.as_bytes())?.as_deref() == Some(&keys::id_key(id)[..])
@@ -517,8 +573,8 @@ pub(crate) fn list(
         return Ok(out);
     }
     let (table, prefix) = match filter.state {
-        Some(state) => (Table::ByState, vec![state.code()]),
-        None => (Table::Jobs, Vec::new()),
+        Some(JobState::Dead) => (Table::ByState, vec![JobState::Dead.code()]),
+        _ => (Table::Jobs, Vec::new()),
     };
     let end = keys::prefix_end(&prefix);
     let mut from = prefix.clone();
