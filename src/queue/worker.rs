@@ -337,3 +337,231 @@ async fn run_job(queue: &Queue, handler: Option<Arc<dyn JobHandler>>, job: Job) 
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+    use crate::queue::{
+        Backend, JobFilter, JobState, KvJobStore, KvOptions, NewJob, RetryPolicies, RetryPolicy,
+        TokioClock,
+    };
+
+    /// Records what it delivered; fails with `fail` (if any) for the first `fail_times` calls; sleeps
+    /// `delay` per job.
+    #[derive(Debug)]
+    struct Recorder {
+        seen: Mutex<Vec<String>>,
+        fail: Option<JobError>,
+        fail_times: AtomicU32,
+        delay: Duration,
+    }
+
+    impl Recorder {
+        fn new(fail: Option<JobError>, fail_times: u32, delay: Duration) -> Arc<Self> {
+            Arc::new(Self {
+                seen: Mutex::new(Vec::new()),
+                fail,
+                fail_times: AtomicU32::new(fail_times),
+                delay,
+            })
+        }
+
+        fn seen(&self) -> Vec<String> {
+            self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+        }
+    }
+
+    impl JobHandler for Recorder {
+        fn handle<'a>(&'a self, job: &'a Job) -> HandlerFuture<'a> {
+            Box::pin(async move {
+                tokio::time::sleep(self.delay).await;
+                if let Some(error) = &self.fail
+                    && self
+                        .fail_times
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok()
+                {
+                    return Err(error.clone());
+                }
+                if let Ok(mut seen) = self.seen.lock() {
+                    seen.push(String::from_utf8_lossy(&job.payload).into_owned());
+                }
+                Ok(())
+            })
+        }
+    }
+
+    fn queue(dir: &std::path::Path, lease: Duration) -> Queue {
+        let store = KvJobStore::open(dir, Backend::Redb, KvOptions::default()).expect("store");
+        Queue::new(
+            Arc::new(store),
+            Arc::new(TokioClock::new()),
+            RetryPolicies {
+                default: RetryPolicy {
+                    base: Duration::from_millis(10),
+                    cap: Duration::from_millis(50),
+                    max_attempts: 10,
+                    max_age: Duration::from_secs(60),
+                },
+                per_kind: Default::default(),
+            },
+            lease,
+        )
+    }
+
+    fn start(
+        q: &Queue,
+        handler: Arc<Recorder>,
+        settings: WorkerSettings,
+    ) -> (LaneBoard, watch::Sender<bool>, JoinHandle<()>) {
+        let mut handlers = Handlers::default();
+        handlers.register("k", handler);
+        let board = LaneBoard::default();
+        let (stop, stopped) = watch::channel(false);
+        let task = spawn_lane(
+            q.clone(),
+            LaneSpec {
+                lane: "l".into(),
+                concurrency: 4,
+            },
+            handlers,
+            settings,
+            board.clone(),
+            stopped,
+        );
+        (board, stop, task)
+    }
+
+    async fn wait_until(mut f: impl FnMut() -> bool) {
+        for _ in 0..500 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("condition not reached in 5 s");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lane_delivers_every_job_in_key_order_through_retries() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let q = queue(dir.path(), Duration::from_secs(10));
+        let handler = Recorder::new(Some(JobError::retryable("503", "busy")), 3, Duration::ZERO);
+        let (_board, stop, task) = start(&q, handler.clone(), WorkerSettings::default());
+        for n in 0..5 {
+            for key in ["A", "B"] {
+                q.enqueue(NewJob::new("k", "l", key, format!("{key}{n}")))
+                    .await
+                    .expect("enqueue");
+            }
+        }
+        wait_until(|| handler.seen().len() == 10).await;
+        for key in ["A", "B"] {
+            let order: Vec<String> = handler
+                .seen()
+                .into_iter()
+                .filter(|s| s.starts_with(key))
+                .collect();
+            let expected: Vec<String> = (0..5).map(|n| format!("{key}{n}")).collect();
+            assert_eq!(order, expected);
+        }
+        let _ = stop.send(true);
+        task.await.expect("lane stops");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_auth_failure_pauses_the_lane_and_says_why() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let q = queue(dir.path(), Duration::from_secs(10));
+        let handler = Recorder::new(Some(JobError::auth("401", "refused")), 1, Duration::ZERO);
+        let settings = WorkerSettings {
+            auth_pause: Duration::from_millis(300),
+            ..WorkerSettings::default()
+        };
+        let (board, stop, task) = start(&q, handler.clone(), settings);
+        let id = q
+            .enqueue(NewJob::new("k", "l", "A", "A0"))
+            .await
+            .expect("enqueue")
+            .id;
+        wait_until(|| {
+            board
+                .snapshot()
+                .get("l")
+                .is_some_and(|s| s.state == LaneState::Paused)
+        })
+        .await;
+        let status = board.snapshot()["l"].clone();
+        assert_eq!(status.reason.as_deref(), Some("401"));
+        assert!(handler.seen().is_empty(), "nothing delivered while paused");
+        let job = q.get(id).await.expect("get").expect("job");
+        assert_eq!(
+            (job.state, job.attempts),
+            (JobState::Ready, 0),
+            "attempt refunded"
+        );
+        // After the pause the lane probes again and the job goes through.
+        wait_until(|| handler.seen() == ["A0"]).await;
+        wait_until(|| board.snapshot()["l"].state == LaneState::Running).await;
+        let _ = stop.send(true);
+        task.await.expect("lane stops");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_releases_a_job_that_outlives_the_grace_period() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let q = queue(dir.path(), Duration::from_secs(30));
+        let handler = Recorder::new(None, 0, Duration::from_secs(20));
+        let settings = WorkerSettings {
+            shutdown_grace: Duration::from_millis(100),
+            ..WorkerSettings::default()
+        };
+        let (_board, stop, task) = start(&q, handler, settings);
+        let id = q
+            .enqueue(NewJob::new("k", "l", "A", "A0"))
+            .await
+            .expect("enqueue")
+            .id;
+        for _ in 0..500 {
+            let job = q.get(id).await.expect("get").expect("job");
+            if job.state == JobState::Leased {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let started = tokio::time::Instant::now();
+        let _ = stop.send(true);
+        task.await.expect("lane stops");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "did not wait for the handler"
+        );
+        let job = q.get(id).await.expect("get").expect("job");
+        assert_eq!((job.state, job.attempts), (JobState::Ready, 0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_handler_that_outlasts_its_lease_budget_is_cut_off_and_retried() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let q = queue(dir.path(), Duration::from_millis(250));
+        let handler = Recorder::new(None, 0, Duration::from_secs(5));
+        let (_board, stop, task) = start(&q, handler, WorkerSettings::default());
+        let id = q
+            .enqueue(NewJob::new("k", "l", "A", "A0"))
+            .await
+            .expect("enqueue")
+            .id;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let _ = stop.send(true);
+        task.await.expect("lane stops");
+        let job = q.get(id).await.expect("get").expect("job");
+        assert_eq!(
+            job.last_error.map(|e| e.code).as_deref(),
+            Some("handler_timeout")
+        );
+        let dead_or_ready = q.list(JobFilter::default(), None, 10).await.expect("list");
+        assert_eq!(dead_or_ready.len(), 1);
+    }
+}
