@@ -16,7 +16,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::job::{Job, JobError, JobId, Millis};
+use super::job::{ErrorClass, Job, JobError, JobId, Millis};
 use super::schedule::Decision;
 use super::{Queue, Transition};
 
@@ -135,7 +135,19 @@ pub fn spawn_lane(
 /// Outcome of one job run, as the lane loop needs it.
 enum RunEnd {
     Finished,
-    PauseLane(String),
+    PausedLane,
+}
+
+/// A lane's pause: until when, and the error code that caused it. Shared between the lane loop and its
+/// running jobs, because a job must pause the lane *before* it hands itself back to the queue; otherwise
+/// the loop, woken by that hand-back, could lease it again straight into the same refusal.
+type Pause = Arc<Mutex<Option<(tokio::time::Instant, String)>>>;
+
+fn current_pause(pause: &Pause) -> Option<(tokio::time::Instant, String)> {
+    pause
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone()
 }
 
 async fn run_lane(
@@ -150,7 +162,7 @@ async fn run_lane(
     let concurrency = spec.concurrency.max(1);
     let mut running: JoinSet<(JobId, RunEnd)> = JoinSet::new();
     let mut in_flight: HashMap<JobId, Job> = HashMap::new();
-    let mut paused_until: Option<(tokio::time::Instant, String)> = None;
+    let pause: Pause = Arc::default();
     let mut next_due: Option<Millis> = None;
     let publish = |in_flight: usize, paused: &Option<(tokio::time::Instant, String)>| {
         let now = queue.now();
@@ -172,12 +184,14 @@ async fn run_lane(
             },
         );
     };
-    publish(0, &paused_until);
+    publish(0, &None);
 
     while !*shutdown.borrow() {
+        let mut paused_until = current_pause(&pause);
         if let Some((until, _)) = &paused_until
             && tokio::time::Instant::now() >= *until
         {
+            *pause.lock().unwrap_or_else(|p| p.into_inner()) = None;
             paused_until = None;
             publish(in_flight.len(), &paused_until);
         }
@@ -188,15 +202,23 @@ async fn run_lane(
         };
         if free > 0 && next_due.is_none_or(|due| due <= queue.now()) {
             match queue.lease(&spec.lane, free).await {
+                Ok(leased) if current_pause(&pause).is_some() => {
+                    // A running job paused the lane while this lease was on its way: hand the jobs
+                    // back untouched rather than send them into the same refusal.
+                    for job in &leased.jobs {
+                        let _ = queue.release(job, true).await;
+                    }
+                }
                 Ok(leased) => {
                     next_due = leased.next_due;
                     for job in leased.jobs {
                         in_flight.insert(job.id, job.clone());
                         let handler = handlers.get(&job.kind).cloned();
                         let q = queue.clone();
+                        let lane_pause = (pause.clone(), settings.auth_pause);
                         running.spawn(async move {
                             let id = job.id;
-                            (id, run_job(&q, handler, job).await)
+                            (id, run_job(&q, handler, job, lane_pause).await)
                         });
                     }
                     publish(in_flight.len(), &paused_until);
@@ -212,14 +234,15 @@ async fn run_lane(
             Some(joined) = running.join_next(), if !running.is_empty() => {
                 if let Ok((id, end)) = joined {
                     in_flight.remove(&id);
-                    if let RunEnd::PauseLane(reason) = end {
+                    if let RunEnd::PausedLane = end
+                        && let Some((_, reason)) = current_pause(&pause)
+                    {
                         tracing::warn!(lane = %spec.lane, %reason, pause = ?settings.auth_pause,
                             "lane paused: upstream refused our credentials or configuration");
-                        paused_until = Some((tokio::time::Instant::now() + settings.auth_pause, reason));
                     }
                 }
                 next_due = None;
-                publish(in_flight.len(), &paused_until);
+                publish(in_flight.len(), &current_pause(&pause));
             }
             _ = waker.notified() => { next_due = None; }
             _ = tokio::time::sleep(wait) => { next_due = None; }
@@ -294,7 +317,12 @@ async fn drain(
     }
 }
 
-async fn run_job(queue: &Queue, handler: Option<Arc<dyn JobHandler>>, job: Job) -> RunEnd {
+async fn run_job(
+    queue: &Queue,
+    handler: Option<Arc<dyn JobHandler>>,
+    job: Job,
+    (pause, auth_pause): (Pause, Duration),
+) -> RunEnd {
     // The handler must end before the lease does, or a second worker could run the same job.
     let budget = queue.lease_duration().mul_f64(0.8);
     let result = match handler {
@@ -323,18 +351,28 @@ async fn run_job(queue: &Queue, handler: Option<Arc<dyn JobHandler>>, job: Job) 
                 RunEnd::Finished
             }
         },
-        Err(error) => match queue.fail(&job, &error).await {
-            Ok((Decision::PauseLane, _)) => RunEnd::PauseLane(error.code),
-            Ok((decision, _)) => {
-                tracing::debug!(job_id = %job.id, kind = %job.kind, lane = %job.lane,
+        Err(error) => {
+            if error.class == ErrorClass::Auth {
+                *pause.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((tokio::time::Instant::now() + auth_pause, error.code.clone()));
+            }
+            fail(queue, &job, &error).await
+        }
+    }
+}
+
+async fn fail(queue: &Queue, job: &Job, error: &JobError) -> RunEnd {
+    match queue.fail(job, error).await {
+        Ok((Decision::PauseLane, _)) => RunEnd::PausedLane,
+        Ok((decision, _)) => {
+            tracing::debug!(job_id = %job.id, kind = %job.kind, lane = %job.lane,
                     class = error.class.as_str(), code = %error.code, ?decision, "attempt failed");
-                RunEnd::Finished
-            }
-            Err(store_error) => {
-                tracing::error!(job_id = %job.id, error = %store_error, "could not record a failed attempt");
-                RunEnd::Finished
-            }
-        },
+            RunEnd::Finished
+        }
+        Err(store_error) => {
+            tracing::error!(job_id = %job.id, error = %store_error, "could not record a failed attempt");
+            RunEnd::Finished
+        }
     }
 }
 
@@ -477,7 +515,7 @@ mod tests {
         let q = queue(dir.path(), Duration::from_secs(10));
         let handler = Recorder::new(Some(JobError::auth("401", "refused")), 1, Duration::ZERO);
         let settings = WorkerSettings {
-            auth_pause: Duration::from_millis(300),
+            auth_pause: Duration::from_secs(2),
             ..WorkerSettings::default()
         };
         let (board, stop, task) = start(&q, handler.clone(), settings);
@@ -553,15 +591,24 @@ mod tests {
             .await
             .expect("enqueue")
             .id;
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        let mut last_code = None;
+        for _ in 0..500 {
+            let job = q.get(id).await.expect("get").expect("job");
+            last_code = job.last_error.map(|e| e.code);
+            if last_code.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(last_code.as_deref(), Some("handler_timeout"));
         let _ = stop.send(true);
         task.await.expect("lane stops");
-        let job = q.get(id).await.expect("get").expect("job");
-        assert_eq!(
-            job.last_error.map(|e| e.code).as_deref(),
-            Some("handler_timeout")
+        let all = q.list(JobFilter::default(), None, 10).await.expect("list");
+        assert_eq!(all.len(), 1);
+        assert_ne!(
+            all[0].state,
+            JobState::Done,
+            "a cut-off attempt never counts as delivered"
         );
-        let dead_or_ready = q.list(JobFilter::default(), None, 10).await.expect("list");
-        assert_eq!(dead_or_ready.len(), 1);
     }
 }
