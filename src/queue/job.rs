@@ -74,27 +74,8 @@ impl JobState {
     }
 }
 
-/// How a failure should be treated: the answer to "retry this?".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorClass {
-    /// Transient: timeouts, 5xx, 429, connection errors. Retried with backoff.
-    Retryable,
-    /// The upstream will never accept this job as it is. Dead-lettered at once.
-    Permanent,
-    /// Credentials or configuration are wrong. The lane pauses; the job keeps its attempt budget.
-    Auth,
-}
-
-impl ErrorClass {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorClass::Retryable => "retryable",
-            ErrorClass::Permanent => "permanent",
-            ErrorClass::Auth => "auth",
-        }
-    }
-}
+/// How a failure should be treated; shared with the upstream adapters, which classify their failures.
+pub use dvc_upstream::ErrorClass;
 
 /// A failed attempt, as a handler reports it.
 ///
@@ -134,6 +115,16 @@ impl JobError {
     pub fn with_retry_after(mut self, after: Duration) -> Self {
         self.retry_after = Some(after);
         self
+    }
+
+    /// An adapter's classified failure as a job error.
+    pub fn from_upstream(error: dvc_upstream::UpstreamError) -> Self {
+        Self {
+            class: error.class,
+            code: error.code,
+            message: error.message,
+            retry_after: error.retry_after,
+        }
     }
 
     pub(crate) fn record(&self, at: Millis) -> RecordedError {

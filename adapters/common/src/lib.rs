@@ -1,0 +1,155 @@
+//! What every upstream adapter shares.
+//!
+//! - [`ErrorClass`] and [`UpstreamError`]: every failure of an upstream call says whether to retry it,
+//!   give up on it, or stop the lane because our credentials or configuration are wrong — with the
+//!   upstream's own code and a message that carries no personal data.
+//! - [`http`]: the one way to build an HTTP client — rustls, connect and total timeouts always set, custom
+//!   CA bundle and client certificate allowed, invalid certificates never accepted.
+//! - [`sim`]: fault injection and request ledgers for the simulators.
+#![forbid(unsafe_code)]
+
+pub mod http;
+pub mod sim;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How a failure should be treated: the answer to "retry this?".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// Transient: timeouts, 5xx, 429, connection errors, garbled answers. Retried with backoff.
+    Retryable,
+    /// The upstream will never accept this request as it is. Dead-lettered at once.
+    Permanent,
+    /// Credentials or configuration are wrong. The lane pauses; the job keeps its attempt budget.
+    Auth,
+}
+
+impl ErrorClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Retryable => "retryable",
+            ErrorClass::Permanent => "permanent",
+            ErrorClass::Auth => "auth",
+        }
+    }
+}
+
+/// A failed upstream call, classified.
+///
+/// `code` is short and stable (`http_503`, `soap_fault`, the upstream's own status code …) so it can label
+/// metrics and group dead letters; `message` keeps the upstream's words for the operator and must not
+/// contain personal data (the adapters build it from codes and masked values only).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{} upstream error {code}: {message}", class.as_str())]
+pub struct UpstreamError {
+    pub class: ErrorClass,
+    pub code: String,
+    pub message: String,
+    /// The upstream asked us to wait at least this long (`Retry-After`).
+    pub retry_after: Option<Duration>,
+}
+
+impl UpstreamError {
+    pub fn new(class: ErrorClass, code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            class,
+            code: code.into(),
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn retryable(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(ErrorClass::Retryable, code, message)
+    }
+
+    pub fn permanent(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(ErrorClass::Permanent, code, message)
+    }
+
+    pub fn auth(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(ErrorClass::Auth, code, message)
+    }
+
+    /// Classifies a transport failure (no usable HTTP answer).
+    pub fn transport(error: reqwest::Error) -> Self {
+        let code = if error.is_timeout() {
+            "timeout"
+        } else if error.is_connect() {
+            "connect"
+        } else if error.is_body() || error.is_decode() {
+            "truncated_body"
+        } else {
+            "transport"
+        };
+        // reqwest's text names the URL, never a request body; strip the query in case it carries data.
+        let text = error.without_url().to_string();
+        Self::retryable(code, text)
+    }
+
+    /// Classifies an HTTP status that is not the operation's success status.
+    ///
+    /// 5xx, 408 and 429 are retryable (with `Retry-After` when given); 401 and 403 are auth; other 4xx
+    /// are permanent.
+    pub fn from_status(status: u16, retry_after: Option<&str>, detail: impl Into<String>) -> Self {
+        let class = match status {
+            401 | 403 => ErrorClass::Auth,
+            408 | 429 | 500..=599 => ErrorClass::Retryable,
+            _ => ErrorClass::Permanent,
+        };
+        let mut error = Self::new(class, format!("http_{status}"), detail);
+        if class == ErrorClass::Retryable {
+            error.retry_after = retry_after.and_then(parse_retry_after);
+        }
+        error
+    }
+}
+
+/// `Retry-After` in delay-seconds form (the HTTP-date form is not used by these upstreams).
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_the_retry_classes() {
+        assert_eq!(
+            UpstreamError::from_status(503, None, "").class,
+            ErrorClass::Retryable
+        );
+        assert_eq!(
+            UpstreamError::from_status(429, None, "").class,
+            ErrorClass::Retryable
+        );
+        assert_eq!(
+            UpstreamError::from_status(401, None, "").class,
+            ErrorClass::Auth
+        );
+        assert_eq!(
+            UpstreamError::from_status(403, None, "").class,
+            ErrorClass::Auth
+        );
+        assert_eq!(
+            UpstreamError::from_status(400, None, "").class,
+            ErrorClass::Permanent
+        );
+        assert_eq!(UpstreamError::from_status(404, None, "").code, "http_404");
+    }
+
+    #[test]
+    fn retry_after_is_kept_for_retryable_answers_only() {
+        let e = UpstreamError::from_status(429, Some(" 7 "), "");
+        assert_eq!(e.retry_after, Some(Duration::from_secs(7)));
+        assert_eq!(
+            UpstreamError::from_status(400, Some("7"), "").retry_after,
+            None
+        );
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+    }
+}
