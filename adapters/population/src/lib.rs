@@ -6,3 +6,4 @@
 
 pub mod cccd;
 pub mod matching;
+pub mod wire;
