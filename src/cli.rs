@@ -36,12 +36,39 @@ pub enum Command {
         #[arg(long)]
         print: bool,
     },
+    /// Run an upstream simulator (no government access needed) until SIGTERM or SIGINT.
+    Simulate(SimulateArgs),
     /// Measure performance (not a test: figures go to docs/BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCommand),
     /// Crash-qualification child process (used by the integration tests; see docs/STORE.md).
     #[command(hide = true)]
     QualifyChild(QualifyArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SimTarget {
+    /// The population DB behind the LGSP gateway (SOAP): /token, /dancu/soap.
+    Population,
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Which upstream to simulate.
+    #[arg(value_enum)]
+    pub target: SimTarget,
+    /// Address to listen on; port 0 picks a free port (printed at start).
+    #[arg(long, default_value = "127.0.0.1:7101")]
+    pub listen: std::net::SocketAddr,
+    /// Registry of synthetic citizens (default: fixtures/population/citizens.json).
+    #[arg(long, value_name = "FILE")]
+    pub citizens: Option<PathBuf>,
+    /// Initial fault plan (JSON, as accepted by PUT /_control/faults).
+    #[arg(long, value_name = "FILE")]
+    pub faults: Option<PathBuf>,
+    /// Lifetime of issued tokens.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub token_lifetime: std::time::Duration,
 }
 
 #[derive(Debug, Subcommand)]

@@ -11,7 +11,8 @@
 //!   embedded backends, lane workers, lease expiry and retention.
 //! - `api`: the sidecar HTTP API the portal calls.
 //! - `ops`: health and readiness on their own listener.
-//! - [`bench`]: `dvc-connector bench …` measurements; [`qualify`]: the crash-qualification child.
+//! - [`bench`]: `dvc-connector bench …` measurements; [`qualify`]: the crash-qualification child;
+//!   [`simulate`]: `dvc-connector simulate …`, the upstream simulators from `adapters/` as a process.
 //! - [`telemetry`]: logging; [`tls`]: the rustls crypto provider.
 #![forbid(unsafe_code)]
 
@@ -23,5 +24,6 @@ mod ops;
 pub mod qualify;
 pub mod queue;
 pub mod settings;
+pub mod simulate;
 pub mod telemetry;
 pub mod tls;

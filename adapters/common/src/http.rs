@@ -97,3 +97,78 @@ mod tests {
         assert!(client(&HttpOptions::default()).is_ok());
     }
 }
+
+/// Reads a response body, refusing more than `max` bytes (a hostile or broken upstream cannot exhaust
+/// memory).
+pub async fn read_limited(
+    mut response: reqwest::Response,
+    max: usize,
+) -> Result<Vec<u8>, crate::UpstreamError> {
+    let too_large = || {
+        crate::UpstreamError::permanent(
+            "response_too_large",
+            format!("the answer is larger than {max} bytes"),
+        )
+    };
+    if response
+        .content_length()
+        .is_some_and(|len| len > max as u64)
+    {
+        return Err(too_large());
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(crate::UpstreamError::transport)?
+    {
+        if out.len() + chunk.len() > max {
+            return Err(too_large());
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// Replaces every run of 9 or more digits (an identification number, a phone number) with its masked
+/// form, so that upstream messages can be kept for operators without personal data.
+pub fn mask_digit_runs(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        if run.chars().count() >= 9 {
+            let chars: Vec<char> = run.chars().collect();
+            out.extend(&chars[..3]);
+            out.push_str(&"*".repeat(chars.len() - 5));
+            out.extend(&chars[chars.len() - 2..]);
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod mask_tests {
+    use super::mask_digit_runs;
+
+    #[test]
+    fn long_digit_runs_are_masked_and_short_ones_kept() {
+        assert_eq!(
+            mask_digit_runs("ID 001190012345 not found (code 404)"),
+            "ID 001*******45 not found (code 404)"
+        );
+        assert_eq!(mask_digit_runs("phone 0912345678"), "phone 091*****78");
+        assert_eq!(mask_digit_runs("12345678"), "12345678");
+    }
+}

@@ -5,5 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cccd;
+pub mod client;
 pub mod matching;
+pub mod simulator;
 pub mod wire;

@@ -1,0 +1,343 @@
+//! The population DB client: LGSP gateway token, SOAP calls, classification of every failure.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use dvc_upstream::http::{self, HttpOptions};
+use dvc_upstream::{ErrorClass, UpstreamError};
+use reqwest::header;
+use serde::Deserialize;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use crate::cccd::CitizenId;
+use crate::matching::BirthDate;
+use crate::wire::{CongDan, ExistenceRequest, RecordRequest, Request, Response, XmlError};
+
+/// What deployments vary on (`upstreams.md` marks these *(profile)*); the defaults are the spec's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    pub content_type: String,
+    pub lgsp_access_token_header: String,
+    pub auth_hash_header: String,
+}
+
+impl Default for Profile {
+    fn default() -> Self {
+        Self {
+            content_type: "text/xml; charset=utf-8".into(),
+            lgsp_access_token_header: "lgspaccesstoken".into(),
+            auth_hash_header: "AuthHash".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PopulationConfig {
+    /// Where both operations are POSTed.
+    pub service_url: String,
+    /// Where `XacMinhThongTinNhanThan` goes when the gateway splits the operations.
+    pub record_url: Option<String>,
+    pub token_url: String,
+    pub client_id: String,
+    pub client_secret: String,
+    /// A static `lgspaccesstoken`, for gateways that want one.
+    pub lgsp_access_token: Option<String>,
+    pub profile: Profile,
+    pub http: HttpOptions,
+    /// The token is renewed this long before it expires.
+    pub token_margin: Duration,
+    pub max_response_bytes: usize,
+}
+
+impl PopulationConfig {
+    pub fn new(
+        service_url: impl Into<String>,
+        token_url: impl Into<String>,
+        client_id: impl Into<String>,
+        client_secret: impl Into<String>,
+    ) -> Self {
+        Self {
+            service_url: service_url.into(),
+            record_url: None,
+            token_url: token_url.into(),
+            client_id: client_id.into(),
+            client_secret: client_secret.into(),
+            lgsp_access_token: None,
+            profile: Profile::default(),
+            http: HttpOptions::default(),
+            token_margin: Duration::from_secs(30),
+            max_response_bytes: 1 << 20,
+        }
+    }
+}
+
+/// The officer on whose behalf a lookup is made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Officer {
+    /// `MaCanBo`.
+    pub code: String,
+    /// The officer's gateway key and pass, sent as `AuthHash = base64(key:pass)` when the gateway wants it.
+    pub auth_hash: Option<(String, String)>,
+}
+
+/// `XacThucThongTinCongDan`: does a citizen with this number and name exist?
+#[derive(Debug, Clone)]
+pub struct ExistenceQuery {
+    /// `MaDichVu`.
+    pub service_code: String,
+    pub officer: Officer,
+    pub citizen_id: CitizenId,
+    pub legacy_id: String,
+    pub full_name: String,
+}
+
+/// `XacMinhThongTinNhanThan`: the citizen's record.
+#[derive(Debug, Clone)]
+pub struct RecordQuery {
+    /// `MaDVC`: the procedure.
+    pub procedure_code: String,
+    /// `MaTichHop`.
+    pub integration_code: String,
+    /// `MaDonVi`.
+    pub agency_code: String,
+    pub officer: Officer,
+    pub citizen_id: CitizenId,
+    pub legacy_id: String,
+    pub full_name: String,
+    pub birth_date: BirthDate,
+}
+
+/// An answer and the request id it was asked under (recorded for audit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer<T> {
+    pub request_id: String,
+    pub value: T,
+}
+
+#[derive(Debug)]
+struct CachedToken {
+    header: String,
+    renew_at: Instant,
+}
+
+#[derive(Debug, Clone)]
+pub struct PopulationClient {
+    http: reqwest::Client,
+    config: Arc<PopulationConfig>,
+    token: Arc<Mutex<Option<CachedToken>>>,
+}
+
+#[derive(Deserialize)]
+struct TokenAnswer {
+    access_token: String,
+    #[serde(default)]
+    token_type: Option<String>,
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+impl PopulationClient {
+    pub fn new(config: PopulationConfig) -> Result<Self, http::ClientBuildError> {
+        Ok(Self {
+            http: http::client(&config.http)?,
+            config: Arc::new(config),
+            token: Arc::default(),
+        })
+    }
+
+    pub async fn check_exists(&self, q: &ExistenceQuery) -> Result<Answer<bool>, UpstreamError> {
+        let request_id = new_request_id();
+        let request = Request::Existence(ExistenceRequest {
+            ma_yeu_cau: request_id.clone(),
+            ma_dich_vu: q.service_code.clone(),
+            ma_can_bo: q.officer.code.clone(),
+            so_dinh_danh: q.citizen_id.expose().to_owned(),
+            so_cmnd: q.legacy_id.clone(),
+            ho_va_ten: q.full_name.clone(),
+        });
+        match self.call(&request, &q.officer).await? {
+            Response::Exists(found) => Ok(Answer {
+                request_id,
+                value: found,
+            }),
+            _ => Err(UpstreamError::retryable(
+                "unexpected_answer",
+                "a record list where TonTai was expected",
+            )),
+        }
+    }
+
+    pub async fn fetch_records(
+        &self,
+        q: &RecordQuery,
+    ) -> Result<Answer<Vec<CongDan>>, UpstreamError> {
+        let request_id = new_request_id();
+        let request = Request::Record(RecordRequest {
+            ma_yeu_cau: request_id.clone(),
+            ma_dvc: q.procedure_code.clone(),
+            ma_tich_hop: q.integration_code.clone(),
+            ma_don_vi: q.agency_code.clone(),
+            ma_can_bo: q.officer.code.clone(),
+            so_dinh_danh: q.citizen_id.expose().to_owned(),
+            so_cmnd: q.legacy_id.clone(),
+            ho_va_ten: q.full_name.clone(),
+            ngay_thang_nam: q.birth_date.compact(),
+        });
+        match self.call(&request, &q.officer).await? {
+            Response::Records(citizens) => Ok(Answer {
+                request_id,
+                value: citizens,
+            }),
+            _ => Err(UpstreamError::retryable(
+                "unexpected_answer",
+                "TonTai where a record list was expected",
+            )),
+        }
+    }
+
+    async fn call(&self, request: &Request, officer: &Officer) -> Result<Response, UpstreamError> {
+        let op = request.operation();
+        let url = match (op, &self.config.record_url) {
+            (crate::wire::Operation::XacMinhThongTinNhanThan, Some(url)) => url,
+            _ => &self.config.service_url,
+        };
+        let body = request.encode();
+        // One refresh on a 401: the cached token may have been revoked before its announced expiry.
+        for refreshed in [false, true] {
+            let token = self.token(refreshed).await?;
+            let mut rb = self
+                .http
+                .post(url)
+                .header(header::CONTENT_TYPE, &self.config.profile.content_type)
+                .header("SOAPAction", op.as_str())
+                .header(header::AUTHORIZATION, token)
+                .body(body.clone());
+            if let Some(value) = &self.config.lgsp_access_token {
+                rb = rb.header(self.config.profile.lgsp_access_token_header.as_str(), value);
+            }
+            if let Some((key, pass)) = &officer.auth_hash {
+                let hash =
+                    base64::engine::general_purpose::STANDARD.encode(format!("{key}:{pass}"));
+                rb = rb.header(self.config.profile.auth_hash_header.as_str(), hash);
+            }
+            let response = rb.send().await.map_err(UpstreamError::transport)?;
+            let status = response.status().as_u16();
+            if status == 401 && !refreshed {
+                self.forget_token().await;
+                continue;
+            }
+            let retry_after = response
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let bytes = http::read_limited(response, self.config.max_response_bytes).await?;
+            return classify(status, retry_after.as_deref(), &bytes);
+        }
+        Err(UpstreamError::auth(
+            "http_401",
+            "the gateway refused a freshly issued token",
+        ))
+    }
+
+    /// The `Authorization` header value, from the cache unless `force` or close to expiry.
+    async fn token(&self, force: bool) -> Result<String, UpstreamError> {
+        let mut cached = self.token.lock().await;
+        if !force
+            && let Some(token) = cached.as_ref()
+            && Instant::now() < token.renew_at
+        {
+            return Ok(token.header.clone());
+        }
+        let response = self
+            .http
+            .post(&self.config.token_url)
+            .basic_auth(&self.config.client_id, Some(&self.config.client_secret))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .map_err(UpstreamError::transport)?;
+        let status = response.status().as_u16();
+        let bytes = http::read_limited(response, 64 * 1024).await?;
+        match status {
+            200 => {}
+            400 | 401 | 403 => {
+                return Err(UpstreamError::auth(
+                    "token_refused",
+                    format!(
+                        "the gateway's token endpoint refused our client credentials (HTTP {status})"
+                    ),
+                ));
+            }
+            other => return Err(UpstreamError::from_status(other, None, "token endpoint")),
+        }
+        let answer: TokenAnswer = serde_json::from_slice(&bytes)
+            .map_err(|e| UpstreamError::retryable("token_malformed", e.to_string()))?;
+        let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(300));
+        let header = format!(
+            "{} {}",
+            answer
+                .token_type
+                .as_deref()
+                .filter(|t| !t.is_empty())
+                .unwrap_or("Bearer"),
+            answer.access_token
+        );
+        *cached = Some(CachedToken {
+            header: header.clone(),
+            renew_at: Instant::now() + lifetime.saturating_sub(self.config.token_margin),
+        });
+        Ok(header)
+    }
+
+    async fn forget_token(&self) {
+        *self.token.lock().await = None;
+    }
+}
+
+/// Turns an HTTP answer into a response or a classified error.
+fn classify(
+    status: u16,
+    retry_after: Option<&str>,
+    body: &[u8],
+) -> Result<Response, UpstreamError> {
+    match Response::decode(body) {
+        // SOAP 1.1 faults usually come with HTTP 500; the fault says more than the status.
+        Ok(Response::Fault { code, message }) => {
+            let mut e = UpstreamError::retryable(
+                "soap_fault",
+                http::mask_digit_runs(&format!("{code}: {message}")),
+            );
+            e.retry_after = retry_after.and_then(dvc_upstream::parse_retry_after);
+            Err(e)
+        }
+        _ if !(200..300).contains(&status) => Err(UpstreamError::from_status(
+            status,
+            retry_after,
+            format!("the gateway answered HTTP {status}"),
+        )),
+        Ok(response) => Ok(response),
+        Err(error) => {
+            // A gateway that sends DTDs or entities is hostile or broken for good; garbled or truncated
+            // XML is usually transient.
+            let class = match error {
+                XmlError::Dtd | XmlError::Entity(_) | XmlError::TooLarge => ErrorClass::Permanent,
+                XmlError::NotUtf8 | XmlError::Syntax(_) | XmlError::Missing(_) => {
+                    ErrorClass::Retryable
+                }
+            };
+            Err(UpstreamError::new(
+                class,
+                error.code(),
+                http::mask_digit_runs(&error.to_string()),
+            ))
+        }
+    }
+}
+
+/// A fresh request id for every call (never derived from the clock alone).
+fn new_request_id() -> String {
+    ulid::Ulid::new().to_string()
+}

@@ -1,0 +1,374 @@
+//! A simulator of the LGSP gateway in front of the population DB, speaking the same SOAP as the client
+//! (both use [`crate::wire`]).
+//!
+//! - `POST /token` — client credentials (HTTP Basic) → a bearer token that expires after
+//!   `token_lifetime`;
+//! - `POST /dancu/soap` — both operations; 401 without a valid token; answers from a registry of
+//!   synthetic citizens (`fixtures/population/citizens.json`);
+//! - the control endpoint of [`dvc_upstream::sim`] (faults, ledger), plus `POST /_control/revoke-tokens`
+//!   to expire every token at once.
+//!
+//! `XacThucThongTinCongDan` answers `TonTai=true` when the number is known and the name matches it with
+//! or without diacritics (as deployed gateways compare); `XacMinhThongTinNhanThan` returns the record of
+//! the number, whatever name was sent — matching is the connector's job.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Form, Json, Router};
+use base64::Engine as _;
+use dvc_upstream::sim::{self, Fault, FaultPlan, Faults, Ledger, Running};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::matching::{BirthDate, normalize_name, strip_diacritics};
+use crate::wire::{self, CongDan, Request};
+
+/// One synthetic citizen, as in the fixture file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimCitizen {
+    pub citizen_id: String,
+    #[serde(default)]
+    pub legacy_id: String,
+    pub family: String,
+    pub middle: String,
+    pub given: String,
+    /// `male` or `female`.
+    pub sex: String,
+    /// `YYYY-MM-DD` or `YYYY`.
+    pub date_of_birth: String,
+    /// Two-digit province code of the birth registration.
+    pub birth_province: String,
+    /// Put the whole upper-case name in `Ten`, as some deployments do.
+    #[serde(default)]
+    pub whole_name_in_ten: bool,
+}
+
+impl SimCitizen {
+    pub fn full_name(&self) -> String {
+        format!("{} {} {}", self.family, self.middle, self.given)
+    }
+
+    fn record(&self) -> CongDan {
+        let dob = BirthDate::parse_iso(&self.date_of_birth);
+        let (ho, chu_dem, ten) = if self.whole_name_in_ten {
+            (
+                String::new(),
+                String::new(),
+                self.full_name().to_uppercase(),
+            )
+        } else {
+            (self.family.clone(), self.middle.clone(), self.given.clone())
+        };
+        CongDan {
+            so_dinh_danh: self.citizen_id.clone(),
+            so_cmnd: self.legacy_id.clone(),
+            ho,
+            chu_dem,
+            ten,
+            gioi_tinh: if self.sex == "female" { "2" } else { "1" }.into(),
+            nam: dob.map(|d| d.year().to_string()).unwrap_or_default(),
+            ngay_thang_nam: match dob {
+                Some(d @ BirthDate::Full { .. }) => d.compact(),
+                _ => String::new(),
+            },
+            noi_dang_ky_khai_sinh_tinh: self.birth_province.clone(),
+        }
+    }
+}
+
+/// The registry shipped with the repository (`fixtures/population/citizens.json`), built into the binary.
+pub const DEFAULT_CITIZENS: &str = include_str!("../../../fixtures/population/citizens.json");
+
+pub fn parse_citizens(text: &str) -> Result<Vec<SimCitizen>, String> {
+    serde_json::from_str(text).map_err(|e| e.to_string())
+}
+
+pub fn load_citizens(path: &Path) -> Result<Vec<SimCitizen>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    parse_citizens(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+#[derive(Debug, Clone)]
+pub struct SimulatorConfig {
+    pub citizens: Vec<SimCitizen>,
+    pub client_id: String,
+    pub client_secret: String,
+    pub token_lifetime: Duration,
+    pub faults: FaultPlan,
+}
+
+impl SimulatorConfig {
+    /// The shipped registry, client `dvc-dev` / `dev-secret` (as in `config/dev.toml`), tokens for 5 minutes.
+    pub fn with_fixture() -> Result<Self, String> {
+        Ok(Self {
+            citizens: parse_citizens(DEFAULT_CITIZENS)?,
+            client_id: "dvc-dev".into(),
+            client_secret: "dev-secret".into(),
+            token_lifetime: Duration::from_secs(300),
+            faults: FaultPlan::default(),
+        })
+    }
+}
+
+/// What the simulator received.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    /// `token` or the SOAP operation.
+    pub operation: String,
+    pub request_id: String,
+    pub officer: String,
+    pub citizen_id: String,
+    /// `found`, `not_found`, `token_issued`, `unauthorized`, `bad_request`, or the fault drawn.
+    pub outcome: String,
+    pub auth_hash: bool,
+    pub lgsp_access_token: bool,
+}
+
+#[derive(Debug)]
+pub struct Simulator {
+    pub faults: Arc<Faults>,
+    pub ledger: Arc<Ledger<LedgerEntry>>,
+    registry: HashMap<String, SimCitizen>,
+    tokens: Mutex<HashMap<String, Instant>>,
+    client_id: String,
+    client_secret: String,
+    token_lifetime: Duration,
+}
+
+impl Simulator {
+    pub fn new(config: SimulatorConfig) -> Arc<Self> {
+        Arc::new(Self {
+            faults: Faults::new(config.faults),
+            ledger: Arc::default(),
+            registry: config
+                .citizens
+                .into_iter()
+                .map(|c| (c.citizen_id.clone(), c))
+                .collect(),
+            tokens: Mutex::default(),
+            client_id: config.client_id,
+            client_secret: config.client_secret,
+            token_lifetime: config.token_lifetime,
+        })
+    }
+
+    /// Expires every issued token (the gateway restarted or rotated its keys).
+    pub fn revoke_tokens(&self) {
+        if let Ok(mut tokens) = self.tokens.lock() {
+            tokens.clear();
+        }
+    }
+
+    pub fn tokens_issued(&self) -> usize {
+        self.ledger
+            .snapshot()
+            .iter()
+            .filter(|e| e.outcome == "token_issued")
+            .count()
+    }
+
+    fn token_valid(&self, headers: &HeaderMap) -> bool {
+        let Some(token) = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        else {
+            return false;
+        };
+        self.tokens
+            .lock()
+            .map(|t| t.get(token).is_some_and(|exp| Instant::now() < *exp))
+            .unwrap_or(false)
+    }
+}
+
+pub fn router(sim: Arc<Simulator>) -> Router {
+    let control = sim::control_router(sim.faults.clone(), sim.ledger.clone());
+    Router::new()
+        .route("/token", post(token))
+        .route("/dancu/soap", post(soap))
+        .route("/_control/revoke-tokens", post(revoke))
+        .with_state(sim)
+        .merge(control)
+}
+
+/// Starts the simulator on `listener` (port 0 works).
+pub fn start(
+    listener: tokio::net::TcpListener,
+    config: SimulatorConfig,
+) -> std::io::Result<(Running, Arc<Simulator>)> {
+    let sim = Simulator::new(config);
+    let running = sim::serve(listener, router(sim.clone()))?;
+    Ok((running, sim))
+}
+
+#[derive(Deserialize)]
+struct TokenForm {
+    grant_type: String,
+}
+
+async fn token(
+    State(sim): State<Arc<Simulator>>,
+    headers: HeaderMap,
+    Form(form): Form<TokenForm>,
+) -> Response {
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:{}", sim.client_id, sim.client_secret))
+    );
+    let entry = |outcome: &str| LedgerEntry {
+        operation: "token".into(),
+        request_id: String::new(),
+        officer: String::new(),
+        citizen_id: String::new(),
+        outcome: outcome.into(),
+        auth_hash: false,
+        lgsp_access_token: false,
+    };
+    if headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        != Some(expected.as_str())
+    {
+        sim.ledger.record(entry("unauthorized"));
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(serde_json::json!({"error": "invalid_client"})),
+        )
+            .into_response();
+    }
+    if form.grant_type != "client_credentials" {
+        sim.ledger.record(entry("bad_request"));
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({"error": "unsupported_grant_type"})),
+        )
+            .into_response();
+    }
+    let value = format!("sim-{}", ulid::Ulid::new());
+    if let Ok(mut tokens) = sim.tokens.lock() {
+        tokens.insert(value.clone(), Instant::now() + sim.token_lifetime);
+    }
+    sim.ledger.record(entry("token_issued"));
+    Json(serde_json::json!({
+        "access_token": value,
+        "token_type": "Bearer",
+        "expires_in": sim.token_lifetime.as_secs(),
+    }))
+    .into_response()
+}
+
+async fn revoke(State(sim): State<Arc<Simulator>>) -> StatusCode {
+    sim.revoke_tokens();
+    StatusCode::NO_CONTENT
+}
+
+fn xml(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/xml; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+async fn soap(State(sim): State<Arc<Simulator>>, headers: HeaderMap, body: Bytes) -> Response {
+    let request = Request::decode(&body);
+    let mut entry = LedgerEntry {
+        operation: request
+            .as_ref()
+            .map(|r| r.operation().as_str().to_owned())
+            .unwrap_or_default(),
+        request_id: request
+            .as_ref()
+            .map(|r| r.request_id().to_owned())
+            .unwrap_or_default(),
+        officer: request
+            .as_ref()
+            .map(|r| r.officer().to_owned())
+            .unwrap_or_default(),
+        citizen_id: request
+            .as_ref()
+            .map(|r| r.citizen_id().to_owned())
+            .unwrap_or_default(),
+        outcome: String::new(),
+        auth_hash: headers.contains_key("authhash"),
+        lgsp_access_token: headers.contains_key("lgspaccesstoken"),
+    };
+    if !sim.token_valid(&headers) {
+        entry.outcome = "unauthorized".into();
+        sim.ledger.record(entry);
+        return (
+            StatusCode::UNAUTHORIZED,
+            "token missing, unknown or expired",
+        )
+            .into_response();
+    }
+    if let Some(fault) = sim.faults.draw().await {
+        entry.outcome = fault.as_str().into();
+        sim.ledger.record(entry);
+        if let Some(response) = sim.faults.generic_response(fault).await {
+            return response;
+        }
+        return match fault {
+            Fault::Malformed => xml(
+                StatusCode::OK,
+                "<soap:Envelope><soap:Body><TonTai>tr".into(),
+            ),
+            _ => xml(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                wire::Response::Fault {
+                    code: "soap:Server".into(),
+                    message: "Hệ thống CSDLQGDC đang bận".into(),
+                }
+                .encode(),
+            ),
+        };
+    }
+    let request = match request {
+        Ok(r) => r,
+        Err(e) => {
+            entry.outcome = "bad_request".into();
+            sim.ledger.record(entry);
+            return xml(
+                StatusCode::BAD_REQUEST,
+                wire::Response::Fault {
+                    code: "soap:Client".into(),
+                    message: e.to_string(),
+                }
+                .encode(),
+            );
+        }
+    };
+    let citizen = sim.registry.get(request.citizen_id());
+    let response = match &request {
+        Request::Existence(r) => {
+            let found = citizen.is_some_and(|c| {
+                strip_diacritics(&normalize_name(&c.full_name()))
+                    == strip_diacritics(&normalize_name(&r.ho_va_ten))
+            });
+            wire::Response::Exists(found)
+        }
+        Request::Record(_) => {
+            wire::Response::Records(citizen.map(|c| vec![c.record()]).unwrap_or_default())
+        }
+    };
+    entry.outcome = match &response {
+        wire::Response::Exists(true) => "found",
+        wire::Response::Records(r) if !r.is_empty() => "found",
+        _ => "not_found",
+    }
+    .into();
+    sim.ledger.record(entry);
+    xml(StatusCode::OK, response.encode())
+}
