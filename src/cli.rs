@@ -50,6 +50,8 @@ pub enum Command {
 pub enum SimTarget {
     /// The population DB behind the LGSP gateway (SOAP): /token, /dancu/soap.
     Population,
+    /// VNPost: /token, /order/post, /order/cancel, /order/tracking.
+    Postal,
 }
 
 #[derive(Debug, Args)]
@@ -57,9 +59,10 @@ pub struct SimulateArgs {
     /// Which upstream to simulate.
     #[arg(value_enum)]
     pub target: SimTarget,
-    /// Address to listen on; port 0 picks a free port (printed at start).
-    #[arg(long, default_value = "127.0.0.1:7101")]
-    pub listen: std::net::SocketAddr,
+    /// Address to listen on (default: population 127.0.0.1:7101, postal 127.0.0.1:7102); port 0 picks
+    /// a free port (printed at start).
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
     /// Registry of synthetic citizens (default: fixtures/population/citizens.json).
     #[arg(long, value_name = "FILE")]
     pub citizens: Option<PathBuf>,
@@ -69,6 +72,9 @@ pub struct SimulateArgs {
     /// Lifetime of issued tokens.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub token_lifetime: std::time::Duration,
+    /// Postal: time between two status steps of an order (accelerated time).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub step_interval: std::time::Duration,
 }
 
 #[derive(Debug, Subcommand)]

@@ -6,9 +6,13 @@ use crate::cli::{SimTarget, SimulateArgs};
 
 pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
     crate::telemetry::init(crate::settings::LogFormat::Auto, "info");
-    let listener = tokio::net::TcpListener::bind(args.listen)
+    let listen = args.listen.unwrap_or_else(|| match args.target {
+        SimTarget::Population => ([127, 0, 0, 1], 7101).into(),
+        SimTarget::Postal => ([127, 0, 0, 1], 7102).into(),
+    });
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("binding {}", args.listen))?;
+        .with_context(|| format!("binding {listen}"))?;
     let faults = match &args.faults {
         None => Default::default(),
         Some(path) => {
@@ -37,6 +41,21 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
                 running.base_url(),
                 running.base_url(),
                 running.base_url()
+            );
+            running
+        }
+        SimTarget::Postal => {
+            use dvc_postal::simulator::{self, SimulatorConfig};
+            let config = SimulatorConfig {
+                faults,
+                token_lifetime: args.token_lifetime,
+                step_interval: args.step_interval,
+                ..SimulatorConfig::default()
+            };
+            let (running, _) = simulator::start(listener, config)?;
+            let base = running.base_url();
+            println!(
+                "postal simulator listening on {base} (customer DVCDEV01; key dev-customer/dev-secret)\n  token:    POST {base}/token\n  orders:   POST {base}/order/post, GET {base}/order/cancel\n  tracking: GET {base}/order/tracking?pagesize=N&lastId=…\n  control:  {base}/_control/faults, {base}/_control/ledger, {base}/_control/revoke-tokens"
             );
             running
         }

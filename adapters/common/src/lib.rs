@@ -10,6 +10,7 @@
 
 pub mod http;
 pub mod sim;
+pub mod token;
 
 use std::time::Duration;
 

@@ -5,11 +5,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use dvc_upstream::http::{self, HttpOptions};
+use dvc_upstream::token::TokenSource;
 use dvc_upstream::{ErrorClass, UpstreamError};
 use reqwest::header;
-use serde::Deserialize;
-use tokio::sync::Mutex;
-use tokio::time::Instant;
 
 use crate::cccd::CitizenId;
 use crate::matching::BirthDate;
@@ -116,34 +114,24 @@ pub struct Answer<T> {
     pub value: T,
 }
 
-#[derive(Debug)]
-struct CachedToken {
-    header: String,
-    renew_at: Instant,
-}
-
 #[derive(Debug, Clone)]
 pub struct PopulationClient {
     http: reqwest::Client,
     config: Arc<PopulationConfig>,
-    token: Arc<Mutex<Option<CachedToken>>>,
-}
-
-#[derive(Deserialize)]
-struct TokenAnswer {
-    access_token: String,
-    #[serde(default)]
-    token_type: Option<String>,
-    #[serde(default)]
-    expires_in: Option<u64>,
+    token: Arc<TokenSource>,
 }
 
 impl PopulationClient {
     pub fn new(config: PopulationConfig) -> Result<Self, http::ClientBuildError> {
         Ok(Self {
             http: http::client(&config.http)?,
+            token: Arc::new(TokenSource::new(
+                config.token_url.clone(),
+                config.client_id.clone(),
+                config.client_secret.clone(),
+                config.token_margin,
+            )),
             config: Arc::new(config),
-            token: Arc::default(),
         })
     }
 
@@ -204,96 +192,33 @@ impl PopulationClient {
             _ => &self.config.service_url,
         };
         let body = request.encode();
-        // One refresh on a 401: the cached token may have been revoked before its announced expiry.
-        for refreshed in [false, true] {
-            let token = self.token(refreshed).await?;
-            let mut rb = self
-                .http
-                .post(url)
-                .header(header::CONTENT_TYPE, &self.config.profile.content_type)
-                .header("SOAPAction", op.as_str())
-                .header(header::AUTHORIZATION, token)
-                .body(body.clone());
-            if let Some(value) = &self.config.lgsp_access_token {
-                rb = rb.header(self.config.profile.lgsp_access_token_header.as_str(), value);
-            }
-            if let Some((key, pass)) = &officer.auth_hash {
-                let hash =
-                    base64::engine::general_purpose::STANDARD.encode(format!("{key}:{pass}"));
-                rb = rb.header(self.config.profile.auth_hash_header.as_str(), hash);
-            }
-            let response = rb.send().await.map_err(UpstreamError::transport)?;
-            let status = response.status().as_u16();
-            if status == 401 && !refreshed {
-                self.forget_token().await;
-                continue;
-            }
-            let retry_after = response
-                .headers()
-                .get(header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            let bytes = http::read_limited(response, self.config.max_response_bytes).await?;
-            return classify(status, retry_after.as_deref(), &bytes);
-        }
-        Err(UpstreamError::auth(
-            "http_401",
-            "the gateway refused a freshly issued token",
-        ))
-    }
-
-    /// The `Authorization` header value, from the cache unless `force` or close to expiry.
-    async fn token(&self, force: bool) -> Result<String, UpstreamError> {
-        let mut cached = self.token.lock().await;
-        if !force
-            && let Some(token) = cached.as_ref()
-            && Instant::now() < token.renew_at
-        {
-            return Ok(token.header.clone());
-        }
-        let response = self
-            .http
-            .post(&self.config.token_url)
-            .basic_auth(&self.config.client_id, Some(&self.config.client_secret))
-            .form(&[("grant_type", "client_credentials")])
-            .send()
-            .await
-            .map_err(UpstreamError::transport)?;
-        let status = response.status().as_u16();
-        let bytes = http::read_limited(response, 64 * 1024).await?;
-        match status {
-            200 => {}
-            400 | 401 | 403 => {
-                return Err(UpstreamError::auth(
-                    "token_refused",
-                    format!(
-                        "the gateway's token endpoint refused our client credentials (HTTP {status})"
-                    ),
-                ));
-            }
-            other => return Err(UpstreamError::from_status(other, None, "token endpoint")),
-        }
-        let answer: TokenAnswer = serde_json::from_slice(&bytes)
-            .map_err(|e| UpstreamError::retryable("token_malformed", e.to_string()))?;
-        let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(300));
-        let header = format!(
-            "{} {}",
-            answer
-                .token_type
-                .as_deref()
-                .filter(|t| !t.is_empty())
-                .unwrap_or("Bearer"),
-            answer.access_token
-        );
-        *cached = Some(CachedToken {
-            header: header.clone(),
-            renew_at: Instant::now() + lifetime.saturating_sub(self.config.token_margin),
-        });
-        Ok(header)
-    }
-
-    async fn forget_token(&self) {
-        *self.token.lock().await = None;
+        let answer = self
+            .token
+            .send(
+                &self.http,
+                self.config.max_response_bytes,
+                |authorization| {
+                    let mut rb = self
+                        .http
+                        .post(url)
+                        .header(header::CONTENT_TYPE, &self.config.profile.content_type)
+                        .header("SOAPAction", op.as_str())
+                        .header(header::AUTHORIZATION, authorization)
+                        .body(body.clone());
+                    if let Some(value) = &self.config.lgsp_access_token {
+                        rb =
+                            rb.header(self.config.profile.lgsp_access_token_header.as_str(), value);
+                    }
+                    if let Some((key, pass)) = &officer.auth_hash {
+                        let hash = base64::engine::general_purpose::STANDARD
+                            .encode(format!("{key}:{pass}"));
+                        rb = rb.header(self.config.profile.auth_hash_header.as_str(), hash);
+                    }
+                    rb
+                },
+            )
+            .await?;
+        classify(answer.status, answer.retry_after.as_deref(), &answer.body)
     }
 }
 

@@ -27,14 +27,23 @@ pub(crate) struct SledEngine {
 
 impl SledEngine {
     pub(crate) fn open(path: &Path) -> Result<Self, StoreError> {
-        let tree = sled::Config::new().path(path).open().map_err(|e| {
-            let text = e.to_string();
-            if text.contains("lock") {
-                StoreError::Locked(path.display().to_string())
-            } else {
-                err(text)
+        // sled releases its file lock from a background thread after the last handle is dropped, so a
+        // store reopened within the same process can find it still locked for a moment; a store held
+        // by another process stays locked and is reported after the wait.
+        let mut waited = std::time::Duration::ZERO;
+        let tree = loop {
+            match sled::Config::new().path(path).open() {
+                Ok(tree) => break tree,
+                Err(e) if e.to_string().contains("lock") => {
+                    if waited >= std::time::Duration::from_secs(2) {
+                        return Err(StoreError::Locked(path.display().to_string()));
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    waited += std::time::Duration::from_millis(50);
+                }
+                Err(e) => return Err(err(e)),
             }
-        })?;
+        };
         Ok(Self {
             tree,
             path: path.to_owned(),
