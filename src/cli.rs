@@ -52,6 +52,10 @@ pub enum SimTarget {
     Population,
     /// VNPost: /token, /order/post, /order/cancel, /order/tracking.
     Postal,
+    /// The portal protocol: national at /auth, /integration; provincial under /provincial.
+    Portal,
+    /// All three, each on its default port (or each on a free port with --listen 127.0.0.1:0).
+    All,
 }
 
 #[derive(Debug, Args)]
@@ -59,8 +63,8 @@ pub struct SimulateArgs {
     /// Which upstream to simulate.
     #[arg(value_enum)]
     pub target: SimTarget,
-    /// Address to listen on (default: population 127.0.0.1:7101, postal 127.0.0.1:7102); port 0 picks
-    /// a free port (printed at start).
+    /// Address to listen on (default: population 127.0.0.1:7101, postal :7102, portal :7103); port 0
+    /// picks a free port (printed at start).
     #[arg(long)]
     pub listen: Option<std::net::SocketAddr>,
     /// Registry of synthetic citizens (default: fixtures/population/citizens.json).
@@ -72,6 +76,9 @@ pub struct SimulateArgs {
     /// Lifetime of issued tokens.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub token_lifetime: std::time::Duration,
+    /// Portal: lifetime of a login session.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub session_lifetime: std::time::Duration,
     /// Postal: time between two status steps of an order (accelerated time).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub step_interval: std::time::Duration,

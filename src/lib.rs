@@ -13,6 +13,7 @@
 //! - `ops`: health and readiness on their own listener.
 //! - [`bench`]: `dvc-connector bench …` measurements; [`qualify`]: the crash-qualification child;
 //!   [`simulate`]: `dvc-connector simulate …`, the upstream simulators from `adapters/` as a process.
+//! - [`upstreams`]: the upstream clients (`adapters/`) built from settings at start-up.
 //! - [`telemetry`]: logging; [`tls`]: the rustls crypto provider.
 #![forbid(unsafe_code)]
 
@@ -27,3 +28,4 @@ pub mod settings;
 pub mod simulate;
 pub mod telemetry;
 pub mod tls;
+pub mod upstreams;

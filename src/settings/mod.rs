@@ -101,14 +101,30 @@ pub struct LogSettings {
 pub struct HttpSettings {
     pub connect_timeout: Duration,
     pub timeout: Duration,
+    /// Extra trusted CA certificates (PEM file), checked readable at load.
+    pub ca_bundle: Option<PathBuf>,
+    pub ca_bundle_only: bool,
+    /// Client certificate and key (PEM file) for mTLS.
+    pub client_certificate: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct OfficerCredentials {
+    pub key: String,
+    pub password: SecretString,
 }
 
 #[derive(Debug, Clone)]
 pub struct PopulationSettings {
     pub service_url: Url,
+    pub record_url: Option<Url>,
     pub token_url: Url,
     pub client_id: String,
     pub client_secret: SecretString,
+    pub lgsp_access_token: Option<SecretString>,
+    pub profile: dvc_population::client::Profile,
+    /// Officer code (`MaCanBo`) → gateway credentials for `AuthHash`.
+    pub officers: BTreeMap<String, OfficerCredentials>,
     pub http: HttpSettings,
 }
 
@@ -118,6 +134,7 @@ pub struct PostalSettings {
     pub customer_code: String,
     pub customer_key: String,
     pub secret_key: SecretString,
+    pub profile: dvc_postal::client::Profile,
     pub http: HttpSettings,
 }
 
@@ -129,6 +146,7 @@ pub struct PortalTarget {
     pub password: SecretString,
     pub agency_code: String,
     pub routing_code: String,
+    pub profile: dvc_portal::client::Profile,
     pub http: HttpSettings,
 }
 

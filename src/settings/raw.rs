@@ -111,11 +111,33 @@ pub(crate) struct RawUpstreams {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawPopulation {
     pub service_url: Option<String>,
+    /// Where `XacMinhThongTinNhanThan` goes when the gateway splits the operations.
+    pub record_url: Option<String>,
     pub token_url: Option<String>,
     pub client_id: Option<String>,
     pub client_secret: Option<SecretString>,
+    pub lgsp_access_token: Option<SecretString>,
+    pub content_type: Option<String>,
+    pub lgsp_access_token_header: Option<String>,
+    pub auth_hash_header: Option<String>,
+    /// Officer code (`MaCanBo`) → the officer's gateway key and password, for `AuthHash`.
+    #[serde(default)]
+    pub officers: BTreeMap<String, RawOfficer>,
     pub connect_timeout: Option<String>,
     pub timeout: Option<String>,
+    /// PEM file of extra trusted CA certificates (government root CAs).
+    pub ca_bundle: Option<String>,
+    /// Trust only `ca_bundle`, not the system's roots.
+    pub ca_bundle_only: Option<bool>,
+    /// PEM file with the client certificate and its private key, for mTLS.
+    pub client_certificate: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawOfficer {
+    pub key: Option<String>,
+    pub password: Option<SecretString>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -125,8 +147,22 @@ pub(crate) struct RawPostal {
     pub customer_code: Option<String>,
     pub customer_key: Option<String>,
     pub secret_key: Option<SecretString>,
+    pub token_path: Option<String>,
+    pub order_path: Option<String>,
+    pub cancel_path: Option<String>,
+    pub tracking_path: Option<String>,
+    pub success_status: Option<i64>,
+    pub already_exists_statuses: Option<Vec<i64>>,
+    /// Tracking `StatusCode` → shipment state; replaces the default table when given.
+    pub status_codes: Option<BTreeMap<String, String>>,
     pub connect_timeout: Option<String>,
     pub timeout: Option<String>,
+    /// PEM file of extra trusted CA certificates (government root CAs).
+    pub ca_bundle: Option<String>,
+    /// Trust only `ca_bundle`, not the system's roots.
+    pub ca_bundle_only: Option<bool>,
+    /// PEM file with the client certificate and its private key, for mTLS.
+    pub client_certificate: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -137,8 +173,22 @@ pub(crate) struct RawPortalTarget {
     pub password: Option<SecretString>,
     pub agency_code: Option<String>,
     pub routing_code: Option<String>,
+    pub auth_path: Option<String>,
+    pub integration_path: Option<String>,
+    pub routing_header: Option<String>,
+    pub session_expired_codes: Option<Vec<i64>>,
+    pub already_exists_code: Option<i64>,
+    pub does_not_exist_code: Option<i64>,
+    /// Local status word → `TrangThaiHoSo` code 1–10; replaces the default table when given.
+    pub statuses: Option<BTreeMap<String, i64>>,
     pub connect_timeout: Option<String>,
     pub timeout: Option<String>,
+    /// PEM file of extra trusted CA certificates (government root CAs).
+    pub ca_bundle: Option<String>,
+    /// Trust only `ca_bundle`, not the system's roots.
+    pub ca_bundle_only: Option<bool>,
+    /// PEM file with the client certificate and its private key, for mTLS.
+    pub client_certificate: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -149,4 +199,10 @@ pub(crate) struct RawCallbacks {
 }
 
 /// Keys whose values are secrets: never printed, and always text when set from the environment.
-pub(crate) const SECRET_KEYS: &[&str] = &["client_secret", "secret_key", "password", "secret"];
+pub(crate) const SECRET_KEYS: &[&str] = &[
+    "client_secret",
+    "secret_key",
+    "password",
+    "secret",
+    "lgsp_access_token",
+];

@@ -172,3 +172,123 @@ fn durations_need_a_unit() {
     assert!(parse_duration("3 weeks").is_err());
     assert!(parse_duration("").is_err());
 }
+
+#[test]
+fn upstream_profiles_come_from_the_file_with_the_specs_defaults() {
+    let settings = load(&repo_file("config/dev.toml"), no_env()).expect("dev config");
+    let postal = settings.upstreams.postal.as_ref().expect("postal");
+    assert_eq!(postal.profile, dvc_postal::client::Profile::default());
+    let national = &settings.upstreams.portal["national"];
+    assert_eq!(national.profile.session_expired_codes, [2]);
+    assert_eq!(national.routing_code, "DVCQG");
+    let population = settings.upstreams.population.as_ref().expect("population");
+    assert_eq!(population.profile.auth_hash_header, "AuthHash");
+    assert_eq!(population.officers["CB-DEV-01"].key, "canbo01");
+
+    let (_dir, path) = write_config(
+        r#"
+[store]
+path = "s"
+[upstreams.postal]
+base_url = "https://vnpost.example.vn"
+customer_code = "C"
+customer_key = "K"
+secret_key = "S"
+order_path = "/apiVNPostNGSP/p1.0/order/post"
+already_exists_statuses = [101, 103]
+[upstreams.postal.status_codes]
+10 = "accepted"
+40 = "delivered"
+[upstreams.portal.national]
+base_url = "https://dvc.example.vn"
+username = "u"
+password = "p"
+agency_code = "A"
+auth_path = "/api/auth"
+routing_header = "X-Dst-Code"
+[upstreams.portal.national.statuses]
+tiep_nhan = 2
+da_tra = 10
+"#,
+    );
+    let s = load(&path, no_env()).expect("profile overrides load");
+    let postal = s.upstreams.postal.expect("postal");
+    assert_eq!(postal.profile.order_path, "/apiVNPostNGSP/p1.0/order/post");
+    assert_eq!(
+        postal.profile.token_path, "/token",
+        "unset keys keep the default"
+    );
+    assert_eq!(postal.profile.already_exists_statuses, [101, 103]);
+    assert_eq!(
+        postal.profile.status_table.state(40),
+        Some(dvc_postal::wire::ShipmentState::Delivered)
+    );
+    assert_eq!(
+        postal.profile.status_table.state(4),
+        None,
+        "a given table replaces the default"
+    );
+    let national = &s.upstreams.portal["national"];
+    assert_eq!(
+        (
+            national.profile.auth_path.as_str(),
+            national.profile.routing_header.as_str()
+        ),
+        ("/api/auth", "X-Dst-Code")
+    );
+    assert_eq!(national.profile.status_map.code("da_tra"), Some(10));
+}
+
+#[test]
+fn profile_mistakes_are_reported_with_their_keys() {
+    let (_dir, path) = write_config(
+        r#"
+[store]
+path = "s"
+[upstreams.postal]
+base_url = "https://vnpost.example.vn"
+customer_code = "C"
+customer_key = "K"
+secret_key = "S"
+order_path = "order/post"
+ca_bundle = "missing-ca.pem"
+[upstreams.postal.status_codes]
+x = "accepted"
+4 = "arrived"
+[upstreams.portal.national]
+base_url = "ftp://dvc.example.vn"
+username = "u"
+password = "p"
+agency_code = "A"
+routing_header = "bad header"
+[upstreams.portal.national.statuses]
+done = 11
+"#,
+    );
+    let errors = load(&path, no_env()).expect_err("mistakes");
+    let keys: Vec<&str> = errors.0.iter().map(|e| e.key.as_str()).collect();
+    for key in [
+        "upstreams.postal.order_path",
+        "upstreams.postal.ca_bundle",
+        "upstreams.postal.status_codes.x",
+        "upstreams.postal.status_codes.4",
+        "upstreams.portal.national.base_url",
+        "upstreams.portal.national.routing_header",
+        "upstreams.portal.national.statuses.done",
+    ] {
+        assert!(keys.contains(&key), "{key} not in {keys:?}");
+    }
+}
+
+#[test]
+fn officer_passwords_and_gateway_tokens_never_print() {
+    let env = vec![(
+        "DVC_CONNECTOR__UPSTREAMS__POPULATION__LGSP_ACCESS_TOKEN".to_owned(),
+        "lgsp-token-xyz".to_owned(),
+    )];
+    let source = Source::read(&repo_file("config/dev.toml"), env).expect("reads");
+    let printed = source.redacted();
+    assert!(!printed.contains("dev-officer-password") && !printed.contains("lgsp-token-xyz"));
+    let debug = format!("{:?}", source.settings().expect("valid"));
+    assert!(!debug.contains("dev-officer-password") && !debug.contains("lgsp-token-xyz"));
+}

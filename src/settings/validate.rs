@@ -249,7 +249,17 @@ impl Checker<'_> {
         }
     }
 
-    fn http(&mut self, section: &str, connect: Option<&str>, total: Option<&str>) -> HttpSettings {
+    #[allow(clippy::too_many_arguments)]
+    fn http(
+        &mut self,
+        section: &str,
+        connect: Option<&str>,
+        total: Option<&str>,
+        ca_bundle: Option<&str>,
+        ca_bundle_only: Option<bool>,
+        client_certificate: Option<&str>,
+        base_dir: &Path,
+    ) -> HttpSettings {
         let connect_timeout = self.duration(
             &format!("{section}.connect_timeout"),
             connect,
@@ -268,9 +278,55 @@ impl Checker<'_> {
                 "must not be shorter than connect_timeout",
             );
         }
+        let mut file = |key: &str, value: Option<&str>| {
+            let path = base_dir.join(value?);
+            if !path.is_file() {
+                self.fail(
+                    &format!("{section}.{key}"),
+                    format!("`{}` is not a readable file", path.display()),
+                );
+            }
+            Some(path)
+        };
+        let ca_bundle = file("ca_bundle", ca_bundle);
+        let client_certificate = file("client_certificate", client_certificate);
+        if ca_bundle_only == Some(true) && ca_bundle.is_none() {
+            self.fail(&format!("{section}.ca_bundle_only"), "needs ca_bundle");
+        }
         HttpSettings {
             connect_timeout,
             timeout,
+            ca_bundle,
+            ca_bundle_only: ca_bundle_only.unwrap_or(false),
+            client_certificate,
+        }
+    }
+
+    fn path_value(&mut self, key: &str, value: Option<&String>, default: &str) -> String {
+        match value {
+            None => default.to_owned(),
+            Some(p) if p.starts_with('/') && !p.contains(char::is_whitespace) => p.clone(),
+            Some(p) => {
+                self.fail(key, format!("`{p}`: expected a path starting with '/'"));
+                default.to_owned()
+            }
+        }
+    }
+
+    fn header_name(&mut self, key: &str, value: Option<&String>, default: &str) -> String {
+        match value {
+            None => default.to_owned(),
+            Some(h)
+                if !h.is_empty()
+                    && h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+            {
+                h.clone()
+            }
+            Some(h) => {
+                self.fail(key, format!("`{h}` is not a valid HTTP header name"));
+                default.to_owned()
+            }
         }
     }
 }
@@ -451,20 +507,60 @@ pub(super) fn settings(raw: RawSettings, base_dir: &Path, problems: &mut Problem
     if let Some(p) = raw.upstreams.population {
         let s = "upstreams.population";
         let service_url = c.url(&format!("{s}.service_url"), p.service_url.as_deref());
+        let record_url = p
+            .record_url
+            .as_deref()
+            .and_then(|u| c.url(&format!("{s}.record_url"), Some(u)));
         let token_url = c.url(&format!("{s}.token_url"), p.token_url.as_deref());
         let client_id = c
             .required(&format!("{s}.client_id"), p.client_id.as_deref())
             .map(str::to_owned);
         let client_secret = c.secret(&format!("{s}.client_secret"), p.client_secret);
-        let http = c.http(s, p.connect_timeout.as_deref(), p.timeout.as_deref());
+        let defaults = dvc_population::client::Profile::default();
+        let profile = dvc_population::client::Profile {
+            content_type: p.content_type.clone().unwrap_or(defaults.content_type),
+            lgsp_access_token_header: c.header_name(
+                &format!("{s}.lgsp_access_token_header"),
+                p.lgsp_access_token_header.as_ref(),
+                &defaults.lgsp_access_token_header,
+            ),
+            auth_hash_header: c.header_name(
+                &format!("{s}.auth_hash_header"),
+                p.auth_hash_header.as_ref(),
+                &defaults.auth_hash_header,
+            ),
+        };
+        let mut officers = BTreeMap::new();
+        for (code, o) in p.officers {
+            let key = c
+                .required(&format!("{s}.officers.{code}.key"), o.key.as_deref())
+                .map(str::to_owned);
+            let password = c.secret(&format!("{s}.officers.{code}.password"), o.password);
+            if let (Some(key), Some(password)) = (key, password) {
+                officers.insert(code, OfficerCredentials { key, password });
+            }
+        }
+        let http = c.http(
+            s,
+            p.connect_timeout.as_deref(),
+            p.timeout.as_deref(),
+            p.ca_bundle.as_deref(),
+            p.ca_bundle_only,
+            p.client_certificate.as_deref(),
+            base_dir,
+        );
         if let (Some(service_url), Some(token_url), Some(client_id), Some(client_secret)) =
             (service_url, token_url, client_id, client_secret)
         {
             upstreams.population = Some(PopulationSettings {
                 service_url,
+                record_url,
                 token_url,
                 client_id,
                 client_secret,
+                lgsp_access_token: p.lgsp_access_token,
+                profile,
+                officers,
                 http,
             });
         }
@@ -479,7 +575,60 @@ pub(super) fn settings(raw: RawSettings, base_dir: &Path, problems: &mut Problem
             .required(&format!("{s}.customer_key"), p.customer_key.as_deref())
             .map(str::to_owned);
         let secret_key = c.secret(&format!("{s}.secret_key"), p.secret_key);
-        let http = c.http(s, p.connect_timeout.as_deref(), p.timeout.as_deref());
+        let d = dvc_postal::client::Profile::default();
+        let mut status_table = d.status_table.clone();
+        if let Some(codes) = &p.status_codes {
+            status_table.0.clear();
+            for (code, state) in codes {
+                match (code.trim().parse::<i64>(), dvc_postal::wire::ShipmentState::parse(state)) {
+                    (Ok(n), Some(st)) => {
+                        status_table.0.insert(n, st);
+                    }
+                    (Err(_), _) => c.fail(&format!("{s}.status_codes.{code}"), "expected a numeric StatusCode as the key"),
+                    (_, None) => c.fail(
+                        &format!("{s}.status_codes.{code}"),
+                        format!("`{state}`: expected accepted, in_transit, out_for_delivery, delivered, delivery_failed, returned or cancelled"),
+                    ),
+                }
+            }
+        }
+        let profile = dvc_postal::client::Profile {
+            token_path: c.path_value(
+                &format!("{s}.token_path"),
+                p.token_path.as_ref(),
+                &d.token_path,
+            ),
+            order_path: c.path_value(
+                &format!("{s}.order_path"),
+                p.order_path.as_ref(),
+                &d.order_path,
+            ),
+            cancel_path: c.path_value(
+                &format!("{s}.cancel_path"),
+                p.cancel_path.as_ref(),
+                &d.cancel_path,
+            ),
+            tracking_path: c.path_value(
+                &format!("{s}.tracking_path"),
+                p.tracking_path.as_ref(),
+                &d.tracking_path,
+            ),
+            success_status: p.success_status.unwrap_or(d.success_status),
+            already_exists_statuses: p
+                .already_exists_statuses
+                .clone()
+                .unwrap_or(d.already_exists_statuses),
+            status_table,
+        };
+        let http = c.http(
+            s,
+            p.connect_timeout.as_deref(),
+            p.timeout.as_deref(),
+            p.ca_bundle.as_deref(),
+            p.ca_bundle_only,
+            p.client_certificate.as_deref(),
+            base_dir,
+        );
         if let (Some(base_url), Some(customer_code), Some(customer_key), Some(secret_key)) =
             (base_url, customer_code, customer_key, secret_key)
         {
@@ -488,6 +637,7 @@ pub(super) fn settings(raw: RawSettings, base_dir: &Path, problems: &mut Problem
                 customer_code,
                 customer_key,
                 secret_key,
+                profile,
                 http,
             });
         }
@@ -513,7 +663,55 @@ pub(super) fn settings(raw: RawSettings, base_dir: &Path, problems: &mut Problem
             .required(&format!("{s}.agency_code"), t.agency_code.as_deref())
             .map(str::to_owned);
         let routing_code = t.routing_code.clone().unwrap_or_default();
-        let http = c.http(&s, t.connect_timeout.as_deref(), t.timeout.as_deref());
+        let d = dvc_portal::client::Profile::default();
+        let mut status_map = d.status_map.clone();
+        if let Some(words) = &t.statuses {
+            status_map.0.clear();
+            for (word, code) in words {
+                match u8::try_from(*code) {
+                    Ok(n) if (1..=10).contains(&n) => {
+                        status_map.0.insert(word.to_lowercase(), n);
+                    }
+                    _ => c.fail(
+                        &format!("{s}.statuses.{word}"),
+                        format!("{code}: expected a TrangThaiHoSo code from 1 to 10"),
+                    ),
+                }
+            }
+        }
+        let profile = dvc_portal::client::Profile {
+            auth_path: c.path_value(
+                &format!("{s}.auth_path"),
+                t.auth_path.as_ref(),
+                &d.auth_path,
+            ),
+            integration_path: c.path_value(
+                &format!("{s}.integration_path"),
+                t.integration_path.as_ref(),
+                &d.integration_path,
+            ),
+            routing_header: c.header_name(
+                &format!("{s}.routing_header"),
+                t.routing_header.as_ref(),
+                &d.routing_header,
+            ),
+            session_expired_codes: t
+                .session_expired_codes
+                .clone()
+                .unwrap_or(d.session_expired_codes),
+            already_exists_code: t.already_exists_code.unwrap_or(d.already_exists_code),
+            does_not_exist_code: t.does_not_exist_code.unwrap_or(d.does_not_exist_code),
+            status_map,
+        };
+        let http = c.http(
+            &s,
+            t.connect_timeout.as_deref(),
+            t.timeout.as_deref(),
+            t.ca_bundle.as_deref(),
+            t.ca_bundle_only,
+            t.client_certificate.as_deref(),
+            base_dir,
+        );
         if let (Some(base_url), Some(username), Some(password), Some(agency_code)) =
             (base_url, username, password, agency_code)
         {
@@ -526,6 +724,7 @@ pub(super) fn settings(raw: RawSettings, base_dir: &Path, problems: &mut Problem
                     password,
                     agency_code,
                     routing_code,
+                    profile,
                     http,
                 },
             );

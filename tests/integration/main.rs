@@ -6,3 +6,4 @@ mod crash;
 mod daemon;
 mod helpers;
 mod simulate;
+mod upstreams;

@@ -1,0 +1,277 @@
+//! The portal client against the simulator over loopback: sessions, lookups, create/update recovery,
+//! steps in order and never before their dossier, batches of at most ten, and every fault class.
+
+use std::time::Duration;
+
+use dvc_portal::client::{PortalClient, PortalConfig, SyncOutcome};
+use dvc_portal::simulator::{self, Simulator, SimulatorConfig};
+use dvc_portal::wire::{DossierRecord, Progress};
+use dvc_upstream::ErrorClass;
+use dvc_upstream::sim::{FaultPlan, Running};
+
+struct Setup {
+    sim: std::sync::Arc<Simulator>,
+    running: Running,
+}
+
+async fn setup(faults: FaultPlan) -> Setup {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let (running, sim) = simulator::start(
+        listener,
+        SimulatorConfig {
+            faults,
+            ..SimulatorConfig::default()
+        },
+    )
+    .expect("start");
+    Setup { sim, running }
+}
+
+fn client(s: &Setup, password: &str) -> PortalClient {
+    let mut config = PortalConfig::new(
+        "national",
+        s.running.base_url(),
+        "dvc-dev",
+        password,
+        "000.00.00.H56",
+    );
+    config.routing_code = "DVCQG".into();
+    config.http.timeout = Duration::from_millis(800);
+    PortalClient::new(config).expect("client")
+}
+
+fn dossier(code: &str, status: &str) -> DossierRecord {
+    DossierRecord {
+        ma_ho_so: code.into(),
+        ma_tthc: "1.001776".into(),
+        ten_tthc: "Đăng ký thành lập hộ kinh doanh".into(),
+        chu_ho_so: "Trần Thị Ngọc Ánh".into(),
+        loai_doi_tuong: "1".into(),
+        trang_thai_ho_so: status.into(),
+        ..DossierRecord::default()
+    }
+}
+
+fn step(code: &str, n: u32) -> Progress {
+    Progress {
+        ma_ho_so: code.into(),
+        nguoi_xu_ly: "Lê Văn Bình".into(),
+        thoi_diem_xu_ly: format!("202411270930{n:02}"),
+        noi_dung_xu_ly: format!("Bước {n}"),
+        trang_thai: "4".into(),
+        ..Progress::default()
+    }
+}
+
+#[tokio::test]
+async fn a_dossier_is_created_then_updated_and_a_wrong_guess_recovers() {
+    let s = setup(FaultPlan::default()).await;
+    let c = client(&s, "dev-password");
+    assert!(!c.dossier_exists("D-1").await.expect("lookup"));
+    assert_eq!(
+        c.sync_dossier(&dossier("D-1", "2"), false).await,
+        Ok(SyncOutcome::Created)
+    );
+    assert!(c.dossier_exists("D-1").await.expect("lookup"));
+    // A retried create (the first answer was lost) becomes an update instead of failing.
+    assert_eq!(
+        c.sync_dossier(&dossier("D-1", "4"), false).await,
+        Ok(SyncOutcome::Updated)
+    );
+    // An update of a dossier the portal lost becomes a create.
+    assert_eq!(
+        c.sync_dossier(&dossier("D-2", "2"), true).await,
+        Ok(SyncOutcome::Created)
+    );
+    assert_eq!(
+        s.sim.dossier("D-1").map(|d| d.trang_thai_ho_so),
+        Some("4".into())
+    );
+    let syncs: Vec<(bool, String)> = s
+        .sim
+        .ledger
+        .snapshot()
+        .into_iter()
+        .filter(|e| e.service == "DongBoHoSoMC")
+        .map(|e| (e.is_updating, e.outcome))
+        .collect();
+    assert_eq!(
+        syncs,
+        [
+            (false, "ok".into()),
+            (false, "error_code:3".into()),
+            (true, "ok".into()),
+            (true, "error_code:4".into()),
+            (false, "ok".into()),
+        ]
+    );
+    assert!(
+        s.sim
+            .ledger
+            .snapshot()
+            .iter()
+            .all(|e| e.routing_code == "DVCQG"),
+        "dstcode on every call"
+    );
+}
+
+#[tokio::test]
+async fn steps_arrive_in_order_and_never_before_their_dossier() {
+    let s = setup(FaultPlan::default()).await;
+    let c = client(&s, "dev-password");
+    let early = c
+        .push_steps(&[step("D-9", 1)])
+        .await
+        .expect_err("no dossier yet");
+    assert_eq!(
+        (early.class, early.code.as_str()),
+        (ErrorClass::Permanent, "portal_4")
+    );
+    c.sync_dossier(&dossier("D-9", "2"), false)
+        .await
+        .expect("created");
+    let steps: Vec<Progress> = (1..=13).map(|n| step("D-9", n)).collect();
+    for batch in steps.chunks(10) {
+        c.push_steps(batch).await.expect("pushed");
+    }
+    let stored: Vec<String> = s
+        .sim
+        .steps()
+        .into_iter()
+        .map(|s| s.step.noi_dung_xu_ly)
+        .collect();
+    let expected: Vec<String> = (1..=13).map(|n| format!("Bước {n}")).collect();
+    assert_eq!(stored, expected);
+    let e = c
+        .push_steps(&(1..=11).map(|n| step("D-9", n)).collect::<Vec<_>>())
+        .await
+        .expect_err("too many");
+    assert_eq!(e.code, "too_many_steps");
+}
+
+#[tokio::test]
+async fn an_expired_session_is_renewed_once_and_a_wrong_password_pauses() {
+    let s = setup(FaultPlan::default()).await;
+    let c = client(&s, "dev-password");
+    c.dossier_exists("X").await.expect("lookup");
+    s.sim.expire_sessions();
+    c.dossier_exists("X").await.expect("lookup after re-login");
+    let logins = s
+        .sim
+        .ledger
+        .snapshot()
+        .iter()
+        .filter(|e| e.service == "auth")
+        .count();
+    assert_eq!(logins, 2);
+    let e = client(&s, "wrong")
+        .dossier_exists("X")
+        .await
+        .expect_err("refused");
+    assert_eq!(
+        (e.class, e.code.as_str()),
+        (ErrorClass::Auth, "login_refused")
+    );
+}
+
+#[tokio::test]
+async fn each_injected_fault_is_classified() {
+    for (plan, class, code) in [
+        (
+            FaultPlan {
+                http_500: 1.0,
+                ..FaultPlan::default()
+            },
+            ErrorClass::Retryable,
+            "http_500",
+        ),
+        (
+            FaultPlan {
+                http_429: 1.0,
+                ..FaultPlan::default()
+            },
+            ErrorClass::Retryable,
+            "http_429",
+        ),
+        (
+            FaultPlan {
+                hang: 1.0,
+                hang_ms: 3_000,
+                ..FaultPlan::default()
+            },
+            ErrorClass::Retryable,
+            "timeout",
+        ),
+        (
+            FaultPlan {
+                malformed: 1.0,
+                ..FaultPlan::default()
+            },
+            ErrorClass::Retryable,
+            "json_malformed",
+        ),
+        (
+            FaultPlan {
+                protocol_error: 1.0,
+                ..FaultPlan::default()
+            },
+            ErrorClass::Permanent,
+            "portal_99",
+        ),
+        (
+            FaultPlan {
+                outages: vec![dvc_upstream::sim::Outage {
+                    start_ms: 0,
+                    end_ms: 600_000,
+                }],
+                ..FaultPlan::default()
+            },
+            ErrorClass::Retryable,
+            "http_503",
+        ),
+    ] {
+        let s = setup(plan).await;
+        let e = client(&s, "dev-password")
+            .sync_dossier(&dossier("F-1", "2"), false)
+            .await
+            .expect_err("fault");
+        assert_eq!((e.class, e.code.as_str()), (class, code), "{e:?}");
+    }
+}
+
+#[tokio::test]
+async fn two_targets_share_one_server_but_nothing_else() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let national = Simulator::new(SimulatorConfig::default());
+    let provincial = Simulator::new(SimulatorConfig::default());
+    let router = axum::Router::new()
+        .nest("/provincial", simulator::router(provincial.clone()))
+        .merge(simulator::router(national.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let running = dvc_upstream::sim::serve(listener, router).expect("serve");
+    let mk = |target: &str, base: String| {
+        PortalClient::new(PortalConfig::new(
+            target,
+            base,
+            "dvc-dev",
+            "dev-password",
+            "000.00.00.H56",
+        ))
+        .expect("client")
+    };
+    let n = mk("national", running.base_url());
+    let p = mk("provincial", format!("{}/provincial", running.base_url()));
+    n.sync_dossier(&dossier("D-1", "2"), false)
+        .await
+        .expect("national");
+    assert!(
+        !p.dossier_exists("D-1").await.expect("lookup"),
+        "the provincial portal has its own store"
+    );
+    assert!(national.dossier("D-1").is_some() && provincial.dossier("D-1").is_none());
+}

@@ -1,0 +1,105 @@
+//! The upstream clients, built once at start-up from validated settings. Secrets leave their
+//! `SecretString` only here, on their way into the clients; CA bundles and client certificates are read
+//! from disk here too, so a missing or unreadable file stops the start with a clear error.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use dvc_population::client::{Officer, PopulationClient, PopulationConfig};
+use dvc_portal::client::{PortalClient, PortalConfig};
+use dvc_postal::client::{PostalClient, PostalConfig};
+use dvc_upstream::http::HttpOptions;
+use secrecy::ExposeSecret;
+
+use crate::settings::{HttpSettings, PopulationSettings, Upstreams};
+
+/// One client per configured upstream; portal clients by target name.
+#[derive(Debug, Clone)]
+pub struct Clients {
+    pub population: Option<PopulationClient>,
+    pub postal: Option<PostalClient>,
+    pub portal: BTreeMap<String, PortalClient>,
+}
+
+pub fn build(upstreams: &Upstreams) -> anyhow::Result<Clients> {
+    let population = match &upstreams.population {
+        None => None,
+        Some(p) => {
+            let mut config = PopulationConfig::new(
+                p.service_url.as_str(),
+                p.token_url.as_str(),
+                &p.client_id,
+                p.client_secret.expose_secret(),
+            );
+            config.record_url = p.record_url.as_ref().map(|u| u.to_string());
+            config.lgsp_access_token = p
+                .lgsp_access_token
+                .as_ref()
+                .map(|t| t.expose_secret().to_owned());
+            config.profile = p.profile.clone();
+            config.http = http_options(&p.http).context("upstreams.population")?;
+            Some(PopulationClient::new(config).context("upstreams.population")?)
+        }
+    };
+    let postal = match &upstreams.postal {
+        None => None,
+        Some(p) => {
+            let mut config = PostalConfig::new(
+                p.base_url.as_str(),
+                &p.customer_code,
+                &p.customer_key,
+                p.secret_key.expose_secret(),
+            );
+            config.profile = p.profile.clone();
+            config.http = http_options(&p.http).context("upstreams.postal")?;
+            Some(PostalClient::new(config).context("upstreams.postal")?)
+        }
+    };
+    let mut portal = BTreeMap::new();
+    for (name, t) in &upstreams.portal {
+        let mut config = PortalConfig::new(
+            name,
+            t.base_url.as_str(),
+            &t.username,
+            t.password.expose_secret(),
+            &t.agency_code,
+        );
+        config.routing_code = t.routing_code.clone();
+        config.profile = t.profile.clone();
+        config.http = http_options(&t.http).with_context(|| format!("upstreams.portal.{name}"))?;
+        portal.insert(
+            name.clone(),
+            PortalClient::new(config).with_context(|| format!("upstreams.portal.{name}"))?,
+        );
+    }
+    Ok(Clients {
+        population,
+        postal,
+        portal,
+    })
+}
+
+/// The officer as the population client needs it: the code, and AuthHash credentials when configured.
+pub fn officer(settings: &PopulationSettings, code: &str) -> Officer {
+    Officer {
+        code: code.to_owned(),
+        auth_hash: settings
+            .officers
+            .get(code)
+            .map(|o| (o.key.clone(), o.password.expose_secret().to_owned())),
+    }
+}
+
+fn http_options(h: &HttpSettings) -> anyhow::Result<HttpOptions> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+    };
+    Ok(HttpOptions {
+        connect_timeout: h.connect_timeout,
+        timeout: h.timeout,
+        ca_bundle_pem: h.ca_bundle.as_deref().map(read).transpose()?,
+        ca_bundle_only: h.ca_bundle_only,
+        identity_pem: h.client_certificate.as_deref().map(read).transpose()?,
+        ..HttpOptions::default()
+    })
+}
