@@ -266,3 +266,73 @@ fn classify(
 fn new_request_id() -> String {
     ulid::Ulid::new().to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/population")
+            .join(name);
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    #[test]
+    fn hostile_xml_is_dead_lettered_while_garbled_xml_is_retried() {
+        for name in [
+            "hostile/billion-laughs.xml",
+            "hostile/xxe.xml",
+            "hostile/undeclared-entity.xml",
+        ] {
+            let e = classify(200, None, &fixture(name)).expect_err(name);
+            assert_eq!(e.class, ErrorClass::Permanent, "{name}: {e:?}");
+        }
+        let e = classify(200, None, b"<soap:Envelope><soap:Body><TonTai>tr").expect_err("garbled");
+        assert_eq!(
+            (e.class, e.code.as_str()),
+            (ErrorClass::Retryable, "xml_malformed")
+        );
+    }
+
+    #[test]
+    fn statuses_and_faults_are_classified_with_the_upstreams_words() {
+        assert_eq!(
+            classify(400, None, b"bad").map_err(|e| e.class),
+            Err(ErrorClass::Permanent)
+        );
+        assert_eq!(
+            classify(403, None, b"no").map_err(|e| e.class),
+            Err(ErrorClass::Auth)
+        );
+        assert_eq!(
+            classify(503, Some("5"), b"").map_err(|e| e.retry_after),
+            Err(Some(Duration::from_secs(5)))
+        );
+        let e = classify(500, None, &fixture("fault.xml")).expect_err("fault");
+        assert_eq!(
+            (e.class, e.code.as_str()),
+            (ErrorClass::Retryable, "soap_fault")
+        );
+        assert!(e.message.contains("CSDLQGDC"));
+        assert_eq!(
+            classify(200, None, &fixture("xac-thuc-response-true.xml")),
+            Ok(Response::Exists(true))
+        );
+    }
+
+    #[test]
+    fn personal_numbers_in_an_upstream_message_are_masked() {
+        let fault = Response::Fault {
+            code: "soap:Server".into(),
+            message: "Không tìm thấy công dân 001190012345".into(),
+        }
+        .encode();
+        let e = classify(500, None, fault.as_bytes()).expect_err("fault");
+        assert!(
+            !e.message.contains("001190012345") && e.message.contains("001*******45"),
+            "{}",
+            e.message
+        );
+    }
+}

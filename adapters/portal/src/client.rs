@@ -188,14 +188,8 @@ impl PortalClient {
         let url = self.config.url(&self.config.profile.integration_path);
         for relogin in [false, true] {
             let session = self.session(relogin).await?;
-            let mut body = json!({
-                "session": session,
-                "madonvi": self.config.agency_code,
-                "service": service,
-            });
-            if let (Some(b), Some(p)) = (body.as_object_mut(), params.as_object()) {
-                b.extend(p.clone());
-            }
+            let body =
+                crate::wire::envelope(&session, &self.config.agency_code, service, params.clone());
             let answer = self.post(&url, &body).await?;
             let answer: ServiceAnswer = serde_json::from_slice(&answer).map_err(|e| {
                 UpstreamError::retryable("json_malformed", http::mask_digit_runs(&e.to_string()))

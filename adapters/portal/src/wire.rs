@@ -57,6 +57,16 @@ pub struct ServiceAnswer {
     pub result: Option<Value>,
 }
 
+/// A service call's body: `{session, madonvi, service, …params}`.
+pub fn envelope(session: &str, agency_code: &str, service: &str, params: Value) -> Value {
+    let mut body =
+        serde_json::json!({ "session": session, "madonvi": agency_code, "service": service });
+    if let (Some(b), Value::Object(p)) = (body.as_object_mut(), params) {
+        b.extend(p);
+    }
+    body
+}
+
 /// A dossier as `DongBoHoSoMC` carries it. Unknown, province-specific fields pass through in `extra`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DossierRecord {
@@ -231,6 +241,53 @@ mod tests {
         let back: Value = serde_json::to_value(&record).expect("json");
         let original: Value = serde_json::from_str(&text).expect("json");
         assert_eq!(back, original, "nothing lost, nothing added");
+    }
+
+    #[test]
+    fn the_sync_request_envelope_matches_its_golden_fixture() {
+        let record: DossierRecord =
+            serde_json::from_str(&fixture("dossier-record.json")).expect("record");
+        let body = envelope(
+            "ss-0123456789abcdef",
+            "000.00.00.H56",
+            DONG_BO_HO_SO,
+            serde_json::json!({ "isUpdating": "False", "data": [record] }),
+        );
+        let golden: Value = serde_json::from_str(&fixture("dong-bo-request.json")).expect("golden");
+        assert_eq!(body, golden);
+        let steps: Vec<Progress> = serde_json::from_str(&fixture("progress.json")).expect("steps");
+        let body = envelope(
+            "ss-0123456789abcdef",
+            "000.00.00.H56",
+            CAP_NHAT_TIEN_DO,
+            serde_json::json!({ "data": steps }),
+        );
+        let golden: Value =
+            serde_json::from_str(&fixture("cap-nhat-request.json")).expect("golden");
+        assert_eq!(body, golden);
+    }
+
+    #[test]
+    fn login_and_service_answers_read_from_their_fixtures() {
+        let login: LoginAnswer =
+            serde_json::from_str(&fixture("login-answer.json")).expect("login");
+        assert_eq!(
+            (login.error_code, login.session.as_deref()),
+            (0, Some("ss-0123456789abcdef"))
+        );
+        let found: ServiceAnswer =
+            serde_json::from_str(&fixture("tra-cuu-answer.json")).expect("answer");
+        assert_eq!(found.error_code, 0);
+        assert_eq!(
+            found.result.and_then(|r| r.as_array().map(Vec::len)),
+            Some(1)
+        );
+        let exists: ServiceAnswer =
+            serde_json::from_str(&fixture("dong-bo-answer-exists.json")).expect("answer");
+        assert_eq!(exists.error_code, 3, "a string error_code");
+        let expired: ServiceAnswer =
+            serde_json::from_str(&fixture("answer-session-expired.json")).expect("answer");
+        assert_eq!(expired.error_code, 2);
     }
 
     #[test]

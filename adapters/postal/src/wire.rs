@@ -308,3 +308,36 @@ mod tests {
         assert_eq!(finals, ["delivered", "returned", "cancelled"]);
     }
 }
+
+#[cfg(test)]
+mod more_fixture_tests {
+    use super::*;
+
+    fn fixture(name: &str) -> String {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/postal")
+            .join(name);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    #[test]
+    fn refusals_and_the_token_read_from_their_fixtures() {
+        let invalid: OrderResult =
+            serde_json::from_str(&fixture("create-order-400.json")).expect("json");
+        assert_eq!((invalid.status, invalid.item_code.as_str()), (2, ""));
+        let delivered: OrderResult =
+            serde_json::from_str(&fixture("cancel-409-delivered.json")).expect("json");
+        assert_eq!(delivered.status, 102);
+        let token: serde_json::Value = serde_json::from_str(&fixture("token.json")).expect("json");
+        assert!(token["access_token"].is_string() && token["expires_in"].is_u64());
+    }
+
+    #[test]
+    fn an_order_result_round_trips() {
+        let text = fixture("create-order-201.json");
+        let parsed: OrderResult = serde_json::from_str(&text).expect("json");
+        let again: OrderResult =
+            serde_json::from_str(&serde_json::to_string(&parsed).expect("json")).expect("json");
+        assert_eq!(parsed, again);
+    }
+}
