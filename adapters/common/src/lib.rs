@@ -76,7 +76,21 @@ impl UpstreamError {
     }
 
     /// Classifies a transport failure (no usable HTTP answer).
+    ///
+    /// A certificate the client will not trust (unknown CA, wrong name, expired) is an auth/config
+    /// problem — retrying cannot fix it, so the lane pauses and probes instead of burning attempts.
     pub fn transport(error: reqwest::Error) -> Self {
+        let mut source: Option<&dyn std::error::Error> = Some(&error);
+        while let Some(e) = source {
+            let text = e.to_string();
+            if text.contains("certificate")
+                || text.contains("UnknownIssuer")
+                || text.contains("NotValidForName")
+            {
+                return Self::auth("tls_certificate", format!("TLS: {text}"));
+            }
+            source = e.source();
+        }
         let code = if error.is_timeout() {
             "timeout"
         } else if error.is_connect() {
