@@ -3,8 +3,6 @@
 //! A job is stored as one value: a length-prefixed JSON header followed by the raw payload bytes, so the
 //! payload (the flow's own encoding, later encrypted at rest) never has to be re-encoded as JSON text.
 
-use std::time::Duration;
-
 use serde::{Deserialize, Serialize};
 use ulid::Ulid;
 
@@ -77,65 +75,12 @@ impl JobState {
 /// How a failure should be treated; shared with the upstream adapters, which classify their failures.
 pub use dvc_upstream::ErrorClass;
 
-/// A failed attempt, as a handler reports it.
+/// A failed attempt, as a handler reports it: the same type the adapters classify their failures with,
+/// so an adapter's error becomes a job's error unchanged.
 ///
 /// `code` is a short stable identifier (the upstream's own code where it has one); `message` must already
 /// have personal data masked, because it is stored and shown to operators.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JobError {
-    pub class: ErrorClass,
-    pub code: String,
-    pub message: String,
-    /// The upstream asked us to wait at least this long (HTTP `Retry-After`).
-    pub retry_after: Option<Duration>,
-}
-
-impl JobError {
-    pub fn retryable(code: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::new(ErrorClass::Retryable, code, message)
-    }
-
-    pub fn permanent(code: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::new(ErrorClass::Permanent, code, message)
-    }
-
-    pub fn auth(code: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::new(ErrorClass::Auth, code, message)
-    }
-
-    pub fn new(class: ErrorClass, code: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            class,
-            code: code.into(),
-            message: message.into(),
-            retry_after: None,
-        }
-    }
-
-    pub fn with_retry_after(mut self, after: Duration) -> Self {
-        self.retry_after = Some(after);
-        self
-    }
-
-    /// An adapter's classified failure as a job error.
-    pub fn from_upstream(error: dvc_upstream::UpstreamError) -> Self {
-        Self {
-            class: error.class,
-            code: error.code,
-            message: error.message,
-            retry_after: error.retry_after,
-        }
-    }
-
-    pub(crate) fn record(&self, at: Millis) -> RecordedError {
-        RecordedError {
-            class: self.class,
-            code: self.code.clone(),
-            message: self.message.clone(),
-            at,
-        }
-    }
-}
+pub use dvc_upstream::UpstreamError as JobError;
 
 /// Why a job was dead-lettered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -164,6 +109,17 @@ pub struct RecordedError {
     pub code: String,
     pub message: String,
     pub at: Millis,
+}
+
+impl RecordedError {
+    pub(crate) fn of(error: &JobError, at: Millis) -> Self {
+        Self {
+            class: error.class,
+            code: error.code.clone(),
+            message: error.message.clone(),
+            at,
+        }
+    }
 }
 
 /// What a flow asks the queue to deliver.
@@ -308,7 +264,10 @@ mod tests {
             next_attempt_at: 5,
             lease_token: Some(99),
             lease_expires_at: Some(6),
-            last_error: Some(JobError::retryable("http_503", "unavailable").record(4)),
+            last_error: Some(RecordedError::of(
+                &JobError::retryable("http_503", "unavailable"),
+                4,
+            )),
             created_at: 1,
             updated_at: 4,
             queued_at: 1,

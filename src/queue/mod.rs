@@ -153,16 +153,16 @@ impl Queue {
         let disposition = match decision {
             Decision::RetryAt(at) => Disposition::RetryAt {
                 at,
-                error: error.record(now),
+                error: RecordedError::of(error, now),
             },
             Decision::Dead(reason) => Disposition::Dead {
-                error: error.record(now),
+                error: RecordedError::of(error, now),
                 reason,
             },
             Decision::PauseLane => Disposition::Release {
                 not_before: now,
                 refund: true,
-                note: Some(error.record(now)),
+                note: Some(RecordedError::of(error, now)),
             },
         };
         Ok((decision, self.finish(job, disposition).await?))

@@ -75,6 +75,11 @@ impl UpstreamError {
         Self::new(ErrorClass::Auth, code, message)
     }
 
+    pub fn with_retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = Some(after);
+        self
+    }
+
     /// Classifies a transport failure (no usable HTTP answer).
     ///
     /// A certificate the client will not trust (unknown CA, wrong name, expired) is an auth/config

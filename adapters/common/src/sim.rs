@@ -369,3 +369,92 @@ mod tests {
         assert!(response.headers().contains_key(header::RETRY_AFTER));
     }
 }
+
+/// OAuth2 client-credentials tokens as a gateway issues them: HTTP Basic `id:secret`, form
+/// `grant_type=client_credentials`, bearer tokens that expire after `lifetime` or when revoked.
+#[derive(Debug)]
+pub struct TokenIssuer {
+    client_id: String,
+    client_secret: String,
+    lifetime: Duration,
+    issued: Mutex<std::collections::HashMap<String, tokio::time::Instant>>,
+}
+
+impl TokenIssuer {
+    pub fn new(
+        client_id: impl Into<String>,
+        client_secret: impl Into<String>,
+        lifetime: Duration,
+    ) -> Self {
+        Self {
+            client_id: client_id.into(),
+            client_secret: client_secret.into(),
+            lifetime,
+            issued: Mutex::default(),
+        }
+    }
+
+    /// Answers a token request, with the outcome to record: `token_issued`, `unauthorized` or `invalid`.
+    pub fn answer(&self, headers: &axum::http::HeaderMap, body: &[u8]) -> (Response, &'static str) {
+        use base64::Engine as _;
+        let expected = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD
+                .encode(format!("{}:{}", self.client_id, self.client_secret))
+        );
+        if headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            != Some(expected.as_str())
+        {
+            let body = Json(serde_json::json!({"error": "invalid_client"}));
+            return (
+                (StatusCode::UNAUTHORIZED, body).into_response(),
+                "unauthorized",
+            );
+        }
+        let form = String::from_utf8_lossy(body);
+        if !form
+            .split('&')
+            .any(|pair| pair == "grant_type=client_credentials")
+        {
+            let body = Json(serde_json::json!({"error": "unsupported_grant_type"}));
+            return ((StatusCode::BAD_REQUEST, body).into_response(), "invalid");
+        }
+        let token = format!("tok-{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+        if let Ok(mut issued) = self.issued.lock() {
+            issued.insert(token.clone(), tokio::time::Instant::now() + self.lifetime);
+        }
+        let body = Json(serde_json::json!({
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": self.lifetime.as_secs(),
+        }));
+        (body.into_response(), "token_issued")
+    }
+
+    /// True when the request carries a bearer token issued here and not yet expired.
+    pub fn valid(&self, headers: &axum::http::HeaderMap) -> bool {
+        let Some(token) = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        else {
+            return false;
+        };
+        self.issued
+            .lock()
+            .map(|t| {
+                t.get(token)
+                    .is_some_and(|exp| tokio::time::Instant::now() < *exp)
+            })
+            .unwrap_or(false)
+    }
+
+    /// Expires every token (the gateway restarted or rotated its keys).
+    pub fn revoke(&self) {
+        if let Ok(mut issued) = self.issued.lock() {
+            issued.clear();
+        }
+    }
+}

@@ -14,19 +14,17 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Form, Json, Router};
-use base64::Engine as _;
-use dvc_upstream::sim::{self, Fault, FaultPlan, Faults, Ledger, Running};
+use dvc_upstream::sim::{self, Fault, FaultPlan, Faults, Ledger, Running, TokenIssuer};
 use serde::{Deserialize, Serialize};
-use tokio::time::Instant;
 
 use crate::matching::{BirthDate, normalize_name, strip_diacritics};
 use crate::wire::{self, CongDan, Request};
@@ -138,10 +136,7 @@ pub struct Simulator {
     pub faults: Arc<Faults>,
     pub ledger: Arc<Ledger<LedgerEntry>>,
     registry: HashMap<String, SimCitizen>,
-    tokens: Mutex<HashMap<String, Instant>>,
-    client_id: String,
-    client_secret: String,
-    token_lifetime: Duration,
+    tokens: TokenIssuer,
 }
 
 impl Simulator {
@@ -154,18 +149,17 @@ impl Simulator {
                 .into_iter()
                 .map(|c| (c.citizen_id.clone(), c))
                 .collect(),
-            tokens: Mutex::default(),
-            client_id: config.client_id,
-            client_secret: config.client_secret,
-            token_lifetime: config.token_lifetime,
+            tokens: TokenIssuer::new(
+                config.client_id,
+                config.client_secret,
+                config.token_lifetime,
+            ),
         })
     }
 
     /// Expires every issued token (the gateway restarted or rotated its keys).
     pub fn revoke_tokens(&self) {
-        if let Ok(mut tokens) = self.tokens.lock() {
-            tokens.clear();
-        }
+        self.tokens.revoke();
     }
 
     pub fn tokens_issued(&self) -> usize {
@@ -174,20 +168,6 @@ impl Simulator {
             .iter()
             .filter(|e| e.outcome == "token_issued")
             .count()
-    }
-
-    fn token_valid(&self, headers: &HeaderMap) -> bool {
-        let Some(token) = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-        else {
-            return false;
-        };
-        self.tokens
-            .lock()
-            .map(|t| t.get(token).is_some_and(|exp| Instant::now() < *exp))
-            .unwrap_or(false)
     }
 }
 
@@ -211,22 +191,9 @@ pub fn start(
     Ok((running, sim))
 }
 
-#[derive(Deserialize)]
-struct TokenForm {
-    grant_type: String,
-}
-
-async fn token(
-    State(sim): State<Arc<Simulator>>,
-    headers: HeaderMap,
-    Form(form): Form<TokenForm>,
-) -> Response {
-    let expected = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD
-            .encode(format!("{}:{}", sim.client_id, sim.client_secret))
-    );
-    let entry = |outcome: &str| LedgerEntry {
+async fn token(State(sim): State<Arc<Simulator>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (response, outcome) = sim.tokens.answer(&headers, &body);
+    sim.ledger.record(LedgerEntry {
         operation: "token".into(),
         request_id: String::new(),
         officer: String::new(),
@@ -234,38 +201,8 @@ async fn token(
         outcome: outcome.into(),
         auth_hash: false,
         lgsp_access_token: false,
-    };
-    if headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        != Some(expected.as_str())
-    {
-        sim.ledger.record(entry("unauthorized"));
-        return (
-            StatusCode::UNAUTHORIZED,
-            Json(serde_json::json!({"error": "invalid_client"})),
-        )
-            .into_response();
-    }
-    if form.grant_type != "client_credentials" {
-        sim.ledger.record(entry("bad_request"));
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(serde_json::json!({"error": "unsupported_grant_type"})),
-        )
-            .into_response();
-    }
-    let value = format!("sim-{}", ulid::Ulid::new());
-    if let Ok(mut tokens) = sim.tokens.lock() {
-        tokens.insert(value.clone(), Instant::now() + sim.token_lifetime);
-    }
-    sim.ledger.record(entry("token_issued"));
-    Json(serde_json::json!({
-        "access_token": value,
-        "token_type": "Bearer",
-        "expires_in": sim.token_lifetime.as_secs(),
-    }))
-    .into_response()
+    });
+    response
 }
 
 async fn revoke(State(sim): State<Arc<Simulator>>) -> StatusCode {
@@ -305,7 +242,7 @@ async fn soap(State(sim): State<Arc<Simulator>>, headers: HeaderMap, body: Bytes
         auth_hash: headers.contains_key("authhash"),
         lgsp_access_token: headers.contains_key("lgspaccesstoken"),
     };
-    if !sim.token_valid(&headers) {
+    if !sim.tokens.valid(&headers) {
         entry.outcome = "unauthorized".into();
         sim.ledger.record(entry);
         return (

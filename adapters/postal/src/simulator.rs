@@ -21,8 +21,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use base64::Engine as _;
-use dvc_upstream::sim::{self, Fault, FaultPlan, Faults, Ledger, Running};
+use dvc_upstream::sim::{self, Fault, FaultPlan, Faults, Ledger, Running, TokenIssuer};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -93,7 +92,7 @@ pub struct Simulator {
     pub ledger: Arc<Ledger<LedgerEntry>>,
     config: SimulatorConfig,
     book: Mutex<Book>,
-    tokens: Mutex<HashMap<String, Instant>>,
+    tokens: TokenIssuer,
     feed_prefix: u32,
     started_wall_ms: i64,
     started: Instant,
@@ -130,9 +129,13 @@ impl Simulator {
         Arc::new(Self {
             faults: Faults::new(config.faults.clone()),
             ledger: Arc::default(),
+            tokens: TokenIssuer::new(
+                config.customer_key.clone(),
+                config.secret_key.clone(),
+                config.token_lifetime,
+            ),
             config,
             book: Mutex::default(),
-            tokens: Mutex::default(),
             feed_prefix: (wall / 1000) as u32,
             started_wall_ms: wall,
             started: Instant::now(),
@@ -140,9 +143,7 @@ impl Simulator {
     }
 
     pub fn revoke_tokens(&self) {
-        if let Ok(mut t) = self.tokens.lock() {
-            t.clear();
-        }
+        self.tokens.revoke();
     }
 
     /// Orders in the book (each (customer, order number) once, however often it was posted).
@@ -207,16 +208,7 @@ impl Simulator {
     }
 
     fn authorized(&self, headers: &HeaderMap) -> bool {
-        let token = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        token.is_some_and(|t| {
-            self.tokens
-                .lock()
-                .map(|m| m.get(t).is_some_and(|exp| Instant::now() < *exp))
-                .unwrap_or(false)
-        })
+        self.tokens.valid(headers)
     }
 
     fn record(&self, operation: &str, order_number: &str, outcome: impl Into<String>) {
@@ -280,39 +272,9 @@ pub fn start(
 }
 
 async fn token(State(sim): State<Arc<Simulator>>, headers: HeaderMap, body: Bytes) -> Response {
-    let expected = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!(
-            "{}:{}",
-            sim.config.customer_key, sim.config.secret_key
-        ))
-    );
-    if headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        != Some(expected.as_str())
-    {
-        sim.record("token", "", "unauthorized");
-        return (
-            StatusCode::UNAUTHORIZED,
-            Json(serde_json::json!({"error": "invalid_client"})),
-        )
-            .into_response();
-    }
-    if body.as_ref() != b"grant_type=client_credentials" {
-        sim.record("token", "", "invalid");
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(serde_json::json!({"error": "unsupported_grant_type"})),
-        )
-            .into_response();
-    }
-    let value = format!("vnp-{:016x}", fastrand::u64(..));
-    if let Ok(mut t) = sim.tokens.lock() {
-        t.insert(value.clone(), Instant::now() + sim.config.token_lifetime);
-    }
-    sim.record("token", "", "token_issued");
-    Json(serde_json::json!({"access_token": value, "token_type": "Bearer", "expires_in": sim.config.token_lifetime.as_secs()})).into_response()
+    let (response, outcome) = sim.tokens.answer(&headers, &body);
+    sim.record("token", "", outcome);
+    response
 }
 
 async fn revoke(State(sim): State<Arc<Simulator>>) -> StatusCode {

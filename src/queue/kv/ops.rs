@@ -8,7 +8,7 @@ use ulid::Ulid;
 
 use super::keys::{self, Table};
 use super::{KvRead, KvWrite};
-use crate::queue::job::{Job, JobError, JobId, JobState, Millis, NewJob};
+use crate::queue::job::{Job, JobError, JobId, JobState, Millis, NewJob, RecordedError};
 use crate::queue::store::{
     AdminOutcome, Disposition, Enqueued, JobFilter, LaneCounts, Leased, StoreError, Transition,
 };
@@ -399,13 +399,13 @@ fn expire_leases(
         job.lease_expires_at = None;
         job.next_attempt_at = now;
         job.updated_at = now;
-        job.last_error = Some(
-            JobError::retryable(
+        job.last_error = Some(RecordedError::of(
+            &JobError::retryable(
                 "lease_expired",
                 "the worker holding this job stopped or did not finish within its lease",
-            )
-            .record(now),
-        );
+            ),
+            now,
+        ));
         tx.put(
             Table::Ready,
             &keys::ready_key(&job.lane, now, job.seq),
