@@ -118,7 +118,17 @@ impl Application {
             lanes: wiring.lanes.clone(),
         });
         let servers = vec![
-            serve(api, crate::api::router(), stop.clone()),
+            serve(
+                api,
+                crate::api::router(
+                    crate::api::ApiState {
+                        queue: queue.clone(),
+                        tokens: crate::api::auth::Tokens::new(settings.api.tokens.clone()),
+                    },
+                    settings.api.body_limit,
+                ),
+                stop.clone(),
+            ),
             serve(ops, ops_router, stop),
         ];
         tracing::info!(%api_addr, %ops_addr, backend = backend.as_str(), "dvc-connector started");

@@ -9,7 +9,8 @@
 //!   and shuts them down in order.
 //! - [`queue`]: the durable job queue — records, pure retry scheduling, the storage seam and its
 //!   embedded backends, lane workers, lease expiry and retention.
-//! - `api`: the sidecar HTTP API the portal calls.
+//! - [`api`]: the sidecar HTTP API — problem+json errors (en/vi), hashed bearer tokens with scopes, and
+//!   today the operators' job endpoints.
 //! - `ops`: health and readiness on their own listener.
 //! - [`bench`]: `dvc-connector bench …` measurements; [`qualify`]: the crash-qualification child;
 //!   [`simulate`]: `dvc-connector simulate …`, the upstream simulators from `adapters/` as a process.
@@ -17,7 +18,7 @@
 //! - [`telemetry`]: logging; [`tls`]: the rustls crypto provider.
 #![forbid(unsafe_code)]
 
-mod api;
+pub mod api;
 pub mod app;
 pub mod bench;
 pub mod cli;

@@ -1,18 +1,139 @@
-//! The sidecar API the portal calls (`shared/spec/sidecar-api.md`). Its endpoints arrive with the flows;
-//! until then every path answers a problem+json 404, so a client never sees an HTML error page.
+//! The sidecar API the portal calls (`shared/spec/sidecar-api.md`), one file per resource:
+//! `jobs` (operators). Errors go through [`problem`] (problem+json, stable codes, en/vi); callers through
+//! [`auth`] (hashed bearer tokens, scopes). The portal-facing resources (identity, shipments, dossiers)
+//! arrive with the flows.
+
+pub mod auth;
+mod jobs;
+pub mod problem;
+
+use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 
-pub(crate) fn router() -> Router {
-    Router::new().fallback(not_found)
+use self::auth::Tokens;
+use self::problem::{ApiError, Code, Lang};
+use crate::queue::Queue;
+
+#[derive(Debug)]
+pub struct ApiState {
+    pub queue: Queue,
+    pub tokens: Tokens,
 }
 
-async fn not_found() -> impl IntoResponse {
-    (
-        StatusCode::NOT_FOUND,
-        [(header::CONTENT_TYPE, "application/problem+json")],
-        r#"{"type":"about:blank","title":"Not Found","status":404,"code":"not_found","detail":"No such endpoint."}"#,
-    )
+pub(crate) fn router(state: ApiState, body_limit: usize) -> Router {
+    Router::new()
+        .route("/v1/jobs", get(jobs::list))
+        .route("/v1/jobs/replay", post(jobs::replay))
+        .route("/v1/jobs/{id}", get(jobs::show))
+        .route("/v1/jobs/{id}/retry", post(jobs::retry))
+        .route("/v1/jobs/{id}/discard", post(jobs::discard))
+        .fallback(not_found)
+        .layer(axum::middleware::map_response(as_problem))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(Arc::new(state))
+}
+
+async fn not_found(lang: Lang) -> ApiError {
+    ApiError::new(Code::NotFound, lang)
+}
+
+/// Answers that axum produces itself (405, 413, 415, a failed extractor) become problem+json too.
+async fn as_problem(response: Response) -> Response {
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if is_problem || response.status().is_success() {
+        return response;
+    }
+    let code = match response.status() {
+        StatusCode::METHOD_NOT_ALLOWED => Code::MethodNotAllowed,
+        StatusCode::PAYLOAD_TOO_LARGE => Code::BodyTooLarge,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => Code::UnsupportedMediaType,
+        StatusCode::NOT_FOUND => Code::NotFound,
+        s if s.is_client_error() => Code::InvalidQuery,
+        s if s.is_server_error() => Code::Internal,
+        _ => return response,
+    };
+    ApiError::new(code, Lang::En).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use sha2::Digest;
+
+    use super::*;
+    use crate::queue::kv::{CrashAction, CrashPlan, CrashPoint};
+    use crate::queue::{Backend, KvJobStore, KvOptions, NewJob, RetryPolicies, TokioClock};
+    use crate::settings::{Scope, TokenSettings};
+
+    #[tokio::test]
+    async fn a_store_that_cannot_write_answers_503_problem_json_and_never_200() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = KvJobStore::open(
+            dir.path(),
+            Backend::Redb,
+            KvOptions {
+                crash: Some(CrashPlan::new(
+                    CrashPoint::BeforeCommit,
+                    2,
+                    CrashAction::Halt,
+                )),
+            },
+        )
+        .expect("store");
+        let queue = Queue::new(
+            Arc::new(store),
+            Arc::new(TokioClock::new()),
+            RetryPolicies::default(),
+            Duration::from_secs(60),
+        );
+        let id = queue
+            .enqueue(NewJob::new("k", "l", "key", vec![]))
+            .await
+            .expect("first commit")
+            .id;
+        let tokens = Tokens::new(vec![TokenSettings {
+            name: "ops".into(),
+            sha256: sha2::Sha256::digest(b"t").into(),
+            scopes: [Scope::Admin].into_iter().collect(),
+        }]);
+        let app = router(ApiState { queue, tokens }, 1024);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        crate::tls::install_crypto_provider();
+        // The second commit halts the writer, as a failing disk would.
+        let response = reqwest::Client::new()
+            .post(format!("http://{addr}/v1/jobs/{id}/discard"))
+            .bearer_auth("t")
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status().as_u16(), 503);
+        assert_eq!(
+            response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()),
+            Some("5")
+        );
+        let body: serde_json::Value = response.json().await.expect("json");
+        assert_eq!(body["code"], "store_unavailable");
+        assert!(
+            !body.to_string().contains("Closed"),
+            "no internal error text: {body}"
+        );
+    }
 }

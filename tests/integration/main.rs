@@ -5,5 +5,6 @@ mod cli;
 mod crash;
 mod daemon;
 mod helpers;
+mod jobs_api;
 mod simulate;
 mod upstreams;

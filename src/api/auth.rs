@@ -1,0 +1,152 @@
+//! Bearer tokens. Tokens are configured as SHA-256 hashes; a request's token is hashed and compared with
+//! every configured hash in constant time (no early exit), so neither the comparison nor the loop tells
+//! an attacker how close a guess was.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::ApiState;
+use super::problem::{ApiError, Code, Lang};
+use crate::settings::{Scope, TokenSettings};
+
+#[derive(Debug, Default)]
+pub struct Tokens(Vec<TokenSettings>);
+
+impl Tokens {
+    pub fn new(tokens: Vec<TokenSettings>) -> Self {
+        Self(tokens)
+    }
+
+    /// The configured token matching `Authorization: Bearer …`, if any.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Option<&TokenSettings> {
+        let token = authorization?.strip_prefix("Bearer ")?.trim();
+        if token.is_empty() {
+            return None;
+        }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let mut found = None;
+        for t in &self.0 {
+            if bool::from(t.sha256.ct_eq(&digest)) && found.is_none() {
+                found = Some(t);
+            }
+        }
+        found
+    }
+}
+
+/// The authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub name: String,
+    pub scopes: BTreeSet<Scope>,
+}
+
+impl Caller {
+    pub fn require(&self, scope: Scope, lang: Lang) -> Result<(), ApiError> {
+        if self.scopes.contains(&scope) {
+            Ok(())
+        } else {
+            Err(ApiError::new(Code::Forbidden, lang))
+        }
+    }
+}
+
+impl FromRequestParts<Arc<ApiState>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<ApiState>,
+    ) -> Result<Caller, ApiError> {
+        let lang = Lang::from_header(
+            parts
+                .headers
+                .get(header::ACCEPT_LANGUAGE)
+                .and_then(|v| v.to_str().ok()),
+        );
+        let authorization = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        state
+            .tokens
+            .authenticate(authorization)
+            .map(|t| Caller {
+                name: t.name.clone(),
+                scopes: t.scopes.clone(),
+            })
+            .ok_or_else(|| ApiError::new(Code::Unauthorized, lang))
+    }
+}
+
+/// A caller with the `admin` scope.
+#[derive(Debug, Clone)]
+pub struct Admin(pub Caller);
+
+impl FromRequestParts<Arc<ApiState>> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<ApiState>,
+    ) -> Result<Admin, ApiError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        let lang = Lang::from_header(
+            parts
+                .headers
+                .get(header::ACCEPT_LANGUAGE)
+                .and_then(|v| v.to_str().ok()),
+        );
+        caller.require(Scope::Admin, lang)?;
+        Ok(Admin(caller))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(name: &str, secret: &str, scopes: &[Scope]) -> TokenSettings {
+        TokenSettings {
+            name: name.into(),
+            sha256: Sha256::digest(secret.as_bytes()).into(),
+            scopes: scopes.iter().copied().collect(),
+        }
+    }
+
+    #[test]
+    fn only_a_configured_token_authenticates() {
+        let tokens = Tokens::new(vec![
+            token("portal", "p-secret", &[Scope::Portal]),
+            token("ops", "o-secret", &[Scope::Admin]),
+        ]);
+        assert_eq!(
+            tokens
+                .authenticate(Some("Bearer o-secret"))
+                .map(|t| t.name.as_str()),
+            Some("ops")
+        );
+        assert_eq!(
+            tokens
+                .authenticate(Some("Bearer p-secret"))
+                .map(|t| t.name.as_str()),
+            Some("portal")
+        );
+        for bad in [
+            None,
+            Some(""),
+            Some("Bearer "),
+            Some("Basic o-secret"),
+            Some("Bearer o-secreT"),
+            Some("o-secret"),
+        ] {
+            assert!(tokens.authenticate(bad).is_none(), "{bad:?}");
+        }
+    }
+}

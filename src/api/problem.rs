@@ -1,0 +1,320 @@
+//! Errors as the portal sees them: RFC 9457 `application/problem+json` with a stable machine `code`,
+//! English or Vietnamese text (`Accept-Language: vi`), and `errors: [{field, code, message}]` for
+//! validation. No internal error text ever reaches a response; the log gets the detail.
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// The language of the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    En,
+    Vi,
+}
+
+impl Lang {
+    /// `vi` when the first language the client prefers is Vietnamese.
+    pub fn from_header(value: Option<&str>) -> Lang {
+        let first = value
+            .and_then(|v| v.split(',').next())
+            .map(|l| {
+                l.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            })
+            .unwrap_or_default();
+        if first == "vi" || first.starts_with("vi-") {
+            Lang::Vi
+        } else {
+            Lang::En
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Lang {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Lang, Self::Rejection> {
+        Ok(Lang::from_header(
+            parts
+                .headers
+                .get(header::ACCEPT_LANGUAGE)
+                .and_then(|v| v.to_str().ok()),
+        ))
+    }
+}
+
+/// Every error the API answers, by stable code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    MethodNotAllowed,
+    InvalidBody,
+    UnsupportedMediaType,
+    BodyTooLarge,
+    InvalidQuery,
+    InvalidJobId,
+    WrongState,
+    StoreUnavailable,
+    Internal,
+}
+
+impl Code {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::Unauthorized => "unauthorized",
+            Code::Forbidden => "forbidden",
+            Code::NotFound => "not_found",
+            Code::MethodNotAllowed => "method_not_allowed",
+            Code::InvalidBody => "invalid_body",
+            Code::UnsupportedMediaType => "unsupported_media_type",
+            Code::BodyTooLarge => "body_too_large",
+            Code::InvalidQuery => "invalid_query",
+            Code::InvalidJobId => "invalid_job_id",
+            Code::WrongState => "wrong_state",
+            Code::StoreUnavailable => "store_unavailable",
+            Code::Internal => "internal_error",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            Code::Unauthorized => StatusCode::UNAUTHORIZED,
+            Code::Forbidden => StatusCode::FORBIDDEN,
+            Code::NotFound => StatusCode::NOT_FOUND,
+            Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Code::InvalidBody | Code::InvalidQuery | Code::InvalidJobId => StatusCode::BAD_REQUEST,
+            Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Code::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Code::WrongState => StatusCode::CONFLICT,
+            Code::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// (title, detail) in the requested language.
+    fn text(self, lang: Lang) -> (&'static str, &'static str) {
+        match (self, lang) {
+            (Code::Unauthorized, Lang::En) => ("Unauthorized", "A valid bearer token is required."),
+            (Code::Unauthorized, Lang::Vi) => {
+                ("Chưa xác thực", "Cần mã truy cập (bearer token) hợp lệ.")
+            }
+            (Code::Forbidden, Lang::En) => (
+                "Forbidden",
+                "The token does not have the scope this request needs.",
+            ),
+            (Code::Forbidden, Lang::Vi) => (
+                "Không có quyền",
+                "Mã truy cập không có phạm vi quyền cần cho yêu cầu này.",
+            ),
+            (Code::NotFound, Lang::En) => ("Not Found", "No such resource."),
+            (Code::NotFound, Lang::Vi) => ("Không tìm thấy", "Không có tài nguyên này."),
+            (Code::MethodNotAllowed, Lang::En) => (
+                "Method Not Allowed",
+                "This method is not allowed on this resource.",
+            ),
+            (Code::MethodNotAllowed, Lang::Vi) => (
+                "Phương thức không được phép",
+                "Tài nguyên này không nhận phương thức này.",
+            ),
+            (Code::InvalidBody, Lang::En) => (
+                "Invalid request body",
+                "The request body is not valid; see errors.",
+            ),
+            (Code::InvalidBody, Lang::Vi) => (
+                "Nội dung yêu cầu không hợp lệ",
+                "Nội dung yêu cầu không hợp lệ; xem danh sách lỗi.",
+            ),
+            (Code::UnsupportedMediaType, Lang::En) => (
+                "Unsupported Media Type",
+                "Send the body as application/json.",
+            ),
+            (Code::UnsupportedMediaType, Lang::Vi) => (
+                "Kiểu nội dung không được hỗ trợ",
+                "Hãy gửi nội dung dạng application/json.",
+            ),
+            (Code::BodyTooLarge, Lang::En) => (
+                "Payload Too Large",
+                "The request body is larger than the configured limit.",
+            ),
+            (Code::BodyTooLarge, Lang::Vi) => (
+                "Nội dung quá lớn",
+                "Nội dung yêu cầu vượt quá giới hạn cấu hình.",
+            ),
+            (Code::InvalidQuery, Lang::En) => (
+                "Invalid query",
+                "A query parameter is not valid; see errors.",
+            ),
+            (Code::InvalidQuery, Lang::Vi) => (
+                "Tham số truy vấn không hợp lệ",
+                "Có tham số truy vấn không hợp lệ; xem danh sách lỗi.",
+            ),
+            (Code::InvalidJobId, Lang::En) => {
+                ("Invalid job id", "A job id is a 26-character ULID.")
+            }
+            (Code::InvalidJobId, Lang::Vi) => (
+                "Mã công việc không hợp lệ",
+                "Mã công việc là chuỗi ULID 26 ký tự.",
+            ),
+            (Code::WrongState, Lang::En) => (
+                "Wrong state",
+                "The job is not in a state that allows this action.",
+            ),
+            (Code::WrongState, Lang::Vi) => (
+                "Trạng thái không phù hợp",
+                "Công việc không ở trạng thái cho phép thao tác này.",
+            ),
+            (Code::StoreUnavailable, Lang::En) => (
+                "Service Unavailable",
+                "The connector cannot reach its store; nothing was accepted. Retry later.",
+            ),
+            (Code::StoreUnavailable, Lang::Vi) => (
+                "Dịch vụ tạm thời không sẵn sàng",
+                "Kết nối không truy cập được kho lưu trữ; chưa tiếp nhận gì. Hãy thử lại sau.",
+            ),
+            (Code::Internal, Lang::En) => (
+                "Internal Server Error",
+                "An unexpected error occurred; it has been logged.",
+            ),
+            (Code::Internal, Lang::Vi) => (
+                "Lỗi hệ thống",
+                "Đã xảy ra lỗi không mong muốn; lỗi đã được ghi nhận.",
+            ),
+        }
+    }
+}
+
+/// One field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub code: String,
+    pub message: String,
+}
+
+/// An error answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub code: Code,
+    pub errors: Vec<FieldError>,
+    pub lang: Lang,
+}
+
+impl ApiError {
+    pub fn new(code: Code, lang: Lang) -> Self {
+        Self {
+            code,
+            errors: Vec::new(),
+            lang,
+        }
+    }
+
+    pub fn field(
+        mut self,
+        field: impl Into<String>,
+        code: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        self.errors.push(FieldError {
+            field: field.into(),
+            code: code.into(),
+            message: message.into(),
+        });
+        self
+    }
+
+    /// A store failure: 503, and the detail only in the log.
+    pub fn store(error: &crate::queue::StoreError, lang: Lang) -> Self {
+        tracing::error!(%error, "store unavailable for an API request");
+        Self::new(Code::StoreUnavailable, lang)
+    }
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    title: &'a str,
+    status: u16,
+    detail: &'a str,
+    code: &'static str,
+    #[serde(skip_serializing_if = "<[FieldError]>::is_empty")]
+    errors: &'a [FieldError],
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (title, detail) = self.code.text(self.lang);
+        let status = self.code.status();
+        let body = Body {
+            kind: "about:blank",
+            title,
+            status: status.as_u16(),
+            detail,
+            code: self.code.as_str(),
+            errors: &self.errors,
+        };
+        let json = serde_json::to_vec(&body).unwrap_or_default();
+        let mut response = (
+            status,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            json,
+        )
+            .into_response();
+        if self.code == Code::Unauthorized {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        if self.code == Code::StoreUnavailable {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vietnamese_is_chosen_only_when_first_preferred() {
+        assert_eq!(Lang::from_header(Some("vi")), Lang::Vi);
+        assert_eq!(Lang::from_header(Some("vi-VN,vi;q=0.9,en;q=0.5")), Lang::Vi);
+        assert_eq!(Lang::from_header(Some("en-US,vi;q=0.5")), Lang::En);
+        assert_eq!(Lang::from_header(None), Lang::En);
+    }
+
+    #[test]
+    fn every_code_has_both_languages_and_a_4xx_or_5xx_status() {
+        for code in [
+            Code::Unauthorized,
+            Code::Forbidden,
+            Code::NotFound,
+            Code::MethodNotAllowed,
+            Code::InvalidBody,
+            Code::UnsupportedMediaType,
+            Code::BodyTooLarge,
+            Code::InvalidQuery,
+            Code::InvalidJobId,
+            Code::WrongState,
+            Code::StoreUnavailable,
+            Code::Internal,
+        ] {
+            let (en, _) = code.text(Lang::En);
+            let (vi, _) = code.text(Lang::Vi);
+            assert_ne!(en, vi, "{}", code.as_str());
+            assert!(code.status().is_client_error() || code.status().is_server_error());
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! The operators' job API on the real binary: a store prepared with dead letters and ready jobs, then
+//! tokens, scopes, problem+json, filters and paging, masking, and retry / discard / replay.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dvc_connector::queue::{
+    Backend, JobError, KvJobStore, KvOptions, NewJob, Queue, RetryPolicies, TokioClock,
+};
+use serde_json::Value;
+
+use crate::helpers::{Proc, write_config};
+
+const ADMIN: &str = "ops-token-for-tests";
+const PORTAL: &str = "portal-token-for-tests";
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Two dead letters (one citing a citizen ID in its message) and three ready jobs, on two lanes.
+async fn prepare(store: &std::path::Path) -> Vec<String> {
+    let queue = Queue::new(
+        Arc::new(KvJobStore::open(store, Backend::Redb, KvOptions::default()).expect("store")),
+        Arc::new(TokioClock::new()),
+        RetryPolicies::default(),
+        Duration::from_secs(60),
+    );
+    let mut ids = Vec::new();
+    for (lane, key) in [
+        ("portal:national", "H56-0001"),
+        ("portal:national", "H56-0002"),
+        ("portal:national", "H56-0003"),
+        ("postal", "H56-0001"),
+        ("portal:national", "H56-0001"),
+    ] {
+        ids.push(
+            queue
+                .enqueue(NewJob::new("portal.step", lane, key, b"{}".to_vec()))
+                .await
+                .expect("enqueue")
+                .id
+                .to_string(),
+        );
+    }
+    let leased = queue.lease("portal:national", 2).await.expect("lease").jobs;
+    assert_eq!(leased.len(), 2);
+    queue
+        .fail(
+            &leased[0],
+            &JobError::permanent("portal_7", "Hồ sơ của công dân 001190012345 bị từ chối"),
+        )
+        .await
+        .expect("dead");
+    queue
+        .fail(&leased[1], &JobError::permanent("portal_7", "rejected"))
+        .await
+        .expect("dead");
+    ids
+}
+
+struct Client {
+    base: String,
+    rt: tokio::runtime::Runtime,
+    http: reqwest::Client,
+}
+
+impl Client {
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        lang: Option<&str>,
+    ) -> (u16, String, Value) {
+        self.rt.block_on(async {
+            let mut rb = self.http.request(
+                method.parse().expect("method"),
+                format!("{}{path}", self.base),
+            );
+            if let Some(t) = token {
+                rb = rb.bearer_auth(t);
+            }
+            if let Some(l) = lang {
+                rb = rb.header("accept-language", l);
+            }
+            let r = rb.send().await.expect("request");
+            let status = r.status().as_u16();
+            let ct = r
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            let body = r.text().await.expect("body");
+            (
+                status,
+                ct,
+                serde_json::from_str(&body).unwrap_or(Value::Null),
+            )
+        })
+    }
+}
+
+#[test]
+fn operators_find_and_repair_jobs_through_the_api() {
+    dvc_connector::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let ids = rt.block_on(prepare(&store));
+    let extra = format!(
+        "[[api.tokens]]\nname = \"ops\"\nsha256 = \"{}\"\nscopes = [\"admin\"]\n[[api.tokens]]\nname = \"portal\"\nsha256 = \"{}\"\nscopes = [\"portal\"]\n",
+        sha256_hex(ADMIN),
+        sha256_hex(PORTAL)
+    );
+    let config = write_config(dir.path(), "redb", &store, &extra);
+    let mut daemon = Proc::spawn(&["run", "--config", config.to_str().expect("path")]);
+    let api = daemon.listen_addr("api_addr");
+    let c = Client {
+        base: format!("http://{api}"),
+        rt,
+        http: reqwest::Client::new(),
+    };
+
+    // Who may ask.
+    let (status, ct, body) = c.call("GET", "/v1/jobs", None, None);
+    assert_eq!(
+        (status, ct.as_str(), body["code"].as_str()),
+        (401, "application/problem+json", Some("unauthorized"))
+    );
+    let (status, _, body) = c.call("GET", "/v1/jobs", Some("not-a-token"), Some("vi-VN"));
+    assert_eq!(status, 401);
+    assert_eq!(body["title"], "Chưa xác thực");
+    let (status, _, body) = c.call("GET", "/v1/jobs", Some(PORTAL), None);
+    assert_eq!((status, body["code"].as_str()), (403, Some("forbidden")));
+
+    // Listing, filters, paging.
+    let (status, _, all) = c.call("GET", "/v1/jobs", Some(ADMIN), None);
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(all["jobs"].as_array().map(Vec::len), Some(5));
+    assert!(
+        all["jobs"][0].get("payload").is_none(),
+        "payloads never leave"
+    );
+    let (_, _, dead) = c.call("GET", "/v1/jobs?state=dead", Some(ADMIN), None);
+    let dead = dead["jobs"].as_array().cloned().unwrap_or_default();
+    assert_eq!(dead.len(), 2);
+    assert_eq!(dead[0]["dead_reason"], "permanent_error");
+    let messages: Vec<&str> = dead
+        .iter()
+        .filter_map(|j| j["last_error"]["message"].as_str())
+        .collect();
+    assert!(
+        messages.iter().any(|m| m.contains("001*******45")),
+        "{messages:?}"
+    );
+    assert!(messages.iter().all(|m| !m.contains("001190012345")));
+    let (_, _, postal) = c.call("GET", "/v1/jobs?target=postal", Some(ADMIN), None);
+    assert_eq!(postal["jobs"].as_array().map(Vec::len), Some(1));
+    let (_, _, dossier) = c.call(
+        "GET",
+        "/v1/jobs?dossier_code=H56-0001&target=portal:national",
+        Some(ADMIN),
+        None,
+    );
+    assert_eq!(dossier["jobs"].as_array().map(Vec::len), Some(2));
+    let (_, _, page1) = c.call("GET", "/v1/jobs?limit=3", Some(ADMIN), None);
+    let cursor = page1["next_cursor"]
+        .as_str()
+        .expect("more pages")
+        .to_owned();
+    let (_, _, page2) = c.call(
+        "GET",
+        &format!("/v1/jobs?limit=3&cursor={cursor}"),
+        Some(ADMIN),
+        None,
+    );
+    assert_eq!(
+        (
+            page1["jobs"].as_array().map(Vec::len),
+            page2["jobs"].as_array().map(Vec::len)
+        ),
+        (Some(3), Some(2))
+    );
+    assert!(page2.get("next_cursor").is_none());
+    let (status, _, bad) = c.call(
+        "GET",
+        "/v1/jobs?state=zombie&limit=0&colour=red",
+        Some(ADMIN),
+        None,
+    );
+    assert_eq!((status, bad["code"].as_str()), (400, Some("invalid_query")));
+    let fields: Vec<&str> = bad["errors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["field"].as_str())
+        .collect();
+    for f in ["state", "limit", "colour"] {
+        assert!(fields.contains(&f), "{f} in {fields:?}");
+    }
+
+    // One job, and the repairs.
+    let dead_id = dead[0]["id"].as_str().expect("id").to_owned();
+    let other_dead = dead[1]["id"].as_str().expect("id").to_owned();
+    let (status, _, one) = c.call("GET", &format!("/v1/jobs/{dead_id}"), Some(ADMIN), None);
+    assert_eq!((status, one["state"].as_str()), (200, Some("dead")));
+    let (status, _, e) = c.call("GET", "/v1/jobs/not-a-ulid", Some(ADMIN), None);
+    assert_eq!((status, e["code"].as_str()), (400, Some("invalid_job_id")));
+    let (status, _, _) = c.call(
+        "GET",
+        "/v1/jobs/01ARZ3NDEKTSV4RRFFQ69G5FAV",
+        Some(ADMIN),
+        None,
+    );
+    assert_eq!(status, 404);
+    let (status, _, retried) = c.call(
+        "POST",
+        &format!("/v1/jobs/{dead_id}/retry"),
+        Some(ADMIN),
+        None,
+    );
+    assert_eq!(
+        (
+            status,
+            retried["state"].as_str(),
+            retried["attempts"].as_u64()
+        ),
+        (200, Some("ready"), Some(0))
+    );
+    let (status, _, again) = c.call(
+        "POST",
+        &format!("/v1/jobs/{dead_id}/retry"),
+        Some(ADMIN),
+        None,
+    );
+    assert_eq!(
+        (
+            status,
+            again["code"].as_str(),
+            again["errors"][0]["code"].as_str()
+        ),
+        (409, Some("wrong_state"), Some("ready"))
+    );
+    let (status, _, discarded) = c.call(
+        "POST",
+        &format!("/v1/jobs/{other_dead}/discard"),
+        Some(ADMIN),
+        None,
+    );
+    assert_eq!(
+        (status, discarded["state"].as_str()),
+        (200, Some("discarded"))
+    );
+    let (status, _, replayed) = c.call(
+        "POST",
+        "/v1/jobs/replay?target=portal:national",
+        Some(ADMIN),
+        None,
+    );
+    assert_eq!(
+        (status, replayed["requeued"].as_u64()),
+        (200, Some(0)),
+        "nothing dead is left"
+    );
+    let (status, _, _) = c.call("DELETE", "/v1/jobs", Some(ADMIN), None);
+    assert_eq!(status, 405);
+    assert!(ids.contains(&dead_id));
+
+    daemon.sigterm();
+    assert!(
+        daemon
+            .wait_exit(Duration::from_secs(10))
+            .expect("exits")
+            .success()
+    );
+}
