@@ -38,12 +38,88 @@ pub enum Command {
     },
     /// Run an upstream simulator (no government access needed) until SIGTERM or SIGINT.
     Simulate(SimulateArgs),
+    /// Inspect and repair jobs through a running daemon's admin API (token in DVC_CONNECTOR_TOKEN).
+    Jobs(JobsArgs),
     /// Measure performance (not a test: figures go to docs/BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCommand),
     /// Crash-qualification child process (used by the integration tests; see docs/STORE.md).
     #[command(hide = true)]
     QualifyChild(QualifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    /// The daemon's API address.
+    #[arg(
+        long,
+        global = true,
+        default_value = "http://127.0.0.1:8080",
+        env = "DVC_CONNECTOR_API"
+    )]
+    pub api: String,
+    /// An `admin` bearer token. Prefer the environment variable, which stays out of shell history.
+    #[arg(
+        long,
+        global = true,
+        env = "DVC_CONNECTOR_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// `table` for people, `json` for scripts.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    #[command(subcommand)]
+    pub command: JobsCommand,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+/// Filters shared by `list` and `replay`.
+#[derive(Debug, Clone, Args)]
+pub struct JobFilterArgs {
+    /// Job kind, e.g. portal.step.
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Lane, e.g. portal:national.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Dossier code (the ordering key).
+    #[arg(long)]
+    pub dossier: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// List jobs, newest last.
+    List {
+        /// ready, leased, done, dead or discarded.
+        #[arg(long)]
+        state: Option<String>,
+        #[command(flatten)]
+        filter: JobFilterArgs,
+        /// At most this many jobs (all pages are followed up to it).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Show one job.
+    Show { id: String },
+    /// Put a dead job back to ready with a fresh attempt budget.
+    Retry { id: String },
+    /// Take a ready or dead job out of delivery for good.
+    Discard { id: String },
+    /// Retry every dead job matching the filters, with progress.
+    Replay {
+        #[command(flatten)]
+        filter: JobFilterArgs,
+        /// Do it without asking (needed when not on a terminal).
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -12,6 +12,7 @@
 //! - [`api`]: the sidecar HTTP API — problem+json errors (en/vi), hashed bearer tokens with scopes, and
 //!   today the operators' job endpoints.
 //! - `ops`: health and readiness on their own listener.
+//! - [`jobs_cli`]: `dvc-connector jobs …`, the operators' command line over the admin API.
 //! - [`bench`]: `dvc-connector bench …` measurements; [`qualify`]: the crash-qualification child;
 //!   [`simulate`]: `dvc-connector simulate …`, the upstream simulators from `adapters/` as a process.
 //! - [`upstreams`]: the upstream clients (`adapters/`) built from settings at start-up.
@@ -22,6 +23,7 @@ pub mod api;
 pub mod app;
 pub mod bench;
 pub mod cli;
+pub mod jobs_cli;
 mod ops;
 pub mod qualify;
 pub mod queue;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use dvc_connector::app::{self, Application};
 use dvc_connector::cli::{BenchCommand, Cli, Command};
-use dvc_connector::{bench, qualify, settings, simulate, telemetry};
+use dvc_connector::{bench, jobs_cli, qualify, settings, simulate, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -28,6 +28,7 @@ fn main() -> ExitCode {
                 })
             }))
         }
+        Command::Jobs(args) => exit(runtime().and_then(|rt| rt.block_on(jobs_cli::run(args)))),
         Command::Simulate(args) => exit(runtime().and_then(|rt| rt.block_on(simulate::run(args)))),
         Command::Bench(BenchCommand::Queue(args)) => {
             exit(runtime().and_then(|rt| rt.block_on(bench::queue(args))))

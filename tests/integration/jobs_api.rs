@@ -106,21 +106,27 @@ impl Client {
     }
 }
 
-#[test]
-fn operators_find_and_repair_jobs_through_the_api() {
-    dvc_connector::tls::install_crypto_provider();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = dir.path().join("store");
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
+/// A daemon on a prepared store, with an admin and a portal token.
+fn start(dir: &std::path::Path, rt: &tokio::runtime::Runtime) -> (Proc, String, Vec<String>) {
+    let store = dir.join("store");
     let ids = rt.block_on(prepare(&store));
     let extra = format!(
         "[[api.tokens]]\nname = \"ops\"\nsha256 = \"{}\"\nscopes = [\"admin\"]\n[[api.tokens]]\nname = \"portal\"\nsha256 = \"{}\"\nscopes = [\"portal\"]\n",
         sha256_hex(ADMIN),
         sha256_hex(PORTAL)
     );
-    let config = write_config(dir.path(), "redb", &store, &extra);
+    let config = write_config(dir, "redb", &store, &extra);
     let mut daemon = Proc::spawn(&["run", "--config", config.to_str().expect("path")]);
     let api = daemon.listen_addr("api_addr");
+    (daemon, api, ids)
+}
+
+#[test]
+fn operators_find_and_repair_jobs_through_the_api() {
+    dvc_connector::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (mut daemon, api, ids) = start(dir.path(), &rt);
     let c = Client {
         base: format!("http://{api}"),
         rt,
@@ -271,6 +277,96 @@ fn operators_find_and_repair_jobs_through_the_api() {
     let (status, _, _) = c.call("DELETE", "/v1/jobs", Some(ADMIN), None);
     assert_eq!(status, 405);
     assert!(ids.contains(&dead_id));
+
+    daemon.sigterm();
+    assert!(
+        daemon
+            .wait_exit(Duration::from_secs(10))
+            .expect("exits")
+            .success()
+    );
+}
+
+fn jobs_cmd(api: &str, token: Option<&str>, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = std::process::Command::new(crate::helpers::binary());
+    cmd.arg("jobs")
+        .args(args)
+        .env("DVC_CONNECTOR_API", format!("http://{api}"))
+        .env_remove("DVC_CONNECTOR_TOKEN");
+    if let Some(t) = token {
+        cmd.env("DVC_CONNECTOR_TOKEN", t);
+    }
+    let out = cmd.output().expect("run jobs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_jobs_command_lists_shows_and_replays_dead_letters() {
+    dvc_connector::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (mut daemon, api, _) = start(dir.path(), &rt);
+
+    let (code, _, err) = jobs_cmd(&api, None, &["list"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("DVC_CONNECTOR_TOKEN"), "{err}");
+    let (code, _, err) = jobs_cmd(&api, Some(PORTAL), &["list"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("forbidden"), "{err}");
+
+    let (code, out, err) = jobs_cmd(
+        &api,
+        Some(ADMIN),
+        &["list", "--state", "dead", "--output", "json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let dead: Vec<Value> = serde_json::from_str(&out).expect("json list");
+    assert_eq!(dead.len(), 2);
+    let (code, table, _) = jobs_cmd(
+        &api,
+        Some(ADMIN),
+        &["list", "--target", "portal:national", "--limit", "2"],
+    );
+    assert_eq!(code, 0);
+    assert!(
+        table.starts_with("ID ") && table.contains("2 jobs"),
+        "{table}"
+    );
+
+    let id = dead[0]["id"].as_str().expect("id");
+    let (code, shown, _) = jobs_cmd(&api, Some(ADMIN), &["show", id]);
+    assert_eq!(code, 0);
+    assert!(
+        shown.contains("permanent_error") && !shown.contains("001190012345"),
+        "{shown}"
+    );
+
+    let (code, _, err) = jobs_cmd(&api, Some(ADMIN), &["replay"]);
+    assert_ne!(code, 0, "replay without --yes off a terminal refuses");
+    assert!(err.contains("--yes"), "{err}");
+    let (code, out, err) = jobs_cmd(&api, Some(ADMIN), &["replay", "--yes", "--output", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let summary: Value = serde_json::from_str(&out).expect("json summary");
+    assert_eq!(summary["requeued"], 2);
+    let (_, out, _) = jobs_cmd(
+        &api,
+        Some(ADMIN),
+        &["list", "--state", "dead", "--output", "json"],
+    );
+    assert_eq!(
+        serde_json::from_str::<Vec<Value>>(&out)
+            .map(|v| v.len())
+            .ok(),
+        Some(0)
+    );
+
+    let (code, _, err) = jobs_cmd(&api, Some(ADMIN), &["retry", "01ARZ3NDEKTSV4RRFFQ69G5FAV"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not_found"), "{err}");
 
     daemon.sigterm();
     assert!(

@@ -1,0 +1,270 @@
+//! `dvc-connector jobs …`: the operators' command line over a running daemon's admin API. Everything it
+//! prints comes from the API, which already masks personal data and never returns payloads.
+
+use std::io::IsTerminal;
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::Value;
+
+use crate::cli::{JobFilterArgs, JobsArgs, JobsCommand, Output};
+
+struct Api {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    /// Calls the API; a problem+json answer becomes an error naming its code, title and fields.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base.trim_end_matches('/'));
+        let response = self
+            .http
+            .request(method, &url)
+            .bearer_auth(&self.token)
+            .query(query)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the daemon at {}", self.base))?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(body);
+        }
+        let mut text = format!(
+            "{} ({}): {}",
+            body["title"].as_str().unwrap_or(status.as_str()),
+            body["code"].as_str().unwrap_or("unknown"),
+            body["detail"].as_str().unwrap_or("")
+        );
+        for e in body["errors"].as_array().into_iter().flatten() {
+            text.push_str(&format!(
+                "\n  {}: {} ({})",
+                e["field"].as_str().unwrap_or(""),
+                e["message"].as_str().unwrap_or(""),
+                e["code"].as_str().unwrap_or("")
+            ));
+        }
+        bail!(text)
+    }
+}
+
+fn filters(f: &JobFilterArgs) -> Vec<(&'static str, String)> {
+    [
+        ("kind", &f.kind),
+        ("target", &f.target),
+        ("dossier_code", &f.dossier),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
+    .collect()
+}
+
+pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
+    crate::tls::install_crypto_provider();
+    let token = args
+        .token
+        .clone()
+        .context("no token: set DVC_CONNECTOR_TOKEN to a token with the admin scope")?;
+    let api = Api {
+        base: args.api.clone(),
+        token,
+        http: reqwest::Client::new(),
+    };
+    match &args.command {
+        JobsCommand::List {
+            state,
+            filter,
+            limit,
+        } => {
+            let mut query = filters(filter);
+            if let Some(s) = state {
+                query.push(("state", s.clone()));
+            }
+            let jobs = list(&api, query, *limit).await?;
+            match args.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&jobs)?),
+                Output::Table => print_table(&jobs),
+            }
+        }
+        JobsCommand::Show { id } => {
+            let job = api
+                .call(reqwest::Method::GET, &format!("/v1/jobs/{id}"), &[])
+                .await?;
+            print_job(&job, args.output)?;
+        }
+        JobsCommand::Retry { id } | JobsCommand::Discard { id } => {
+            let action = if matches!(args.command, JobsCommand::Retry { .. }) {
+                "retry"
+            } else {
+                "discard"
+            };
+            let job = api
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/v1/jobs/{id}/{action}"),
+                    &[],
+                )
+                .await?;
+            print_job(&job, args.output)?;
+        }
+        JobsCommand::Replay { filter, yes } => replay(&api, filter, *yes, args.output).await?,
+    }
+    Ok(())
+}
+
+/// Follows pages until `limit` jobs or the end.
+async fn list(
+    api: &Api,
+    query: Vec<(&'static str, String)>,
+    limit: usize,
+) -> anyhow::Result<Vec<Value>> {
+    let mut jobs = Vec::new();
+    let mut cursor: Option<String> = None;
+    while jobs.len() < limit {
+        let mut q = query.clone();
+        q.push(("limit", (limit - jobs.len()).min(500).to_string()));
+        if let Some(c) = &cursor {
+            q.push(("cursor", c.clone()));
+        }
+        let page = api.call(reqwest::Method::GET, "/v1/jobs", &q).await?;
+        jobs.extend(page["jobs"].as_array().cloned().unwrap_or_default());
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    Ok(jobs)
+}
+
+async fn replay(
+    api: &Api,
+    filter: &JobFilterArgs,
+    yes: bool,
+    output: Output,
+) -> anyhow::Result<()> {
+    let mut query = filters(filter);
+    query.push(("state", "dead".into()));
+    let dead = list(api, query, usize::MAX).await?;
+    if dead.is_empty() {
+        println!("no dead jobs match");
+        return Ok(());
+    }
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            bail!("{} dead jobs match; pass --yes to replay them", dead.len());
+        }
+        eprint!("replay {} dead jobs? [y/N] ", dead.len());
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if !answer.trim().eq_ignore_ascii_case("y") {
+            bail!("nothing replayed");
+        }
+    }
+    let bar = if output == Output::Table && std::io::stderr().is_terminal() {
+        ProgressBar::new(dead.len() as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let (mut requeued, mut failed) = (0usize, Vec::new());
+    for job in &dead {
+        let id = job["id"].as_str().unwrap_or_default();
+        match api
+            .call(reqwest::Method::POST, &format!("/v1/jobs/{id}/retry"), &[])
+            .await
+        {
+            Ok(_) => requeued += 1,
+            Err(e) => failed.push((id.to_owned(), e.to_string())),
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({ "requeued": requeued, "failed": failed.iter().map(|(id, e)| serde_json::json!({"id": id, "error": e})).collect::<Vec<_>>() })
+        ),
+        Output::Table => {
+            println!("requeued {requeued} of {} dead jobs", dead.len());
+            for (id, e) in &failed {
+                println!("  {id}: {e}");
+            }
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        bail!("{} jobs could not be replayed", failed.len())
+    }
+}
+
+fn print_table(jobs: &[Value]) {
+    println!(
+        "{:<26}  {:<9}  {:<14}  {:<16}  {:<22}  {:>4}  LAST ERROR",
+        "ID", "STATE", "KIND", "TARGET", "DOSSIER", "TRY"
+    );
+    for j in jobs {
+        let s = |k: &str| j[k].as_str().unwrap_or("").to_owned();
+        println!(
+            "{:<26}  {:<9}  {:<14}  {:<16}  {:<22}  {:>4}  {}",
+            s("id"),
+            s("state"),
+            s("kind"),
+            s("target"),
+            s("dossier_code"),
+            j["attempts"].as_u64().unwrap_or(0),
+            j["last_error"]["code"].as_str().unwrap_or("")
+        );
+    }
+    println!("{} jobs", jobs.len());
+}
+
+fn print_job(job: &Value, output: Output) -> anyhow::Result<()> {
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(job)?);
+        return Ok(());
+    }
+    for key in [
+        "id",
+        "state",
+        "kind",
+        "target",
+        "dossier_code",
+        "attempts",
+        "next_attempt_at",
+        "dead_reason",
+        "created_at",
+        "updated_at",
+        "finished_at",
+    ] {
+        if let Some(v) = job.get(key).filter(|v| !v.is_null()) {
+            println!(
+                "{key:<16} {}",
+                v.as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| v.to_string())
+            );
+        }
+    }
+    if let Some(e) = job.get("last_error").filter(|v| !v.is_null()) {
+        println!(
+            "{:<16} [{}] {} — {} (at {})",
+            "last_error",
+            e["class"].as_str().unwrap_or(""),
+            e["code"].as_str().unwrap_or(""),
+            e["message"].as_str().unwrap_or(""),
+            e["at"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}
