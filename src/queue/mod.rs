@@ -17,6 +17,8 @@ pub mod store;
 pub mod worker;
 
 #[cfg(test)]
+mod model_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
