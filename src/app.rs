@@ -63,11 +63,13 @@ impl Application {
                 )
             })?;
         let store = Arc::new(store);
-        let queue = Queue::new(
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let queue = Queue::with_metrics(
             store.clone(),
             Arc::new(TokioClock::new()),
             settings.queue.retry.clone(),
             settings.queue.lease,
+            metrics.clone(),
         );
 
         let api = TcpListener::bind(settings.api.listen)
@@ -116,6 +118,8 @@ impl Application {
             queue: queue.clone(),
             board,
             lanes: wiring.lanes.clone(),
+            metrics: metrics.clone(),
+            store_path: settings.store.path.clone(),
         });
         let servers = vec![
             serve(
@@ -124,6 +128,7 @@ impl Application {
                     crate::api::ApiState {
                         queue: queue.clone(),
                         tokens: crate::api::auth::Tokens::new(settings.api.tokens.clone()),
+                        metrics: Some(metrics.clone()),
                     },
                     settings.api.body_limit,
                 ),

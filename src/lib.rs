@@ -11,7 +11,7 @@
 //!   embedded backends, lane workers, lease expiry and retention.
 //! - [`api`]: the sidecar HTTP API — problem+json errors (en/vi), hashed bearer tokens with scopes, and
 //!   today the operators' job endpoints.
-//! - `ops`: health and readiness on their own listener.
+//! - `ops`: health, readiness and `/metrics` on their own listener; [`metrics`]: the metric families.
 //! - [`jobs_cli`]: `dvc-connector jobs …`, the operators' command line over the admin API.
 //! - [`bench`]: `dvc-connector bench …` measurements; [`qualify`]: the crash-qualification child;
 //!   [`simulate`]: `dvc-connector simulate …`, the upstream simulators from `adapters/` as a process.
@@ -24,6 +24,7 @@ pub mod app;
 pub mod bench;
 pub mod cli;
 pub mod jobs_cli;
+pub mod metrics;
 mod ops;
 pub mod qualify;
 pub mod queue;

@@ -23,9 +23,11 @@ use crate::queue::Queue;
 pub struct ApiState {
     pub queue: Queue,
     pub tokens: Tokens,
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 pub(crate) fn router(state: ApiState, body_limit: usize) -> Router {
+    let metrics = state.metrics.clone();
     Router::new()
         .route("/v1/jobs", get(jobs::list))
         .route("/v1/jobs/replay", post(jobs::replay))
@@ -35,7 +37,37 @@ pub(crate) fn router(state: ApiState, body_limit: usize) -> Router {
         .fallback(not_found)
         .layer(axum::middleware::map_response(as_problem))
         .layer(DefaultBodyLimit::max(body_limit))
+        .route_layer(axum::middleware::from_fn(move |req, next| {
+            count(metrics.clone(), req, next)
+        }))
         .with_state(Arc::new(state))
+}
+
+/// Counts requests by route template (never the concrete path, which holds ids), method and status.
+async fn count(
+    metrics: Option<Arc<crate::metrics::Metrics>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().as_str().to_owned();
+    let started = std::time::Instant::now();
+    let response = next.run(req).await;
+    if let Some(m) = metrics {
+        let labels = crate::metrics::RequestLabels {
+            route,
+            method,
+            status: response.status().as_u16().to_string(),
+        };
+        m.api_requests.get_or_create(&labels).inc();
+        m.api_seconds
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+    }
+    response
 }
 
 async fn not_found(lang: Lang) -> ApiError {
@@ -106,7 +138,14 @@ mod tests {
             sha256: sha2::Sha256::digest(b"t").into(),
             scopes: [Scope::Admin].into_iter().collect(),
         }]);
-        let app = router(ApiState { queue, tokens }, 1024);
+        let app = router(
+            ApiState {
+                queue,
+                tokens,
+                metrics: None,
+            },
+            1024,
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

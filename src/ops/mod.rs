@@ -17,13 +17,48 @@ pub(crate) struct OpsState {
     pub board: LaneBoard,
     /// Lanes the application started; readiness needs each one's worker reporting.
     pub lanes: Vec<String>,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    pub store_path: std::path::PathBuf,
 }
 
 pub(crate) fn router(state: OpsState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .with_state(state)
+}
+
+/// OpenMetrics for scrapers that ask for it, the classic text format otherwise.
+async fn metrics(
+    State(state): State<OpsState>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
+    let body = state
+        .metrics
+        .render(&state.queue, &state.board, &state.store_path)
+        .await;
+    let openmetrics = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    if openmetrics {
+        (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+    } else {
+        (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            crate::metrics::classic_text(&body),
+        )
+    }
 }
 
 /// Ready when the store takes a durable write and every lane's worker is running (paused counts as

@@ -61,6 +61,7 @@ struct Inner {
     policies: RetryPolicies,
     lease_for: Duration,
     wakers: Mutex<HashMap<String, Arc<Notify>>>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Queue {
@@ -70,6 +71,27 @@ impl Queue {
         policies: RetryPolicies,
         lease_for: Duration,
     ) -> Self {
+        Self::build(store, clock, policies, lease_for, None)
+    }
+
+    /// As [`Queue::new`], counting what it does in `metrics`.
+    pub fn with_metrics(
+        store: Arc<dyn JobStore>,
+        clock: Arc<dyn Clock>,
+        policies: RetryPolicies,
+        lease_for: Duration,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
+        Self::build(store, clock, policies, lease_for, Some(metrics))
+    }
+
+    fn build(
+        store: Arc<dyn JobStore>,
+        clock: Arc<dyn Clock>,
+        policies: RetryPolicies,
+        lease_for: Duration,
+        metrics: Option<Arc<crate::metrics::Metrics>>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -77,8 +99,13 @@ impl Queue {
                 policies,
                 lease_for,
                 wakers: Mutex::new(HashMap::new()),
+                metrics,
             }),
         }
+    }
+
+    pub fn metrics(&self) -> Option<&Arc<crate::metrics::Metrics>> {
+        self.inner.metrics.as_ref()
     }
 
     pub fn store(&self) -> &Arc<dyn JobStore> {
@@ -115,10 +142,18 @@ impl Queue {
         for job in &jobs {
             job.validate().map_err(QueueError::InvalidJob)?;
         }
-        let lanes: Vec<String> = jobs.iter().map(|j| j.lane.clone()).collect();
+        let labels: Vec<(String, String)> = jobs
+            .iter()
+            .map(|j| (j.kind.clone(), j.lane.clone()))
+            .collect();
         let out = self.inner.store.enqueue(jobs, self.now()).await?;
-        for lane in lanes {
-            self.waker(&lane).notify_one();
+        for ((kind, lane), enqueued) in labels.iter().zip(&out) {
+            if let (Some(m), false) = (&self.inner.metrics, enqueued.existing) {
+                m.enqueued
+                    .get_or_create(&crate::metrics::Metrics::job(kind, lane))
+                    .inc();
+            }
+            self.waker(lane).notify_one();
         }
         Ok(out)
     }
@@ -133,7 +168,13 @@ impl Queue {
     }
 
     pub async fn complete(&self, job: &Job) -> Result<Transition, StoreError> {
-        self.finish(job, Disposition::Done).await
+        let out = self.finish(job, Disposition::Done).await?;
+        if let (Some(m), Transition::Applied) = (&self.inner.metrics, out) {
+            m.completed
+                .get_or_create(&crate::metrics::Metrics::job(&job.kind, &job.lane))
+                .inc();
+        }
+        Ok(out)
     }
 
     /// Applies the retry policy of the job's kind to a failed attempt.
@@ -167,7 +208,29 @@ impl Queue {
                 note: Some(RecordedError::of(error, now)),
             },
         };
-        Ok((decision, self.finish(job, disposition).await?))
+        let out = self.finish(job, disposition).await?;
+        if let (Some(m), Transition::Applied) = (&self.inner.metrics, out) {
+            use crate::metrics::{DeadLabels, RetryLabels};
+            match decision {
+                Decision::Dead(reason) => m
+                    .dead_lettered
+                    .get_or_create(&DeadLabels {
+                        kind: job.kind.clone(),
+                        lane: job.lane.clone(),
+                        reason: reason.as_str().into(),
+                    })
+                    .inc(),
+                Decision::RetryAt(_) | Decision::PauseLane => m
+                    .retried
+                    .get_or_create(&RetryLabels {
+                        kind: job.kind.clone(),
+                        lane: job.lane.clone(),
+                        class: error.class.as_str().into(),
+                    })
+                    .inc(),
+            };
+        }
+        Ok((decision, out))
     }
 
     /// Gives a leased job back without a verdict (shutdown, paused lane).

@@ -325,6 +325,7 @@ async fn run_job(
 ) -> RunEnd {
     // The handler must end before the lease does, or a second worker could run the same job.
     let budget = queue.lease_duration().mul_f64(0.8);
+    let started = tokio::time::Instant::now();
     let result = match handler {
         None => Err(JobError::permanent(
             "no_handler",
@@ -338,6 +339,11 @@ async fn run_job(
             )),
         },
     };
+    if let Some(m) = queue.metrics() {
+        m.attempt_seconds
+            .get_or_create(&crate::metrics::Metrics::job(&job.kind, &job.lane))
+            .observe(started.elapsed().as_secs_f64());
+    }
     match result {
         Ok(()) => match queue.complete(&job).await {
             Ok(Transition::Applied) => RunEnd::Finished,

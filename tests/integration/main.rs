@@ -6,5 +6,6 @@ mod crash;
 mod daemon;
 mod helpers;
 mod jobs_api;
+mod metrics;
 mod simulate;
 mod upstreams;

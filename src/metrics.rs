@@ -1,0 +1,242 @@
+//! Prometheus metrics, served on the ops listener at `/metrics`.
+//!
+//! Names are constants here; label values come only from bounded sets — job kinds and lanes (defined by
+//! the code and the configuration), error classes, dead reasons, lane states, route templates, methods
+//! and status codes — never from ids, messages or personal data. Counters move where things happen;
+//! gauges (queue depth, lane state, store size, free disk) are read at scrape time.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::queue::worker::{LaneBoard, LaneState};
+use crate::queue::{JobState, Queue};
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct JobLabels {
+    pub kind: String,
+    pub lane: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RetryLabels {
+    pub kind: String,
+    pub lane: String,
+    pub class: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DeadLabels {
+    pub kind: String,
+    pub lane: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DepthLabels {
+    pub lane: String,
+    pub state: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: String,
+    pub method: String,
+    pub status: String,
+}
+
+/// Counters and histograms updated as work happens.
+#[derive(Debug)]
+pub struct Metrics {
+    pub enqueued: Family<JobLabels, Counter>,
+    pub completed: Family<JobLabels, Counter>,
+    pub retried: Family<RetryLabels, Counter>,
+    pub dead_lettered: Family<DeadLabels, Counter>,
+    pub attempt_seconds: Family<JobLabels, Histogram>,
+    pub api_requests: Family<RequestLabels, Counter>,
+    pub api_seconds: Family<RequestLabels, Histogram>,
+    depth: Family<DepthLabels, Gauge>,
+    lane_state: Family<DepthLabels, Gauge>,
+    store_bytes: Gauge,
+    disk_free_bytes: Gauge,
+    registry: Registry,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let m = Metrics {
+            enqueued: Family::default(),
+            completed: Family::default(),
+            retried: Family::default(),
+            dead_lettered: Family::default(),
+            attempt_seconds: Family::new_with_constructor(latency_histogram),
+            api_requests: Family::default(),
+            api_seconds: Family::new_with_constructor(latency_histogram),
+            depth: Family::default(),
+            lane_state: Family::default(),
+            store_bytes: Gauge::default(),
+            disk_free_bytes: Gauge::default(),
+            registry: Registry::with_prefix("dvc_connector"),
+        };
+        m.register()
+    }
+}
+
+impl Metrics {
+    fn register(mut self) -> Self {
+        let r = &mut self.registry;
+        r.register(
+            "jobs_enqueued",
+            "Jobs accepted into the queue (durably)",
+            self.enqueued.clone(),
+        );
+        r.register(
+            "jobs_completed",
+            "Jobs delivered to their upstream",
+            self.completed.clone(),
+        );
+        r.register(
+            "jobs_retried",
+            "Failed attempts scheduled for a retry, by error class",
+            self.retried.clone(),
+        );
+        r.register(
+            "jobs_dead_lettered",
+            "Jobs moved to the dead letter, by reason",
+            self.dead_lettered.clone(),
+        );
+        r.register(
+            "job_attempt_duration_seconds",
+            "Time a handler took for one attempt",
+            self.attempt_seconds.clone(),
+        );
+        r.register(
+            "api_requests",
+            "API requests by route template, method and status",
+            self.api_requests.clone(),
+        );
+        r.register(
+            "api_request_duration_seconds",
+            "API request latency by route template",
+            self.api_seconds.clone(),
+        );
+        r.register(
+            "queue_jobs",
+            "Jobs in the store by lane and state",
+            self.depth.clone(),
+        );
+        r.register(
+            "lane_state",
+            "1 for the state each lane's worker is in (running, paused, stopped)",
+            self.lane_state.clone(),
+        );
+        r.register(
+            "store_size_bytes",
+            "Bytes the queue store occupies on disk",
+            self.store_bytes.clone(),
+        );
+        r.register(
+            "disk_free_bytes",
+            "Free bytes on the store's file system",
+            self.disk_free_bytes.clone(),
+        );
+        self
+    }
+
+    /// The text exposition, with gauges refreshed from the queue, the lane board and the disk.
+    pub async fn render(&self, queue: &Queue, board: &LaneBoard, store_path: &Path) -> String {
+        if let Ok(counts) = queue.counts().await {
+            for c in counts {
+                for state in JobState::ALL {
+                    self.depth
+                        .get_or_create(&DepthLabels {
+                            lane: c.lane.clone(),
+                            state: state.as_str().into(),
+                        })
+                        .set(c.get(state) as i64);
+                }
+            }
+        }
+        for (lane, status) in board.snapshot() {
+            for state in [LaneState::Running, LaneState::Paused, LaneState::Stopped] {
+                self.lane_state
+                    .get_or_create(&DepthLabels {
+                        lane: lane.clone(),
+                        state: state.as_str().into(),
+                    })
+                    .set(i64::from(status.state == state));
+            }
+        }
+        self.store_bytes.set(queue.store().size_on_disk() as i64);
+        if let Ok(stat) = rustix::fs::statvfs(store_path) {
+            self.disk_free_bytes
+                .set((stat.f_bavail.saturating_mul(stat.f_frsize)) as i64);
+        }
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Metrics {
+    pub fn job(kind: &str, lane: &str) -> JobLabels {
+        JobLabels {
+            kind: kind.to_owned(),
+            lane: lane.to_owned(),
+        }
+    }
+}
+
+/// Shared handle.
+pub type SharedMetrics = Arc<Metrics>;
+
+/// OpenMetrics text (what the registry encodes) as the classic Prometheus text format 0.0.4, which
+/// `promtool check metrics` and older scrapers read: counter families are named with their `_total`
+/// suffix in `# HELP`/`# TYPE`, and there is no `# EOF` line.
+pub fn classic_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_renamed_for_the_classic_format_and_eof_dropped() {
+        let om = "# HELP x_jobs Jobs.\n# TYPE x_jobs counter\nx_jobs_total{lane=\"a\"} 1\n# HELP x_depth Depth.\n# TYPE x_depth gauge\nx_depth 3\n# EOF\n";
+        assert_eq!(
+            classic_text(om),
+            "# HELP x_jobs_total Jobs.\n# TYPE x_jobs_total counter\nx_jobs_total{lane=\"a\"} 1\n# HELP x_depth Depth.\n# TYPE x_depth gauge\nx_depth 3\n"
+        );
+    }
+}
