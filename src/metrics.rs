@@ -45,6 +45,11 @@ pub struct DepthLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct LaneLabels {
+    pub lane: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct RequestLabels {
     pub route: String,
     pub method: String,
@@ -62,6 +67,7 @@ pub struct Metrics {
     pub api_requests: Family<RequestLabels, Counter>,
     pub api_seconds: Family<RequestLabels, Histogram>,
     depth: Family<DepthLabels, Gauge>,
+    overdue: Family<LaneLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     lane_state: Family<DepthLabels, Gauge>,
     store_bytes: Gauge,
     disk_free_bytes: Gauge,
@@ -83,6 +89,7 @@ impl Default for Metrics {
             api_requests: Family::default(),
             api_seconds: Family::new_with_constructor(latency_histogram),
             depth: Family::default(),
+            overdue: Family::default(),
             lane_state: Family::default(),
             store_bytes: Gauge::default(),
             disk_free_bytes: Gauge::default(),
@@ -136,6 +143,11 @@ impl Metrics {
             self.depth.clone(),
         );
         r.register(
+            "queue_oldest_due_seconds",
+            "How long the most overdue runnable job of each lane has been waiting",
+            self.overdue.clone(),
+        );
+        r.register(
             "lane_state",
             "1 for the state each lane's worker is in (running, paused, stopped)",
             self.lane_state.clone(),
@@ -156,6 +168,15 @@ impl Metrics {
     /// The text exposition, with gauges refreshed from the queue, the lane board and the disk.
     pub async fn render(&self, queue: &Queue, board: &LaneBoard, store_path: &Path) -> String {
         if let Ok(counts) = queue.counts().await {
+            for c in &counts {
+                if let Ok(overdue) = queue.overdue(&c.lane).await {
+                    self.overdue
+                        .get_or_create(&LaneLabels {
+                            lane: c.lane.clone(),
+                        })
+                        .set(overdue.as_secs_f64());
+                }
+            }
             for c in counts {
                 for state in JobState::ALL {
                     self.depth
@@ -237,6 +258,111 @@ mod tests {
         assert_eq!(
             classic_text(om),
             "# HELP x_jobs_total Jobs.\n# TYPE x_jobs_total counter\nx_jobs_total{lane=\"a\"} 1\n# HELP x_depth Depth.\n# TYPE x_depth gauge\nx_depth 3\n"
+        );
+    }
+}
+
+#[cfg(test)]
+mod deploy_tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// Every family the registry exports, touched once so each shows up.
+    fn exported_names() -> BTreeSet<String> {
+        let m = Metrics::default();
+        let job = Metrics::job("k", "l");
+        m.enqueued.get_or_create(&job).inc();
+        m.completed.get_or_create(&job).inc();
+        m.retried
+            .get_or_create(&RetryLabels {
+                kind: "k".into(),
+                lane: "l".into(),
+                class: "retryable".into(),
+            })
+            .inc();
+        m.dead_lettered
+            .get_or_create(&DeadLabels {
+                kind: "k".into(),
+                lane: "l".into(),
+                reason: "r".into(),
+            })
+            .inc();
+        m.attempt_seconds.get_or_create(&job).observe(0.1);
+        let req = RequestLabels {
+            route: "/".into(),
+            method: "GET".into(),
+            status: "200".into(),
+        };
+        m.api_requests.get_or_create(&req).inc();
+        m.api_seconds.get_or_create(&req).observe(0.1);
+        m.depth
+            .get_or_create(&DepthLabels {
+                lane: "l".into(),
+                state: "ready".into(),
+            })
+            .set(1);
+        m.overdue
+            .get_or_create(&LaneLabels { lane: "l".into() })
+            .set(1.0);
+        m.lane_state
+            .get_or_create(&DepthLabels {
+                lane: "l".into(),
+                state: "running".into(),
+            })
+            .set(1);
+        let mut text = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut text, &m.registry);
+        let text = classic_text(&text);
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The metric names an alert rule or dashboard expression mentions.
+    fn referenced(text: &str) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        let mut rest = text;
+        while let Some(i) = rest.find("dvc_connector_") {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            out.insert(tail[..end].to_owned());
+            rest = &tail[end..];
+        }
+        out
+    }
+
+    #[test]
+    fn alerts_and_dashboard_only_use_metrics_that_exist() {
+        let exported = exported_names();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        for file in [
+            "deploy/prometheus/alerts.yml",
+            "deploy/grafana/dvc-connector.json",
+        ] {
+            let text = std::fs::read_to_string(root.join(file)).expect("deploy file");
+            let names = referenced(&text);
+            assert!(!names.is_empty(), "{file} mentions no metric");
+            for name in names {
+                assert!(
+                    exported.contains(&name),
+                    "{file} uses {name}, which is not exported; exported: {exported:?}"
+                );
+            }
+        }
+        let dashboard: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(root.join("deploy/grafana/dvc-connector.json"))
+                .expect("dashboard"),
+        )
+        .expect("the dashboard is valid JSON");
+        assert!(
+            dashboard["panels"]
+                .as_array()
+                .is_some_and(|p| p.len() >= 10)
         );
     }
 }

@@ -304,6 +304,14 @@ impl Queue {
         self.inner.store.counts().await
     }
 
+    /// How long the most overdue runnable job of `lane` has been waiting (zero when none is overdue).
+    pub async fn overdue(&self, lane: &str) -> Result<Duration, StoreError> {
+        let due = self.inner.store.earliest_due(lane.to_owned()).await?;
+        Ok(due.map_or(Duration::ZERO, |d| {
+            Duration::from_millis(self.now().saturating_sub(d))
+        }))
+    }
+
     /// Returns jobs whose lease has run out to ready; answers how many.
     pub async fn expire_leases(&self, limit: usize) -> Result<usize, StoreError> {
         let n = self.inner.store.expire_leases(self.now(), limit).await?;

@@ -206,6 +206,10 @@ pub trait JobStore: Send + Sync + Debug {
     /// Jobs per state for every lane that has any.
     fn counts(&self) -> StoreFuture<'_, Vec<LaneCounts>>;
 
+    /// The earliest `next_attempt_at` among the runnable (head, ready) jobs of `lane`: how long the most
+    /// overdue job has been waiting is `now` minus this.
+    fn earliest_due(&self, lane: String) -> StoreFuture<'_, Option<Millis>>;
+
     /// Bytes the store occupies on disk.
     fn size_on_disk(&self) -> u64;
 }

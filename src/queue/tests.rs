@@ -737,3 +737,25 @@ each_backend!(
         );
     }
 );
+
+each_backend!(
+    the_most_overdue_job_of_a_lane_is_measured,
+    |h, dir, backend| {
+        assert_eq!(h.queue.overdue("l").await.ok(), Some(Duration::ZERO));
+        h.queue.enqueue(job("l", "A", 1)).await.expect("enqueue");
+        h.clock.advance(Duration::from_secs(90));
+        h.queue.enqueue(job("l", "B", 1)).await.expect("enqueue");
+        assert_eq!(
+            h.queue.overdue("l").await.ok(),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(h.queue.overdue("other").await.ok(), Some(Duration::ZERO));
+        let leased = lease_payloads(&h.queue, "l").await;
+        assert_eq!(leased.len(), 2);
+        assert_eq!(
+            h.queue.overdue("l").await.ok(),
+            Some(Duration::ZERO),
+            "leased jobs are being worked on"
+        );
+    }
+);

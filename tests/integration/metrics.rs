@@ -132,3 +132,29 @@ fn metrics_of_a_working_daemon_pass_promtool_and_count_the_work() {
             .success()
     );
 }
+
+#[test]
+fn the_alert_rules_pass_promtool_check_and_their_unit_tests() {
+    let dir = crate::helpers::repo_file("deploy/prometheus");
+    let check = Command::new("promtool")
+        .args(["check", "rules", "alerts.yml"])
+        .current_dir(&dir)
+        .output()
+        .expect("promtool");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let test = Command::new("promtool")
+        .args(["test", "rules", "alerts.test.yml"])
+        .current_dir(&dir)
+        .output()
+        .expect("promtool");
+    assert!(
+        test.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&test.stdout),
+        String::from_utf8_lossy(&test.stderr)
+    );
+}

@@ -599,6 +599,10 @@ impl JobStore for KvJobStore {
         Box::pin(self.read(ops::counts))
     }
 
+    fn earliest_due(&self, lane: String) -> StoreFuture<'_, Option<Millis>> {
+        Box::pin(self.read(move |tx| ops::earliest_due(tx, &lane)))
+    }
+
     fn size_on_disk(&self) -> u64 {
         self.engine.size_on_disk()
     }

@@ -540,6 +540,16 @@ fn purge(
     Ok(old.len())
 }
 
+/// The first entry of the lane's ready index.
+pub(crate) fn earliest_due(tx: &dyn KvRead, lane: &str) -> Result<Option<Millis>, StoreError> {
+    let prefix = keys::lane_prefix(lane);
+    let end = keys::prefix_end(&prefix);
+    match tx.scan(Table::Ready, &prefix, end.as_deref(), 1)?.first() {
+        Some((key, _)) => Ok(Some(keys::ready_key_time(lane, key)?)),
+        None => Ok(None),
+    }
+}
+
 /// Per-lane counts from the counters kept in `Meta`.
 pub(crate) fn counts(tx: &dyn KvRead) -> Result<Vec<LaneCounts>, StoreError> {
     let prefix = keys::counter_prefix();
