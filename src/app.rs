@@ -87,6 +87,7 @@ impl Application {
             idle_poll: settings.queue.idle_poll,
             auth_pause: settings.queue.auth_pause,
             shutdown_grace: settings.queue.shutdown_grace,
+            breaker: settings.queue.circuit.clone(),
         };
         let mut workers = Vec::new();
         for lane in &wiring.lanes {
@@ -94,7 +95,17 @@ impl Application {
                 queue.clone(),
                 LaneSpec {
                     lane: lane.clone(),
-                    concurrency: settings.queue.lane_concurrency,
+                    concurrency: settings
+                        .queue
+                        .lanes
+                        .get(lane)
+                        .and_then(|l| l.concurrency)
+                        .unwrap_or(settings.queue.lane_concurrency),
+                    rate_per_second: settings
+                        .queue
+                        .lanes
+                        .get(lane)
+                        .and_then(|l| l.rate_per_second),
                 },
                 wiring.handlers.clone(),
                 worker_settings.clone(),

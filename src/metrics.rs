@@ -149,7 +149,7 @@ impl Metrics {
         );
         r.register(
             "lane_state",
-            "1 for the state each lane's worker is in (running, paused, stopped)",
+            "1 for the state each lane's worker is in (running, backing_off, paused, stopped)",
             self.lane_state.clone(),
         );
         r.register(
@@ -189,7 +189,12 @@ impl Metrics {
             }
         }
         for (lane, status) in board.snapshot() {
-            for state in [LaneState::Running, LaneState::Paused, LaneState::Stopped] {
+            for state in [
+                LaneState::Running,
+                LaneState::BackingOff,
+                LaneState::Paused,
+                LaneState::Stopped,
+            ] {
                 self.lane_state
                     .get_or_create(&DepthLabels {
                         lane: lane.clone(),

@@ -12,6 +12,7 @@ pub mod clock;
 pub mod job;
 pub mod kv;
 pub mod maintenance;
+pub mod protection;
 pub mod schedule;
 pub mod store;
 pub mod worker;

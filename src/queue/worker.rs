@@ -15,8 +15,10 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
 
 use super::job::{ErrorClass, Job, JobError, JobId, Millis};
+use super::protection::{Breaker, BreakerSettings, BreakerState, TokenBucket};
 use super::schedule::Decision;
 use super::{Queue, Transition};
 
@@ -43,11 +45,13 @@ impl Handlers {
     }
 }
 
-/// A lane and how many of its jobs may run at once.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A lane, how many of its jobs may run at once, and how many may start per second.
+#[derive(Debug, Clone, PartialEq)]
 pub struct LaneSpec {
     pub lane: String,
     pub concurrency: usize,
+    /// The upstream's quota; None for no limit.
+    pub rate_per_second: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +60,7 @@ pub struct WorkerSettings {
     pub idle_poll: Duration,
     pub auth_pause: Duration,
     pub shutdown_grace: Duration,
+    pub breaker: BreakerSettings,
 }
 
 impl Default for WorkerSettings {
@@ -64,6 +69,7 @@ impl Default for WorkerSettings {
             idle_poll: Duration::from_secs(1),
             auth_pause: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
+            breaker: BreakerSettings::default(),
         }
     }
 }
@@ -72,6 +78,8 @@ impl Default for WorkerSettings {
 #[serde(rename_all = "snake_case")]
 pub enum LaneState {
     Running,
+    /// The upstream keeps failing: the whole lane waits (circuit open), then probes with one job.
+    BackingOff,
     /// Stopped by an auth/config error; probes again at `until`.
     Paused,
     Stopped,
@@ -81,6 +89,7 @@ impl LaneState {
     pub fn as_str(self) -> &'static str {
         match self {
             LaneState::Running => "running",
+            LaneState::BackingOff => "backing_off",
             LaneState::Paused => "paused",
             LaneState::Stopped => "stopped",
         }
@@ -134,16 +143,19 @@ pub fn spawn_lane(
 
 /// Outcome of one job run, as the lane loop needs it.
 enum RunEnd {
-    Finished,
+    Delivered,
+    Failed(ErrorClass),
     PausedLane,
+    /// The store could not record the outcome; it says nothing about the upstream.
+    Unrecorded,
 }
 
 /// A lane's pause: until when, and the error code that caused it. Shared between the lane loop and its
 /// running jobs, because a job must pause the lane *before* it hands itself back to the queue; otherwise
 /// the loop, woken by that hand-back, could lease it again straight into the same refusal.
-type Pause = Arc<Mutex<Option<(tokio::time::Instant, String)>>>;
+type Pause = Arc<Mutex<Option<(Instant, String)>>>;
 
-fn current_pause(pause: &Pause) -> Option<(tokio::time::Instant, String)> {
+fn current_pause(pause: &Pause) -> Option<(Instant, String)> {
     pause
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -163,43 +175,63 @@ async fn run_lane(
     let mut running: JoinSet<(JobId, RunEnd)> = JoinSet::new();
     let mut in_flight: HashMap<JobId, Job> = HashMap::new();
     let pause: Pause = Arc::default();
+    let mut breaker = Breaker::new(settings.breaker.clone());
+    let mut bucket = spec
+        .rate_per_second
+        .map(|rate| TokenBucket::new(rate, rate.max(1.0), Instant::now()));
     let mut next_due: Option<Millis> = None;
-    let publish = |in_flight: usize, paused: &Option<(tokio::time::Instant, String)>| {
+    let publish = |in_flight: usize, paused: &Option<(Instant, String)>, breaker: &mut Breaker| {
         let now = queue.now();
+        let until_ms = |until: &Instant| {
+            now.saturating_add(super::schedule::millis(
+                until.saturating_duration_since(Instant::now()),
+            ))
+        };
+        let (state, reason, paused_until) = match (paused, breaker.state(Instant::now())) {
+            (Some((until, reason)), _) => (
+                LaneState::Paused,
+                Some(reason.clone()),
+                Some(until_ms(until)),
+            ),
+            (None, BreakerState::Open { until }) => (
+                LaneState::BackingOff,
+                Some("circuit_open".to_owned()),
+                Some(until_ms(&until)),
+            ),
+            (None, _) => (LaneState::Running, None, None),
+        };
         board.set(
             &spec.lane,
             LaneStatus {
-                state: if paused.is_some() {
-                    LaneState::Paused
-                } else {
-                    LaneState::Running
-                },
+                state,
                 in_flight,
-                reason: paused.as_ref().map(|(_, r)| r.clone()),
-                paused_until: paused.as_ref().map(|(until, _)| {
-                    now.saturating_add(super::schedule::millis(
-                        until.saturating_duration_since(tokio::time::Instant::now()),
-                    ))
-                }),
+                reason,
+                paused_until,
             },
         );
     };
-    publish(0, &None);
+    publish(0, &None, &mut breaker);
 
     while !*shutdown.borrow() {
+        let now = Instant::now();
         let mut paused_until = current_pause(&pause);
         if let Some((until, _)) = &paused_until
-            && tokio::time::Instant::now() >= *until
+            && now >= *until
         {
             *pause.lock().unwrap_or_else(|p| p.into_inner()) = None;
             paused_until = None;
-            publish(in_flight.len(), &paused_until);
+            publish(in_flight.len(), &paused_until, &mut breaker);
         }
-        // While paused, nothing new is leased; after the pause, one job probes before the lane opens fully.
-        let free = match &paused_until {
-            Some(_) => 0,
-            None => concurrency - in_flight.len().min(concurrency),
+        // Paused (auth) or backing off (breaker open): nothing new is leased; half-open: one probe.
+        let cap = if paused_until.is_some() {
+            0
+        } else {
+            breaker.allowed(now, concurrency)
         };
+        let mut free = cap.saturating_sub(in_flight.len());
+        if let Some(bucket) = &mut bucket {
+            free = free.min(bucket.available(now));
+        }
         if free > 0 && next_due.is_none_or(|due| due <= queue.now()) {
             match queue.lease(&spec.lane, free).await {
                 Ok(leased) if current_pause(&pause).is_some() => {
@@ -211,6 +243,9 @@ async fn run_lane(
                 }
                 Ok(leased) => {
                     next_due = leased.next_due;
+                    if let Some(bucket) = &mut bucket {
+                        bucket.take(leased.jobs.len(), now);
+                    }
                     for job in leased.jobs {
                         in_flight.insert(job.id, job.clone());
                         let handler = handlers.get(&job.kind).cloned();
@@ -221,7 +256,7 @@ async fn run_lane(
                             (id, run_job(&q, handler, job, lane_pause).await)
                         });
                     }
-                    publish(in_flight.len(), &paused_until);
+                    publish(in_flight.len(), &paused_until, &mut breaker);
                 }
                 Err(error) => {
                     tracing::error!(lane = %spec.lane, %error, "leasing failed; retrying shortly");
@@ -229,23 +264,45 @@ async fn run_lane(
                 }
             }
         }
-        let wait = wake_delay(&queue, next_due, &paused_until, settings.idle_poll);
+        let mut wait = wake_delay(&queue, next_due, &paused_until, settings.idle_poll);
+        if let BreakerState::Open { until } = breaker.state(now) {
+            wait = wait.min(until.saturating_duration_since(now));
+        }
+        if let Some(bucket) = &mut bucket
+            && free == 0
+            && cap > in_flight.len()
+        {
+            wait = wait.min(bucket.wait(now).max(Duration::from_millis(1)));
+        }
         tokio::select! {
             Some(joined) = running.join_next(), if !running.is_empty() => {
                 if let Ok((id, end)) = joined {
                     in_flight.remove(&id);
-                    if let RunEnd::PausedLane = end
-                        && let Some((_, reason)) = current_pause(&pause)
-                    {
-                        tracing::warn!(lane = %spec.lane, %reason, pause = ?settings.auth_pause,
-                            "lane paused: upstream refused our credentials or configuration");
+                    match end {
+                        RunEnd::Delivered | RunEnd::Failed(ErrorClass::Permanent) => breaker.success(),
+                        RunEnd::Failed(_) => {
+                            if breaker.failure(Instant::now()) {
+                                tracing::warn!(lane = %spec.lane, failures = settings.breaker.failures,
+                                    "lane backing off: its upstream keeps failing");
+                            }
+                        }
+                        RunEnd::PausedLane => {
+                            if let Some((_, reason)) = current_pause(&pause) {
+                                tracing::warn!(lane = %spec.lane, %reason, pause = ?settings.auth_pause,
+                                    "lane paused: upstream refused our credentials or configuration");
+                            }
+                        }
+                        RunEnd::Unrecorded => {}
                     }
                 }
                 next_due = None;
-                publish(in_flight.len(), &current_pause(&pause));
+                publish(in_flight.len(), &current_pause(&pause), &mut breaker);
             }
             _ = waker.notified() => { next_due = None; }
-            _ = tokio::time::sleep(wait) => { next_due = None; }
+            _ = tokio::time::sleep(wait) => {
+                next_due = None;
+                publish(in_flight.len(), &current_pause(&pause), &mut breaker);
+            }
             _ = shutdown.changed() => {}
         }
     }
@@ -272,7 +329,7 @@ async fn run_lane(
 fn wake_delay(
     queue: &Queue,
     next_due: Option<Millis>,
-    paused: &Option<(tokio::time::Instant, String)>,
+    paused: &Option<(Instant, String)>,
     idle_poll: Duration,
 ) -> Duration {
     let mut wait = idle_poll;
@@ -280,7 +337,7 @@ fn wake_delay(
         wait = wait.min(Duration::from_millis(due.saturating_sub(queue.now())));
     }
     if let Some((until, _)) = paused {
-        wait = wait.min(until.saturating_duration_since(tokio::time::Instant::now()));
+        wait = wait.min(until.saturating_duration_since(Instant::now()));
     }
     wait
 }
@@ -346,21 +403,21 @@ async fn run_job(
     }
     match result {
         Ok(()) => match queue.complete(&job).await {
-            Ok(Transition::Applied) => RunEnd::Finished,
+            Ok(Transition::Applied) => RunEnd::Delivered,
             Ok(Transition::LeaseLost) => {
                 tracing::warn!(job_id = %job.id, kind = %job.kind, lane = %job.lane,
                     "job delivered after its lease was lost; it may be delivered again");
-                RunEnd::Finished
+                RunEnd::Delivered
             }
             Err(error) => {
                 tracing::error!(job_id = %job.id, %error, "could not record completion; the job will run again");
-                RunEnd::Finished
+                RunEnd::Unrecorded
             }
         },
         Err(error) => {
             if error.class == ErrorClass::Auth {
                 *pause.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some((tokio::time::Instant::now() + auth_pause, error.code.clone()));
+                    Some((Instant::now() + auth_pause, error.code.clone()));
             }
             fail(queue, &job, &error).await
         }
@@ -373,11 +430,11 @@ async fn fail(queue: &Queue, job: &Job, error: &JobError) -> RunEnd {
         Ok((decision, _)) => {
             tracing::debug!(job_id = %job.id, kind = %job.kind, lane = %job.lane,
                     class = error.class.as_str(), code = %error.code, ?decision, "attempt failed");
-            RunEnd::Finished
+            RunEnd::Failed(error.class)
         }
         Err(store_error) => {
             tracing::error!(job_id = %job.id, error = %store_error, "could not record a failed attempt");
-            RunEnd::Finished
+            RunEnd::Unrecorded
         }
     }
 }
@@ -397,6 +454,7 @@ mod tests {
     #[derive(Debug)]
     struct Recorder {
         seen: Mutex<Vec<String>>,
+        calls: Mutex<Vec<Instant>>,
         fail: Option<JobError>,
         fail_times: AtomicU32,
         delay: Duration,
@@ -406,6 +464,7 @@ mod tests {
         fn new(fail: Option<JobError>, fail_times: u32, delay: Duration) -> Arc<Self> {
             Arc::new(Self {
                 seen: Mutex::new(Vec::new()),
+                calls: Mutex::new(Vec::new()),
                 fail,
                 fail_times: AtomicU32::new(fail_times),
                 delay,
@@ -420,6 +479,9 @@ mod tests {
     impl JobHandler for Recorder {
         fn handle<'a>(&'a self, job: &'a Job) -> HandlerFuture<'a> {
             Box::pin(async move {
+                if let Ok(mut calls) = self.calls.lock() {
+                    calls.push(Instant::now());
+                }
                 tokio::time::sleep(self.delay).await;
                 if let Some(error) = &self.fail
                     && self
@@ -460,6 +522,16 @@ mod tests {
         handler: Arc<Recorder>,
         settings: WorkerSettings,
     ) -> (LaneBoard, watch::Sender<bool>, JoinHandle<()>) {
+        start_lane(q, handler, settings, 4, None)
+    }
+
+    fn start_lane(
+        q: &Queue,
+        handler: Arc<Recorder>,
+        settings: WorkerSettings,
+        concurrency: usize,
+        rate_per_second: Option<f64>,
+    ) -> (LaneBoard, watch::Sender<bool>, JoinHandle<()>) {
         let mut handlers = Handlers::default();
         handlers.register("k", handler);
         let board = LaneBoard::default();
@@ -468,7 +540,8 @@ mod tests {
             q.clone(),
             LaneSpec {
                 lane: "l".into(),
-                concurrency: 4,
+                concurrency,
+                rate_per_second,
             },
             handlers,
             settings,
@@ -616,5 +689,89 @@ mod tests {
             JobState::Done,
             "a cut-off attempt never counts as delivered"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_upstream_makes_the_lane_back_off_then_a_probe_reopens_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let q = queue(dir.path(), Duration::from_secs(10));
+        let handler = Recorder::new(Some(JobError::retryable("503", "down")), 3, Duration::ZERO);
+        let settings = WorkerSettings {
+            breaker: BreakerSettings {
+                failures: 3,
+                cooldown: Duration::from_millis(600),
+                max_cooldown: Duration::from_secs(5),
+            },
+            ..WorkerSettings::default()
+        };
+        let (board, stop, task) = start_lane(&q, handler.clone(), settings, 1, None);
+        for key in ["A", "B", "C"] {
+            q.enqueue(NewJob::new("k", "l", key, key))
+                .await
+                .expect("enqueue");
+        }
+        wait_until(|| {
+            board
+                .snapshot()
+                .get("l")
+                .is_some_and(|s| s.state == LaneState::BackingOff)
+        })
+        .await;
+        assert_eq!(
+            board.snapshot()["l"].reason.as_deref(),
+            Some("circuit_open")
+        );
+        let calls_when_opened = handler.calls.lock().map(|c| c.len()).unwrap_or(0);
+        assert_eq!(calls_when_opened, 3);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            handler.calls.lock().map(|c| c.len()).unwrap_or(0),
+            3,
+            "no calls while backing off"
+        );
+        wait_until(|| handler.seen().len() == 3).await;
+        let calls = handler.calls.lock().map(|c| c.clone()).unwrap_or_default();
+        assert!(
+            calls[3] - calls[2] >= Duration::from_millis(550),
+            "the probe waited for the cooldown"
+        );
+        wait_until(|| board.snapshot()["l"].state == LaneState::Running).await;
+        let _ = stop.send(true);
+        task.await.expect("lane stops");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rate_limit_spreads_deliveries_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let q = queue(dir.path(), Duration::from_secs(10));
+        let handler = Recorder::new(None, 0, Duration::ZERO);
+        let (_board, stop, task) = start_lane(
+            &q,
+            handler.clone(),
+            WorkerSettings::default(),
+            8,
+            Some(10.0),
+        );
+        for n in 0..25 {
+            q.enqueue(NewJob::new("k", "l", format!("K{n}"), format!("{n}")))
+                .await
+                .expect("enqueue");
+        }
+        wait_until(|| handler.seen().len() == 25).await;
+        // The token bucket's promise, whatever the enqueue pace: the i-th start comes no sooner than
+        // (i + 1 - burst) / rate seconds after the first (burst 10, rate 10/s), less scheduling slack.
+        let calls = handler.calls.lock().map(|c| c.clone()).unwrap_or_default();
+        for (i, at) in calls.iter().enumerate() {
+            let earliest = Duration::from_secs_f64(((i + 1).saturating_sub(10)) as f64 / 10.0);
+            let slack = Duration::from_millis(60);
+            assert!(
+                *at - calls[0] + slack >= earliest,
+                "call {i} after {:?}, limit {earliest:?}",
+                *at - calls[0]
+            );
+        }
+        assert!(calls[24] - calls[0] >= Duration::from_millis(1400));
+        let _ = stop.send(true);
+        task.await.expect("lane stops");
     }
 }

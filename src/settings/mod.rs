@@ -80,6 +80,15 @@ pub struct QueueSettings {
     pub purge_interval: Duration,
     pub purge_batch: usize,
     pub retry: RetryPolicies,
+    pub circuit: crate::queue::protection::BreakerSettings,
+    pub lanes: BTreeMap<String, LaneSettings>,
+}
+
+/// Per-lane overrides.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LaneSettings {
+    pub concurrency: Option<usize>,
+    pub rate_per_second: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

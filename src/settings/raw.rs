@@ -67,6 +67,26 @@ pub(crate) struct RawQueue {
     pub purge_batch: Option<i64>,
     #[serde(default)]
     pub retry: RawRetry,
+    #[serde(default)]
+    pub circuit: RawCircuit,
+    /// Per lane (`portal:national`, `postal` …): concurrency and rate overrides.
+    #[serde(default)]
+    pub lanes: BTreeMap<String, RawLane>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCircuit {
+    pub failures: Option<i64>,
+    pub cooldown: Option<String>,
+    pub max_cooldown: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLane {
+    pub concurrency: Option<i64>,
+    pub rate_per_second: Option<f64>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

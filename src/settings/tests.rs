@@ -292,3 +292,31 @@ fn officer_passwords_and_gateway_tokens_never_print() {
     let debug = format!("{:?}", source.settings().expect("valid"));
     assert!(!debug.contains("dev-officer-password") && !debug.contains("lgsp-token-xyz"));
 }
+
+#[test]
+fn lane_protection_is_configured_per_lane() {
+    let (_dir, path) = write_config(
+        "[store]\npath = \"s\"\n[queue.circuit]\nfailures = 8\ncooldown = \"2s\"\nmax_cooldown = \"1m\"\n[queue.lanes.\"portal:national\"]\nconcurrency = 4\nrate_per_second = 2.5\n",
+    );
+    let s = load(&path, no_env()).expect("loads");
+    assert_eq!(s.queue.circuit.failures, 8);
+    assert_eq!(s.queue.circuit.max_cooldown, Duration::from_secs(60));
+    let lane = &s.queue.lanes["portal:national"];
+    assert_eq!(
+        (lane.concurrency, lane.rate_per_second),
+        (Some(4), Some(2.5))
+    );
+
+    let (_dir, bad) = write_config(
+        "[store]\npath = \"s\"\n[queue.circuit]\ncooldown = \"2m\"\nmax_cooldown = \"1m\"\n[queue.lanes.postal]\nrate_per_second = -1.0\nconcurrency = 0\n",
+    );
+    let errors = load(&bad, no_env()).expect_err("mistakes");
+    let keys: Vec<&str> = errors.0.iter().map(|e| e.key.as_str()).collect();
+    for key in [
+        "queue.circuit.max_cooldown",
+        "queue.lanes.postal.rate_per_second",
+        "queue.lanes.postal.concurrency",
+    ] {
+        assert!(keys.contains(&key), "{key} in {keys:?}");
+    }
+}

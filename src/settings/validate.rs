@@ -471,7 +471,54 @@ pub(super) fn settings(raw: RawSettings, base_dir: &Path, problems: &mut Problem
         ),
         purge_batch: c.int("queue.purge_batch", q.purge_batch, 1000, (1, 100_000)) as usize,
         retry: retry_policies(&mut c, &q.retry),
+        circuit: crate::queue::protection::BreakerSettings {
+            failures: c.int("queue.circuit.failures", q.circuit.failures, 5, (0, 10_000)) as u32,
+            cooldown: c.duration(
+                "queue.circuit.cooldown",
+                q.circuit.cooldown.as_deref(),
+                Duration::from_secs(5),
+                Duration::from_millis(10),
+            ),
+            max_cooldown: c.duration(
+                "queue.circuit.max_cooldown",
+                q.circuit.max_cooldown.as_deref(),
+                Duration::from_secs(300),
+                Duration::from_millis(10),
+            ),
+        },
+        lanes: BTreeMap::new(),
     };
+    let mut queue = queue;
+    for (lane, l) in &q.lanes {
+        let key = format!("queue.lanes.{lane}");
+        let concurrency = l
+            .concurrency
+            .map(|n| c.int(&format!("{key}.concurrency"), Some(n), 1, (1, 1024)) as usize);
+        let rate_per_second = match l.rate_per_second {
+            Some(r) if r.is_finite() && r > 0.0 => Some(r),
+            Some(r) => {
+                c.fail(
+                    &format!("{key}.rate_per_second"),
+                    format!("{r}: expected a positive number of jobs per second"),
+                );
+                None
+            }
+            None => None,
+        };
+        queue.lanes.insert(
+            lane.clone(),
+            LaneSettings {
+                concurrency,
+                rate_per_second,
+            },
+        );
+    }
+    if queue.circuit.max_cooldown < queue.circuit.cooldown {
+        c.fail(
+            "queue.circuit.max_cooldown",
+            "must not be shorter than cooldown",
+        );
+    }
     if queue.shutdown_grace >= queue.lease {
         c.fail(
             "queue.shutdown_grace",
