@@ -38,6 +38,18 @@ pub enum Command {
     },
     /// Run an upstream simulator (no government access needed) until SIGTERM or SIGINT.
     Simulate(SimulateArgs),
+    /// One screen on a running daemon: store, lanes, depths, overdue time, retries, dead letters.
+    Status {
+        /// The daemon's ops listener.
+        #[arg(
+            long,
+            default_value = "http://127.0.0.1:9090",
+            env = "DVC_CONNECTOR_OPS"
+        )]
+        ops: String,
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
     /// Inspect and repair jobs through a running daemon's admin API (token in DVC_CONNECTOR_TOKEN).
     Jobs(JobsArgs),
     /// Measure performance (not a test: figures go to docs/BENCHMARKS.md).

@@ -12,7 +12,8 @@
 //! - [`api`]: the sidecar HTTP API — problem+json errors (en/vi), hashed bearer tokens with scopes, and
 //!   today the operators' job endpoints.
 //! - `ops`: health, readiness and `/metrics` on their own listener; [`metrics`]: the metric families.
-//! - [`jobs_cli`]: `dvc-connector jobs …`, the operators' command line over the admin API.
+//! - [`jobs_cli`]: `dvc-connector jobs …`, the operators' command line over the admin API;
+//!   [`status`]: `dvc-connector status`, one screen from the ops listener.
 //! - [`bench`]: `dvc-connector bench …` measurements; [`qualify`]: the crash-qualification child;
 //!   [`simulate`]: `dvc-connector simulate …`, the upstream simulators from `adapters/` as a process.
 //! - [`upstreams`]: the upstream clients (`adapters/`) built from settings at start-up.
@@ -30,6 +31,7 @@ pub mod qualify;
 pub mod queue;
 pub mod settings;
 pub mod simulate;
+pub mod status;
 pub mod telemetry;
 pub mod tls;
 pub mod upstreams;

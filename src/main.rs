@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use dvc_connector::app::{self, Application};
 use dvc_connector::cli::{BenchCommand, Cli, Command};
-use dvc_connector::{bench, jobs_cli, qualify, settings, simulate, telemetry};
+use dvc_connector::{bench, jobs_cli, qualify, settings, simulate, status, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -27,6 +27,9 @@ fn main() -> ExitCode {
                     app.run_until_stopped(app::shutdown_signal()).await
                 })
             }))
+        }
+        Command::Status { ops, output } => {
+            exit(runtime().and_then(|rt| rt.block_on(status::run(&ops, output))))
         }
         Command::Jobs(args) => exit(runtime().and_then(|rt| rt.block_on(jobs_cli::run(args)))),
         Command::Simulate(args) => exit(runtime().and_then(|rt| rt.block_on(simulate::run(args)))),

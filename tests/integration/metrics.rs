@@ -124,6 +124,41 @@ fn metrics_of_a_working_daemon_pass_promtool_and_count_the_work() {
             .expect("body")
     });
     assert!(openmetrics.trim_end().ends_with("# EOF"));
+
+    // `dvc-connector status` reads the same listener.
+    let out = Command::new(crate::helpers::binary())
+        .args([
+            "status",
+            "--ops",
+            &format!("http://{ops}"),
+            "--output",
+            "json",
+        ])
+        .output()
+        .expect("status");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let view: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(view["ready"], true);
+    assert_eq!(view["lanes"]["qualify"]["state"], "running");
+    assert!(
+        view["lanes"]["qualify"]["completed_total"]
+            .as_u64()
+            .is_some_and(|n| n > 0),
+        "{view}"
+    );
+    let table = Command::new(crate::helpers::binary())
+        .args(["status", "--ops", &format!("http://{ops}")])
+        .output()
+        .expect("status");
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("qualify") && table.contains("store redb writable"),
+        "{table}"
+    );
     child.sigterm();
     assert!(
         child
