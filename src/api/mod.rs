@@ -5,6 +5,7 @@
 
 pub mod auth;
 mod jobs;
+pub mod openapi;
 pub mod problem;
 
 use std::sync::Arc;
@@ -29,6 +30,7 @@ pub struct ApiState {
 pub(crate) fn router(state: ApiState, body_limit: usize) -> Router {
     let metrics = state.metrics.clone();
     Router::new()
+        .route("/v1/openapi.json", get(openapi_document))
         .route("/v1/jobs", get(jobs::list))
         .route("/v1/jobs/replay", post(jobs::replay))
         .route("/v1/jobs/{id}", get(jobs::show))
@@ -68,6 +70,11 @@ async fn count(
             .observe(started.elapsed().as_secs_f64());
     }
     response
+}
+
+/// The API's OpenAPI document, for any authenticated caller (no anonymous access, as everywhere).
+async fn openapi_document(_: auth::Caller) -> axum::Json<serde_json::Value> {
+    axum::Json(openapi::document())
 }
 
 async fn not_found(lang: Lang) -> ApiError {

@@ -376,3 +376,41 @@ fn the_jobs_command_lists_shows_and_replays_dead_letters() {
             .success()
     );
 }
+
+#[test]
+fn the_served_openapi_document_is_the_repository_copy_and_every_operation_is_routed() {
+    dvc_connector::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (mut daemon, api, _) = start(dir.path(), &rt);
+    let c = Client {
+        base: format!("http://{api}"),
+        rt,
+        http: reqwest::Client::new(),
+    };
+    let (status, _, _) = c.call("GET", "/v1/openapi.json", None, None);
+    assert_eq!(status, 401, "no anonymous access");
+    let (status, ct, served) = c.call("GET", "/v1/openapi.json", Some(PORTAL), None);
+    assert_eq!((status, ct.as_str()), (200, "application/json"));
+    let copy: Value = serde_json::from_str(
+        &std::fs::read_to_string(crate::helpers::repo_file("docs/openapi.json"))
+            .expect("docs/openapi.json"),
+    )
+    .expect("json");
+    assert_eq!(served, copy);
+    for (method, path) in dvc_connector::api::openapi::OPERATIONS {
+        let concrete = path.replace("{id}", "01ARZ3NDEKTSV4RRFFQ69G5FAV");
+        let (status, _, body) = c.call(&method.to_uppercase(), &concrete, None, None);
+        assert_eq!(
+            status, 401,
+            "{method} {path} is documented but answers {status}: {body}"
+        );
+    }
+    daemon.sigterm();
+    assert!(
+        daemon
+            .wait_exit(Duration::from_secs(10))
+            .expect("exits")
+            .success()
+    );
+}
