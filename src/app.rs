@@ -125,12 +125,21 @@ impl Application {
             stop.clone(),
         ));
 
+        let tokens = Arc::new(crate::api::auth::Tokens::new(settings.api.tokens.clone()));
+        let history = Arc::new(crate::ops::dashboard::History::default());
+        workers.push(crate::ops::dashboard::spawn_sampler(
+            queue.clone(),
+            history.clone(),
+            stop.clone(),
+        ));
         let ops_router = crate::ops::router(crate::ops::OpsState {
             queue: queue.clone(),
             board,
             lanes: wiring.lanes.clone(),
             metrics: metrics.clone(),
             store_path: settings.store.path.clone(),
+            tokens: tokens.clone(),
+            history,
         });
         let servers = vec![
             serve(
@@ -138,7 +147,7 @@ impl Application {
                 crate::api::router(
                     crate::api::ApiState {
                         queue: queue.clone(),
-                        tokens: crate::api::auth::Tokens::new(settings.api.tokens.clone()),
+                        tokens,
                         metrics: Some(metrics.clone()),
                     },
                     settings.api.body_limit,

@@ -23,9 +23,11 @@ use crate::queue::Queue;
 #[derive(Debug)]
 pub struct ApiState {
     pub queue: Queue,
-    pub tokens: Tokens,
+    pub tokens: Arc<Tokens>,
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
+
+pub(crate) use jobs::rfc3339 as jobs_rfc3339;
 
 pub(crate) fn router(state: ApiState, body_limit: usize) -> Router {
     let metrics = state.metrics.clone();
@@ -148,7 +150,7 @@ mod tests {
         let app = router(
             ApiState {
                 queue,
-                tokens,
+                tokens: Arc::new(tokens),
                 metrics: None,
             },
             1024,

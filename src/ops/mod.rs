@@ -1,5 +1,5 @@
-//! The ops listener: liveness, readiness (and, in later issues, metrics and the dashboard), on an address
-//! of its own so that operators never share the portal's port.
+//! The ops listener: liveness, readiness, metrics and the status dashboard, on an address of its own so
+//! that operators never share the portal's port.
 
 use axum::Router;
 use axum::extract::State;
@@ -9,6 +9,8 @@ use axum::routing::get;
 use serde_json::json;
 
 use crate::queue::Queue;
+pub(crate) mod dashboard;
+
 use crate::queue::worker::{LaneBoard, LaneState};
 
 #[derive(Debug, Clone)]
@@ -19,6 +21,8 @@ pub(crate) struct OpsState {
     pub lanes: Vec<String>,
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
     pub store_path: std::path::PathBuf,
+    pub tokens: std::sync::Arc<crate::api::auth::Tokens>,
+    pub history: std::sync::Arc<dashboard::History>,
 }
 
 pub(crate) fn router(state: OpsState) -> Router {
@@ -26,6 +30,10 @@ pub(crate) fn router(state: OpsState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/", get(dashboard::page))
+        .route("/login", axum::routing::post(dashboard::login))
+        .route("/logout", axum::routing::post(dashboard::logout))
+        .route("/jobs/{id}/{action}", axum::routing::post(dashboard::act))
         .with_state(state)
 }
 

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::helpers::{Proc, write_config};
 
-const ADMIN: &str = "ops-token-for-tests";
+pub(crate) const ADMIN: &str = "ops-token-for-tests";
 const PORTAL: &str = "portal-token-for-tests";
 
 fn sha256_hex(text: &str) -> String {
@@ -23,7 +23,7 @@ fn sha256_hex(text: &str) -> String {
 }
 
 /// Two dead letters (one citing a citizen ID in its message) and three ready jobs, on two lanes.
-async fn prepare(store: &std::path::Path) -> Vec<String> {
+pub(crate) async fn prepare(store: &std::path::Path) -> Vec<String> {
     let queue = Queue::new(
         Arc::new(KvJobStore::open(store, Backend::Redb, KvOptions::default()).expect("store")),
         Arc::new(TokioClock::new()),
@@ -107,7 +107,10 @@ impl Client {
 }
 
 /// A daemon on a prepared store, with an admin and a portal token.
-fn start(dir: &std::path::Path, rt: &tokio::runtime::Runtime) -> (Proc, String, Vec<String>) {
+pub(crate) fn start(
+    dir: &std::path::Path,
+    rt: &tokio::runtime::Runtime,
+) -> (Proc, String, Vec<String>) {
     let store = dir.join("store");
     let ids = rt.block_on(prepare(&store));
     let extra = format!(

@@ -4,6 +4,7 @@
 mod cli;
 mod crash;
 mod daemon;
+mod dashboard;
 mod helpers;
 mod jobs_api;
 mod metrics;
