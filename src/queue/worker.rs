@@ -16,6 +16,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::job::{ErrorClass, Job, JobError, JobId, Millis};
 use super::protection::{Breaker, BreakerSettings, BreakerState, TokenBucket};
@@ -251,10 +252,23 @@ async fn run_lane(
                         let handler = handlers.get(&job.kind).cloned();
                         let q = queue.clone();
                         let lane_pause = (pause.clone(), settings.auth_pause);
-                        running.spawn(async move {
-                            let id = job.id;
-                            (id, run_job(&q, handler, job, lane_pause).await)
-                        });
+                        // Every line logged while the job runs (here, in the flows, in the adapters)
+                        // carries its id, kind, lane and ordering key, the key's digit runs masked.
+                        let span = tracing::info_span!(
+                            "job",
+                            job_id = %job.id,
+                            kind = %job.kind,
+                            lane = %job.lane,
+                            key = %dvc_upstream::http::mask_digit_runs(&job.ordering_key),
+                            attempt = job.attempts,
+                        );
+                        running.spawn(
+                            async move {
+                                let id = job.id;
+                                (id, run_job(&q, handler, job, lane_pause).await)
+                            }
+                            .instrument(span),
+                        );
                     }
                     publish(in_flight.len(), &paused_until, &mut breaker);
                 }

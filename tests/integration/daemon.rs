@@ -88,3 +88,65 @@ fn a_second_daemon_on_the_same_store_is_refused() {
             .contains("in use by another process")
     );
 }
+
+#[test]
+fn log_lines_about_a_job_carry_its_identity_and_never_a_citizen_number() {
+    dvc_connector::tls::install_crypto_provider();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    // Every delivery is refused, so the worker logs about each job.
+    let ledger = crate::helpers::Ledger::start(&runtime, 100);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        dir.path(),
+        "redb",
+        &dir.path().join("store"),
+        "[queue.circuit]\nfailures = 0\n",
+    );
+    let mut child = Proc::spawn_with_env(
+        &[
+            "qualify-child",
+            "--config",
+            config.to_str().expect("path"),
+            "--ledger",
+            &ledger.url,
+            "--run",
+            "0",
+            "--producers",
+            "1",
+            "--keys",
+            "1",
+            "--jobs",
+            "3",
+        ],
+        &[("DVC_CONNECTOR__LOG__LEVEL", "info,dvc_connector=debug")],
+    );
+    child
+        .wait_for("READY", false, Duration::from_secs(20))
+        .expect("starts");
+    std::thread::sleep(Duration::from_millis(800));
+    child.sigterm();
+    child.wait_exit(Duration::from_secs(20)).expect("exits");
+    let job_lines: Vec<serde_json::Value> = child
+        .err_lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("span").is_some_and(|s| s["name"] == "job"))
+        .collect();
+    // Each refused delivery is logged (at debug) inside its job's span.
+    let failed: Vec<&serde_json::Value> = job_lines
+        .iter()
+        .filter(|l| l["message"] == "attempt failed")
+        .collect();
+    assert!(
+        !failed.is_empty(),
+        "no attempt was logged inside a job: {:?}",
+        child.err_lines
+    );
+    for line in &job_lines {
+        let span = &line["span"];
+        for field in ["job_id", "kind", "lane", "key"] {
+            assert!(span.get(field).is_some(), "{field} missing: {line}");
+        }
+        assert_eq!(span["lane"], "qualify");
+    }
+}
