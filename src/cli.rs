@@ -49,6 +49,9 @@ pub enum Command {
         ops: String,
         #[arg(long, value_enum, default_value_t = Output::Table)]
         output: Output,
+        /// Read a stopped daemon's store directly (read-only; redb backend).
+        #[arg(long, value_name = "DIR")]
+        store: Option<PathBuf>,
     },
     /// Inspect and repair jobs through a running daemon's admin API (token in DVC_CONNECTOR_TOKEN).
     Jobs(JobsArgs),
@@ -81,6 +84,9 @@ pub struct JobsArgs {
     /// `table` for people, `json` for scripts.
     #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+    /// Read a stopped daemon's store directly (read-only; redb backend) instead of calling the API.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub store: Option<PathBuf>,
     #[command(subcommand)]
     pub command: JobsCommand,
 }

@@ -66,8 +66,73 @@ fn filters(f: &JobFilterArgs) -> Vec<(&'static str, String)> {
     .collect()
 }
 
+/// A stopped daemon's store, opened read-only.
+pub fn open_stopped_store(dir: &std::path::Path) -> anyhow::Result<crate::queue::Queue> {
+    use std::sync::Arc;
+    let store = crate::queue::KvJobStore::open_read_only(dir, crate::queue::Backend::Redb)
+        .map_err(|e| match e {
+            crate::queue::StoreError::Locked(_) => anyhow::anyhow!(
+                "the store at {} is in use: the daemon is running; use the API (--api)",
+                dir.display()
+            ),
+            other => anyhow::anyhow!("{other}"),
+        })?;
+    Ok(crate::queue::Queue::new(
+        Arc::new(store),
+        Arc::new(crate::queue::TokioClock::new()),
+        Default::default(),
+        std::time::Duration::from_secs(60),
+    ))
+}
+
+async fn run_offline(args: &JobsArgs, dir: &std::path::Path) -> anyhow::Result<()> {
+    use crate::queue::{JobFilter, JobId, JobState};
+    let queue = open_stopped_store(dir)?;
+    let view = |j: &crate::queue::Job| {
+        serde_json::to_value(crate::api::JobView::from(j)).unwrap_or(Value::Null)
+    };
+    match &args.command {
+        JobsCommand::List {
+            state,
+            filter,
+            limit,
+        } => {
+            let state = match state {
+                None => None,
+                Some(s) => Some(JobState::parse(s).with_context(|| format!("unknown state {s}"))?),
+            };
+            let filter = JobFilter {
+                state,
+                kind: filter.kind.clone(),
+                lane: filter.target.clone(),
+                ordering_key: filter.dossier.clone(),
+            };
+            let jobs: Vec<Value> = queue
+                .list(filter, None, *limit)
+                .await?
+                .iter()
+                .map(view)
+                .collect();
+            match args.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&jobs)?),
+                Output::Table => print_table(&jobs),
+            }
+        }
+        JobsCommand::Show { id } => {
+            let id = JobId::from_string(id).context("not a job id")?;
+            let job = queue.get(id).await?.context("no such job")?;
+            print_job(&view(&job), args.output)?;
+        }
+        _ => bail!("retry, discard and replay need the running daemon: drop --store and use --api"),
+    }
+    Ok(())
+}
+
 pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
     crate::tls::install_crypto_provider();
+    if let Some(dir) = &args.store {
+        return run_offline(&args, dir).await;
+    }
     let token = args
         .token
         .clone()

@@ -28,9 +28,14 @@ fn main() -> ExitCode {
                 })
             }))
         }
-        Command::Status { ops, output } => {
-            exit(runtime().and_then(|rt| rt.block_on(status::run(&ops, output))))
-        }
+        Command::Status { ops, output, store } => exit(runtime().and_then(|rt| {
+            rt.block_on(async {
+                match store {
+                    Some(dir) => status::run_offline(&dir, output).await,
+                    None => status::run(&ops, output).await,
+                }
+            })
+        })),
         Command::Jobs(args) => exit(runtime().and_then(|rt| rt.block_on(jobs_cli::run(args)))),
         Command::Simulate(args) => exit(runtime().and_then(|rt| rt.block_on(simulate::run(args)))),
         Command::Bench(BenchCommand::Queue(args)) => {

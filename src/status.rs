@@ -160,6 +160,42 @@ pub async fn run(ops: &str, output: Output) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The same view from a stopped daemon's store (no lane workers, so no lane states).
+pub async fn run_offline(dir: &std::path::Path, output: Output) -> anyhow::Result<()> {
+    let queue = crate::jobs_cli::open_stopped_store(dir)?;
+    let mut lanes = BTreeMap::new();
+    for c in queue.counts().await? {
+        let overdue = queue.overdue(&c.lane).await?.as_secs_f64();
+        lanes.insert(
+            c.lane.clone(),
+            LaneView {
+                state: "stopped".into(),
+                ready: c.ready,
+                leased: c.leased,
+                dead: c.dead,
+                done: c.done,
+                oldest_due_seconds: overdue,
+                ..LaneView::default()
+            },
+        );
+    }
+    let view = StatusView {
+        ready: false,
+        store_backend: queue.store().backend().to_owned(),
+        store_writable: false,
+        lanes,
+        dead_lettered_total: BTreeMap::new(),
+    };
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&view)?),
+        Output::Table => print(
+            &format!("store {} (daemon stopped, read-only)", dir.display()),
+            &view,
+        ),
+    }
+    Ok(())
+}
+
 fn print(base: &str, v: &StatusView) {
     println!(
         "dvc-connector at {base}: {}; store {} {}",

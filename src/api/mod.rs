@@ -27,6 +27,7 @@ pub struct ApiState {
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
+pub(crate) use jobs::JobView;
 pub(crate) use jobs::rfc3339 as jobs_rfc3339;
 
 pub(crate) fn router(state: ApiState, body_limit: usize) -> Router {

@@ -759,3 +759,28 @@ each_backend!(
         );
     }
 );
+
+#[tokio::test]
+async fn a_stopped_store_can_be_read_but_not_written() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let h = open(tmp.path(), Backend::Redb, None);
+    let id = h.queue.enqueue(job("l", "A", 1)).await.expect("enqueue").id;
+    drop(h);
+    let store = KvJobStore::open_read_only(tmp.path(), Backend::Redb).expect("read-only open");
+    let q = Queue::new(
+        Arc::new(store),
+        Arc::new(ManualClock::new(START)),
+        policies(),
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        q.get(id).await.expect("get").map(|j| j.state),
+        Some(JobState::Ready)
+    );
+    assert_eq!(q.counts().await.expect("counts")[0].ready, 1);
+    assert!(
+        q.enqueue(job("l", "B", 1)).await.is_err(),
+        "nothing can be written"
+    );
+    assert!(KvJobStore::open_read_only(&tmp.path().join("nothing"), Backend::Redb).is_err());
+}

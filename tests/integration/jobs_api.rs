@@ -417,3 +417,44 @@ fn the_served_openapi_document_is_the_repository_copy_and_every_operation_is_rou
             .success()
     );
 }
+
+#[test]
+fn with_the_daemon_stopped_jobs_and_status_read_the_store_directly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(prepare(&store));
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(crate::helpers::binary())
+            .args(args)
+            .output()
+            .expect("run");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let store_arg = store.to_str().expect("path");
+    let (code, out, err) = run(&[
+        "jobs", "--store", store_arg, "list", "--state", "dead", "--output", "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let dead: Vec<Value> = serde_json::from_str(&out).expect("json");
+    assert_eq!(dead.len(), 2);
+    assert!(!out.contains("001190012345"), "masked offline too");
+    let (code, _, err) = run(&[
+        "jobs",
+        "--store",
+        store_arg,
+        "retry",
+        dead[0]["id"].as_str().expect("id"),
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("running daemon"), "{err}");
+    let (code, out, err) = run(&["status", "--store", store_arg, "--output", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let view: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(view["lanes"]["portal:national"]["dead"], 2);
+    assert_eq!(view["lanes"]["portal:national"]["ready"], 2);
+}

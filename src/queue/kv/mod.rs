@@ -274,6 +274,46 @@ impl KvJobStore {
         })
     }
 
+    /// Opens an existing store for reading only — no writer, no lease recovery, nothing written — for
+    /// operators' tools while the daemon is stopped. Only the redb backend can be opened this way.
+    pub fn open_read_only(dir: &Path, backend: Backend) -> Result<Self, StoreError> {
+        let display = dir.display().to_string();
+        if !dir.join(MARKER).is_file() {
+            return Err(StoreError::Io(format!("{display}: no queue store here")));
+        }
+        check_or_write_marker(dir, backend)?;
+        let engine: Arc<dyn KvEngine> = match backend {
+            Backend::Redb => Arc::new(redb::RedbEngine::open_read_only(&dir.join("queue.redb"))?),
+            Backend::Sled => {
+                return Err(StoreError::Io(
+                    "the sled backend cannot be opened read-only; use the running daemon's API"
+                        .into(),
+                ));
+            }
+        };
+        let mut version = None;
+        engine.read(&mut |tx| {
+            version = tx.get(Table::Meta, keys::FORMAT_VERSION_KEY)?;
+            Ok(())
+        })?;
+        if version.as_deref() != Some(FORMAT_VERSION.to_string().as_bytes()) {
+            return Err(StoreError::UnsupportedVersion {
+                path: display,
+                found: version
+                    .map(|v| String::from_utf8_lossy(&v).into_owned())
+                    .unwrap_or_default(),
+                supported: FORMAT_VERSION,
+            });
+        }
+        Ok(Self {
+            backend,
+            path: dir.to_owned(),
+            engine,
+            sender: Mutex::new(None),
+            writer: Mutex::new(None),
+        })
+    }
+
     async fn submit(&self, op: Op) -> Result<OpResult, StoreError> {
         let (reply, answer) = oneshot::channel();
         {

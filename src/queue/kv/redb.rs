@@ -18,9 +18,24 @@ fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Io(format!("redb: {e}"))
 }
 
+enum Db {
+    ReadWrite(Database),
+    /// For operators' tools while the daemon is stopped: never written.
+    ReadOnly(redb::ReadOnlyDatabase),
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Db::ReadWrite(_) => "ReadWrite",
+            Db::ReadOnly(_) => "ReadOnly",
+        })
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct RedbEngine {
-    db: Database,
+    db: Db,
     path: PathBuf,
 }
 
@@ -38,7 +53,20 @@ impl RedbEngine {
         }
         txn.commit().map_err(err)?;
         Ok(Self {
-            db,
+            db: Db::ReadWrite(db),
+            path: path.to_owned(),
+        })
+    }
+
+    pub(crate) fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        let db = redb::ReadOnlyDatabase::open(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                StoreError::Locked(path.display().to_string())
+            }
+            other => err(other),
+        })?;
+        Ok(Self {
+            db: Db::ReadOnly(db),
             path: path.to_owned(),
         })
     }
@@ -134,7 +162,10 @@ impl KvRead for Read {
 
 impl KvEngine for RedbEngine {
     fn write(&self, f: &mut WriteFn<'_>) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write().map_err(err)?;
+        let Db::ReadWrite(db) = &self.db else {
+            return Err(StoreError::Io("the store is open read-only".into()));
+        };
+        let mut txn = db.begin_write().map_err(err)?;
         txn.set_durability(Durability::Immediate).map_err(err)?;
         let result = {
             let mut tables = Vec::with_capacity(Table::ALL.len());
@@ -154,7 +185,11 @@ impl KvEngine for RedbEngine {
     }
 
     fn read(&self, f: &mut ReadFn<'_>) -> Result<(), StoreError> {
-        let txn = self.db.begin_read().map_err(err)?;
+        let txn = match &self.db {
+            Db::ReadWrite(db) => db.begin_read(),
+            Db::ReadOnly(db) => db.begin_read(),
+        }
+        .map_err(err)?;
         f(&Read { txn })
     }
 
