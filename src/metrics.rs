@@ -45,6 +45,14 @@ pub struct DepthLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub upstream: String,
+    pub operation: String,
+    /// `ok`, or the error class: `retryable`, `permanent`, `auth`.
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct LaneLabels {
     pub lane: String,
 }
@@ -66,6 +74,8 @@ pub struct Metrics {
     pub attempt_seconds: Family<JobLabels, Histogram>,
     pub api_requests: Family<RequestLabels, Counter>,
     pub api_seconds: Family<RequestLabels, Histogram>,
+    pub upstream_responses: Family<UpstreamLabels, Counter>,
+    pub upstream_seconds: Family<UpstreamLabels, Histogram>,
     depth: Family<DepthLabels, Gauge>,
     overdue: Family<LaneLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     lane_state: Family<DepthLabels, Gauge>,
@@ -88,6 +98,8 @@ impl Default for Metrics {
             attempt_seconds: Family::new_with_constructor(latency_histogram),
             api_requests: Family::default(),
             api_seconds: Family::new_with_constructor(latency_histogram),
+            upstream_responses: Family::default(),
+            upstream_seconds: Family::new_with_constructor(latency_histogram),
             depth: Family::default(),
             overdue: Family::default(),
             lane_state: Family::default(),
@@ -136,6 +148,16 @@ impl Metrics {
             "api_request_duration_seconds",
             "API request latency by route template",
             self.api_seconds.clone(),
+        );
+        r.register(
+            "upstream_responses",
+            "Upstream calls by upstream, operation and outcome (ok or the error class)",
+            self.upstream_responses.clone(),
+        );
+        r.register(
+            "upstream_request_duration_seconds",
+            "Upstream call latency by upstream, operation and outcome",
+            self.upstream_seconds.clone(),
         );
         r.register(
             "queue_jobs",
@@ -220,6 +242,29 @@ impl Metrics {
             kind: kind.to_owned(),
             lane: lane.to_owned(),
         }
+    }
+}
+
+impl dvc_upstream::Observer for Metrics {
+    fn observe(
+        &self,
+        upstream: &'static str,
+        operation: &'static str,
+        elapsed: std::time::Duration,
+        outcome: Result<(), &dvc_upstream::UpstreamError>,
+    ) {
+        let labels = UpstreamLabels {
+            upstream: upstream.to_owned(),
+            operation: operation.to_owned(),
+            outcome: match outcome {
+                Ok(()) => "ok".to_owned(),
+                Err(e) => e.class.as_str().to_owned(),
+            },
+        };
+        self.upstream_responses.get_or_create(&labels).inc();
+        self.upstream_seconds
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
     }
 }
 
@@ -316,6 +361,13 @@ mod deploy_tests {
                 state: "running".into(),
             })
             .set(1);
+        let up = UpstreamLabels {
+            upstream: "portal".into(),
+            operation: "DongBoHoSoMC".into(),
+            outcome: "ok".into(),
+        };
+        m.upstream_responses.get_or_create(&up).inc();
+        m.upstream_seconds.get_or_create(&up).observe(0.1);
         let mut text = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut text, &m.registry);
         let text = classic_text(&text);

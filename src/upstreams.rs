@@ -22,6 +22,14 @@ pub struct Clients {
 }
 
 pub fn build(upstreams: &Upstreams) -> anyhow::Result<Clients> {
+    build_observed(upstreams, None)
+}
+
+/// As [`build`], with every upstream call reported to `observer` (the daemon's metrics).
+pub fn build_observed(
+    upstreams: &Upstreams,
+    observer: Option<std::sync::Arc<dyn dvc_upstream::Observer>>,
+) -> anyhow::Result<Clients> {
     let population = match &upstreams.population {
         None => None,
         Some(p) => {
@@ -38,7 +46,11 @@ pub fn build(upstreams: &Upstreams) -> anyhow::Result<Clients> {
                 .map(|t| t.expose_secret().to_owned());
             config.profile = p.profile.clone();
             config.http = http_options(&p.http).context("upstreams.population")?;
-            Some(PopulationClient::new(config).context("upstreams.population")?)
+            let client = PopulationClient::new(config).context("upstreams.population")?;
+            Some(match &observer {
+                Some(o) => client.with_observer(o.clone()),
+                None => client,
+            })
         }
     };
     let postal = match &upstreams.postal {
@@ -52,7 +64,11 @@ pub fn build(upstreams: &Upstreams) -> anyhow::Result<Clients> {
             );
             config.profile = p.profile.clone();
             config.http = http_options(&p.http).context("upstreams.postal")?;
-            Some(PostalClient::new(config).context("upstreams.postal")?)
+            let client = PostalClient::new(config).context("upstreams.postal")?;
+            Some(match &observer {
+                Some(o) => client.with_observer(o.clone()),
+                None => client,
+            })
         }
     };
     let mut portal = BTreeMap::new();
@@ -67,10 +83,13 @@ pub fn build(upstreams: &Upstreams) -> anyhow::Result<Clients> {
         config.routing_code = t.routing_code.clone();
         config.profile = t.profile.clone();
         config.http = http_options(&t.http).with_context(|| format!("upstreams.portal.{name}"))?;
-        portal.insert(
-            name.clone(),
-            PortalClient::new(config).with_context(|| format!("upstreams.portal.{name}"))?,
-        );
+        let client =
+            PortalClient::new(config).with_context(|| format!("upstreams.portal.{name}"))?;
+        let client = match &observer {
+            Some(o) => client.with_observer(o.clone()),
+            None => client,
+        };
+        portal.insert(name.clone(), client);
     }
     Ok(Clients {
         population,

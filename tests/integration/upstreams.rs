@@ -42,7 +42,9 @@ async fn the_dev_config_reaches_all_three_simulators() {
         ),
     ];
     let settings = settings::load(&repo_file("config/dev.toml"), env).expect("dev config");
-    let clients = upstreams::build(&settings.upstreams).expect("clients");
+    let metrics = std::sync::Arc::new(dvc_connector::metrics::Metrics::default());
+    let clients =
+        upstreams::build_observed(&settings.upstreams, Some(metrics.clone())).expect("clients");
 
     let population_settings = settings
         .upstreams

@@ -133,6 +133,38 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
     value.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
+/// Told about every upstream call a client makes (the daemon records metrics from it). `upstream` and
+/// `operation` are fixed names from the adapters; `outcome` is `Ok` or the classified error.
+pub trait Observer: Send + Sync + std::fmt::Debug {
+    fn observe(
+        &self,
+        upstream: &'static str,
+        operation: &'static str,
+        elapsed: Duration,
+        outcome: Result<(), &UpstreamError>,
+    );
+}
+
+/// Runs `call`, timing it for `observer`.
+pub async fn observed<T>(
+    observer: Option<&std::sync::Arc<dyn Observer>>,
+    upstream: &'static str,
+    operation: &'static str,
+    call: impl std::future::Future<Output = Result<T, UpstreamError>>,
+) -> Result<T, UpstreamError> {
+    let started = tokio::time::Instant::now();
+    let result = call.await;
+    if let Some(o) = observer {
+        o.observe(
+            upstream,
+            operation,
+            started.elapsed(),
+            result.as_ref().map(|_| ()),
+        );
+    }
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

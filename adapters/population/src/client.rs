@@ -119,6 +119,7 @@ pub struct PopulationClient {
     http: reqwest::Client,
     config: Arc<PopulationConfig>,
     token: Arc<TokenSource>,
+    observer: Option<Arc<dyn dvc_upstream::Observer>>,
 }
 
 impl PopulationClient {
@@ -132,7 +133,14 @@ impl PopulationClient {
                 config.token_margin,
             )),
             config: Arc::new(config),
+            observer: None,
         })
+    }
+
+    /// Reports every call to `observer` (latency and outcome, for metrics).
+    pub fn with_observer(mut self, observer: Arc<dyn dvc_upstream::Observer>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     pub async fn check_exists(&self, q: &ExistenceQuery) -> Result<Answer<bool>, UpstreamError> {
@@ -186,6 +194,21 @@ impl PopulationClient {
     }
 
     async fn call(&self, request: &Request, officer: &Officer) -> Result<Response, UpstreamError> {
+        let op = request.operation();
+        dvc_upstream::observed(
+            self.observer.as_ref(),
+            "population",
+            op.as_str(),
+            self.call_unobserved(request, officer),
+        )
+        .await
+    }
+
+    async fn call_unobserved(
+        &self,
+        request: &Request,
+        officer: &Officer,
+    ) -> Result<Response, UpstreamError> {
         let op = request.operation();
         let url = match (op, &self.config.record_url) {
             (crate::wire::Operation::XacMinhThongTinNhanThan, Some(url)) => url,

@@ -99,6 +99,7 @@ pub struct PortalClient {
     http: reqwest::Client,
     config: Arc<PortalConfig>,
     session: Arc<Mutex<Option<String>>>,
+    observer: Option<Arc<dyn dvc_upstream::Observer>>,
 }
 
 impl PortalClient {
@@ -107,7 +108,14 @@ impl PortalClient {
             http: http::client(&config.http)?,
             config: Arc::new(config),
             session: Arc::default(),
+            observer: None,
         })
+    }
+
+    /// Reports every service call to `observer` (latency and outcome, for metrics).
+    pub fn with_observer(mut self, observer: Arc<dyn dvc_upstream::Observer>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     pub fn target(&self) -> &str {
@@ -120,6 +128,16 @@ impl PortalClient {
 
     /// Does the portal already have this dossier?
     pub async fn dossier_exists(&self, code: &str) -> Result<bool, UpstreamError> {
+        dvc_upstream::observed(
+            self.observer.as_ref(),
+            "portal",
+            TRA_CUU_HO_SO,
+            self.exists_unobserved(code),
+        )
+        .await
+    }
+
+    async fn exists_unobserved(&self, code: &str) -> Result<bool, UpstreamError> {
         let answer = self.call(TRA_CUU_HO_SO, json!({ "mahoso": code })).await?;
         match answer.error_code {
             0 => Ok(answer
@@ -133,6 +151,20 @@ impl PortalClient {
     /// Creates or updates a dossier; `assume_exists` picks the first attempt's flag, and the other flag
     /// is tried once if the portal says the guess was wrong.
     pub async fn sync_dossier(
+        &self,
+        record: &DossierRecord,
+        assume_exists: bool,
+    ) -> Result<SyncOutcome, UpstreamError> {
+        dvc_upstream::observed(
+            self.observer.as_ref(),
+            "portal",
+            DONG_BO_HO_SO,
+            self.sync_unobserved(record, assume_exists),
+        )
+        .await
+    }
+
+    async fn sync_unobserved(
         &self,
         record: &DossierRecord,
         assume_exists: bool,
@@ -162,6 +194,16 @@ impl PortalClient {
 
     /// Appends processing steps, in order. At most ten per call (the caller batches).
     pub async fn push_steps(&self, steps: &[Progress]) -> Result<(), UpstreamError> {
+        dvc_upstream::observed(
+            self.observer.as_ref(),
+            "portal",
+            CAP_NHAT_TIEN_DO,
+            self.push_unobserved(steps),
+        )
+        .await
+    }
+
+    async fn push_unobserved(&self, steps: &[Progress]) -> Result<(), UpstreamError> {
         if steps.is_empty() {
             return Ok(());
         }

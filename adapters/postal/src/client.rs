@@ -89,6 +89,7 @@ pub struct PostalClient {
     http: reqwest::Client,
     config: Arc<PostalConfig>,
     token: Arc<TokenSource>,
+    observer: Option<Arc<dyn dvc_upstream::Observer>>,
 }
 
 impl PostalClient {
@@ -102,7 +103,14 @@ impl PostalClient {
                 config.token_margin,
             )),
             config: Arc::new(config),
+            observer: None,
         })
+    }
+
+    /// Reports every call to `observer` (latency and outcome, for metrics).
+    pub fn with_observer(mut self, observer: Arc<dyn dvc_upstream::Observer>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     pub fn status_table(&self) -> &StatusTable {
@@ -110,6 +118,16 @@ impl PostalClient {
     }
 
     pub async fn create_order(&self, order: &CreateOrder) -> Result<Created, UpstreamError> {
+        dvc_upstream::observed(
+            self.observer.as_ref(),
+            "postal",
+            "create_order",
+            self.create_unobserved(order),
+        )
+        .await
+    }
+
+    async fn create_unobserved(&self, order: &CreateOrder) -> Result<Created, UpstreamError> {
         let url = self.config.url(&self.config.profile.order_path);
         let answer = self
             .token
@@ -155,6 +173,16 @@ impl PostalClient {
 
     /// Cancels an order. Cancelling one already delivered is refused for good.
     pub async fn cancel_order(&self, order_number: &str) -> Result<(), UpstreamError> {
+        dvc_upstream::observed(
+            self.observer.as_ref(),
+            "postal",
+            "cancel_order",
+            self.cancel_unobserved(order_number),
+        )
+        .await
+    }
+
+    async fn cancel_unobserved(&self, order_number: &str) -> Result<(), UpstreamError> {
         let url = self.config.url(&self.config.profile.cancel_path);
         let query = [
             ("CustomerCode", self.config.customer_code.as_str()),
@@ -194,6 +222,20 @@ impl PostalClient {
 
     /// The page of the customer-wide feed after `last_id` (24 zeros for the beginning).
     pub async fn tracking(
+        &self,
+        last_id: &str,
+        page_size: u32,
+    ) -> Result<TrackingPage, UpstreamError> {
+        dvc_upstream::observed(
+            self.observer.as_ref(),
+            "postal",
+            "tracking",
+            self.tracking_unobserved(last_id, page_size),
+        )
+        .await
+    }
+
+    async fn tracking_unobserved(
         &self,
         last_id: &str,
         page_size: u32,
