@@ -5,6 +5,7 @@
 
 pub mod auth;
 mod jobs;
+pub mod json;
 pub mod openapi;
 pub mod problem;
 

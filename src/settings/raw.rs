@@ -120,6 +120,8 @@ pub(crate) struct RawLog {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawUpstreams {
+    /// Development only: accept plain `http://` upstream URLs (the simulators).
+    pub allow_insecure_http: Option<bool>,
     pub population: Option<RawPopulation>,
     pub postal: Option<RawPostal>,
     /// Portal targets by name (e.g. `national`, `provincial`); each gets its own lane.

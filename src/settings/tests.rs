@@ -320,3 +320,20 @@ fn lane_protection_is_configured_per_lane() {
         assert!(keys.contains(&key), "{key} in {keys:?}");
     }
 }
+
+#[test]
+fn plain_http_upstreams_are_refused_unless_development_says_so() {
+    let section = "[upstreams.portal.national]\nbase_url = \"http://dvc.example.vn\"\nusername = \"u\"\npassword = \"p\"\nagency_code = \"A\"\n";
+    let (_dir, path) = write_config(&format!("[store]\npath = \"s\"\n{section}"));
+    let errors = load(&path, no_env()).expect_err("http refused");
+    assert_eq!(errors.0.len(), 1);
+    assert_eq!(errors.0[0].key, "upstreams.portal.national.base_url");
+    assert!(errors.0[0].message.contains("allow_insecure_http"));
+    let (_dir, dev) = write_config(&format!(
+        "[store]\npath = \"s\"\n[upstreams]\nallow_insecure_http = true\n{section}"
+    ));
+    assert!(load(&dev, no_env()).is_ok());
+    let https = section.replace("http://", "https://");
+    let (_dir, prod) = write_config(&format!("[store]\npath = \"s\"\n{https}"));
+    assert!(load(&prod, no_env()).is_ok());
+}

@@ -135,6 +135,8 @@ fn parse_size(value: &toml::Value) -> Result<usize, String> {
 /// Collects one section's checks; each getter records a problem and returns a fallback.
 struct Checker<'a> {
     problems: &'a mut Problems,
+    /// Upstream URLs may be plain http:// (development against the simulators only).
+    allow_http: bool,
 }
 
 impl Checker<'_> {
@@ -229,6 +231,19 @@ impl Checker<'_> {
                 None
             }
         }
+    }
+
+    /// An upstream URL: https://, unless development explicitly allows http://.
+    fn upstream_url(&mut self, key: &str, value: Option<&str>) -> Option<Url> {
+        let url = self.url(key, value)?;
+        if url.scheme() == "http" && !self.allow_http {
+            self.fail(
+                key,
+                format!("`{url}`: plain http:// is refused for upstreams; use https://, or set upstreams.allow_insecure_http = true for development against the simulators"),
+            );
+            return None;
+        }
+        Some(url)
     }
 
     fn secret(&mut self, key: &str, value: Option<SecretString>) -> Option<SecretString> {
@@ -332,7 +347,11 @@ impl Checker<'_> {
 }
 
 pub(super) fn settings(raw: RawSettings, base_dir: &Path, problems: &mut Problems) -> Settings {
-    let mut c = Checker { problems };
+    let allow_http = raw.upstreams.allow_insecure_http.unwrap_or(false);
+    let mut c = Checker {
+        problems,
+        allow_http,
+    };
 
     let listen = c.addr("api.listen", raw.api.listen.as_deref(), "127.0.0.1:8080");
     let body_limit = match &raw.api.body_limit {
@@ -553,12 +572,12 @@ pub(super) fn settings(raw: RawSettings, base_dir: &Path, problems: &mut Problem
     let mut upstreams = Upstreams::default();
     if let Some(p) = raw.upstreams.population {
         let s = "upstreams.population";
-        let service_url = c.url(&format!("{s}.service_url"), p.service_url.as_deref());
+        let service_url = c.upstream_url(&format!("{s}.service_url"), p.service_url.as_deref());
         let record_url = p
             .record_url
             .as_deref()
-            .and_then(|u| c.url(&format!("{s}.record_url"), Some(u)));
-        let token_url = c.url(&format!("{s}.token_url"), p.token_url.as_deref());
+            .and_then(|u| c.upstream_url(&format!("{s}.record_url"), Some(u)));
+        let token_url = c.upstream_url(&format!("{s}.token_url"), p.token_url.as_deref());
         let client_id = c
             .required(&format!("{s}.client_id"), p.client_id.as_deref())
             .map(str::to_owned);
@@ -614,7 +633,7 @@ pub(super) fn settings(raw: RawSettings, base_dir: &Path, problems: &mut Problem
     }
     if let Some(p) = raw.upstreams.postal {
         let s = "upstreams.postal";
-        let base_url = c.url(&format!("{s}.base_url"), p.base_url.as_deref());
+        let base_url = c.upstream_url(&format!("{s}.base_url"), p.base_url.as_deref());
         let customer_code = c
             .required(&format!("{s}.customer_code"), p.customer_code.as_deref())
             .map(str::to_owned);
@@ -701,7 +720,7 @@ pub(super) fn settings(raw: RawSettings, base_dir: &Path, problems: &mut Problem
                 "target names use lower-case letters, digits, '-' and '_'",
             );
         }
-        let base_url = c.url(&format!("{s}.base_url"), t.base_url.as_deref());
+        let base_url = c.upstream_url(&format!("{s}.base_url"), t.base_url.as_deref());
         let username = c
             .required(&format!("{s}.username"), t.username.as_deref())
             .map(str::to_owned);

@@ -1,0 +1,172 @@
+//! `StrictJson<T>`: the only way request bodies are read. The content type must be JSON (else 415);
+//! the body must be UTF-8 JSON that fits `T` exactly — unknown fields, duplicate keys, wrong types and
+//! out-of-range numbers are refused with 400 problem+json naming the field path (e.g. `recipient.phone`)
+//! — and nothing is half-read. Body size is limited before this by the router (413).
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::header;
+use serde::de::DeserializeOwned;
+
+use super::problem::{ApiError, Code, Lang};
+
+#[derive(Debug, Clone)]
+pub struct StrictJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for StrictJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let lang = Lang::from_header(
+            req.headers()
+                .get(header::ACCEPT_LANGUAGE)
+                .and_then(|v| v.to_str().ok()),
+        );
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+        if !is_json {
+            return Err(ApiError::new(Code::UnsupportedMediaType, lang));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(Code::BodyTooLarge, lang)
+            } else {
+                ApiError::new(Code::InvalidBody, lang).field(
+                    "",
+                    "unreadable_body",
+                    "the body could not be read",
+                )
+            }
+        })?;
+        parse(&bytes, lang).map(StrictJson)
+    }
+}
+
+/// Parses `bytes` as exactly a `T`, or explains where it is not.
+pub fn parse<T: DeserializeOwned>(bytes: &[u8], lang: Lang) -> Result<T, ApiError> {
+    let invalid = |field: String, code: &str, message: String| {
+        ApiError::new(Code::InvalidBody, lang).field(field, code, message)
+    };
+    let text = std::str::from_utf8(bytes).map_err(|_| {
+        invalid(
+            String::new(),
+            "invalid_utf8",
+            "the body is not UTF-8".into(),
+        )
+    })?;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { String::new() } else { path };
+        let inner = e.into_inner();
+        let message = inner.to_string();
+        let code = if message.starts_with("unknown field") {
+            "unknown_field"
+        } else if message.starts_with("duplicate field") {
+            "duplicate_field"
+        } else if message.starts_with("missing field") {
+            "missing_field"
+        } else if inner.is_syntax() || inner.is_eof() {
+            "malformed_json"
+        } else {
+            "invalid_value"
+        };
+        // serde's message names the problem in terms of the field, never echoes the body's text at length.
+        let message: String = message.chars().take(200).collect();
+        invalid(field, code, message)
+    })?;
+    de.end().map_err(|_| {
+        invalid(
+            String::new(),
+            "trailing_data",
+            "there is data after the JSON value".into(),
+        )
+    })?;
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+
+    use super::*;
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Recipient {
+        name: String,
+        phone: String,
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Shipment {
+        dossier_code: String,
+        cod_amount: u32,
+        recipient: Recipient,
+    }
+
+    fn err(body: &str) -> (String, String) {
+        let e = parse::<Shipment>(body.as_bytes(), Lang::En).expect_err("refused");
+        assert_eq!(e.code, Code::InvalidBody);
+        (e.errors[0].field.clone(), e.errors[0].code.clone())
+    }
+
+    #[test]
+    fn a_body_that_fits_exactly_is_read() {
+        let ok = parse::<Shipment>(
+            br#"{"dossier_code":"D1","cod_amount":0,"recipient":{"name":"An","phone":"0912"}}"#,
+            Lang::En,
+        );
+        assert_eq!(ok.map(|s| s.cod_amount).ok(), Some(0));
+    }
+
+    #[test]
+    fn every_kind_of_bad_body_is_named_with_its_field() {
+        let base = r#""dossier_code":"D1","cod_amount":0"#;
+        assert_eq!(
+            err(&format!(
+                r#"{{{base},"recipient":{{"name":"An","phone":"0912","fax":"1"}}}}"#
+            )),
+            ("recipient.fax".into(), "unknown_field".into())
+        );
+        assert_eq!(
+            err(&format!(r#"{{{base},"recipient":{{"name":"An"}}}}"#)),
+            ("recipient".into(), "missing_field".into())
+        );
+        assert_eq!(
+            err(
+                r#"{"dossier_code":"D1","cod_amount":"zero","recipient":{"name":"An","phone":"1"}}"#
+            )
+            .0,
+            "cod_amount"
+        );
+        assert_eq!(err(r#"{"dossier_code":"D1","cod_amount":99999999999999999999,"recipient":{"name":"An","phone":"1"}}"#).0, "cod_amount");
+        assert_eq!(
+            err(r#"{"dossier_code":"D1","cod_amount":-1,"recipient":{"name":"An","phone":"1"}}"#).1,
+            "invalid_value"
+        );
+        assert_eq!(err(r#"{"dossier_code":"D1","dossier_code":"D2","cod_amount":0,"recipient":{"name":"An","phone":"1"}}"#).1, "duplicate_field");
+        assert_eq!(err(r#"{"dossier_code":"D1","#).1, "malformed_json");
+        assert_eq!(
+            err(&format!(
+                r#"{{{base},"recipient":{{"name":"An","phone":"1"}}}} {{}}"#
+            ))
+            .1,
+            "trailing_data"
+        );
+        let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+        assert_eq!(err(&deep).1, "invalid_value", "an array is not a shipment");
+        let e = parse::<serde_json::Value>(deep.as_bytes(), Lang::En).expect_err("too deep");
+        assert_eq!(
+            e.errors[0].code, "malformed_json",
+            "the recursion limit answers, not a stack overflow"
+        );
+        let e = parse::<Shipment>(b"\xff\xfe{}", Lang::En).expect_err("not utf-8");
+        assert_eq!(e.errors[0].code, "invalid_utf8");
+    }
+}
