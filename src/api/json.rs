@@ -75,9 +75,7 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8], lang: Lang) -> Result<T, ApiErro
         } else {
             "invalid_value"
         };
-        // serde's message names the problem in terms of the field, never echoes the body's text at length.
-        let message: String = message.chars().take(200).collect();
-        invalid(field, code, message)
+        invalid(field, code, sanitize(&message))
     })?;
     de.end().map_err(|_| {
         invalid(
@@ -87,6 +85,29 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8], lang: Lang) -> Result<T, ApiErro
         )
     })?;
     Ok(value)
+}
+
+/// serde's messages quote the offending value (`invalid type: string "Nguyễn Văn An", expected u32`);
+/// a name, an address or a number must not come back in an error body, so quoted values are dropped and
+/// long digit runs masked. Field names (in backticks) stay: they are the schema's, not the citizen's.
+fn sanitize(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut in_quotes = false;
+    for c in message.chars() {
+        match c {
+            '"' if !in_quotes => {
+                in_quotes = true;
+                out.push_str("\"…\"");
+            }
+            '"' => in_quotes = false,
+            _ if in_quotes => {}
+            c => out.push(c),
+        }
+    }
+    dvc_upstream::http::mask_digit_runs(&out)
+        .chars()
+        .take(200)
+        .collect()
 }
 
 #[cfg(test)]
@@ -114,6 +135,18 @@ mod tests {
         let e = parse::<Shipment>(body.as_bytes(), Lang::En).expect_err("refused");
         assert_eq!(e.code, Code::InvalidBody);
         (e.errors[0].field.clone(), e.errors[0].code.clone())
+    }
+
+    #[test]
+    fn an_error_never_echoes_the_submitted_value() {
+        let body = r#"{"dossier_code":"D1","cod_amount":"Nguyễn Văn An","recipient":{"name":"An","phone":"1"}}"#;
+        let e = parse::<Shipment>(body.as_bytes(), Lang::En).expect_err("refused");
+        let text = format!("{:?}", e.errors);
+        assert!(!text.contains("Nguyễn"), "{text}");
+        assert!(text.contains("cod_amount"));
+        let body = r#"{"dossier_code":"D1","cod_amount":912345678901,"recipient":{"name":"An","phone":"1"}}"#;
+        let e = parse::<Shipment>(body.as_bytes(), Lang::En).expect_err("refused");
+        assert!(!format!("{:?}", e.errors).contains("912345678901"));
     }
 
     #[test]

@@ -399,6 +399,15 @@ fn redact(table: &mut toml::Table) {
             _ if raw::SECRET_KEYS.contains(&key.as_str()) => {
                 *value = toml::Value::String("<redacted>".into());
             }
+            // A URL may carry a password in its user info.
+            toml::Value::String(text) => {
+                if let Ok(mut url) = Url::parse(text)
+                    && url.password().is_some()
+                {
+                    let _ = url.set_password(Some("redacted"));
+                    *text = url.to_string();
+                }
+            }
             _ => {}
         }
     }

@@ -337,3 +337,34 @@ fn plain_http_upstreams_are_refused_unless_development_says_so() {
     let (_dir, prod) = write_config(&format!("[store]\npath = \"s\"\n{https}"));
     assert!(load(&prod, no_env()).is_ok());
 }
+
+#[test]
+fn a_mistyped_secret_is_reported_without_its_value() {
+    let (_dir, path) = write_config(
+        "[store]\npath = \"s\"\n[upstreams.portal.national]\nbase_url = \"https://dvc.example.vn\"\nusername = \"u\"\npassword = 98765432\nagency_code = \"A\"\n",
+    );
+    let errors = load(&path, no_env()).expect_err("mistyped secret");
+    let printed = errors.to_string();
+    assert!(
+        printed.contains("upstreams.portal.national.password"),
+        "{printed}"
+    );
+    assert!(!printed.contains("98765432"), "{printed}");
+}
+
+#[test]
+fn credentials_in_a_url_are_not_printed() {
+    let (_dir, path) = write_config(
+        "[store]\npath = \"s\"\n[upstreams.postal]\nbase_url = \"http://op:s3cr3t-pw@vnpost.example.vn\"\ncustomer_code = \"C\"\ncustomer_key = \"K\"\nsecret_key = \"S\"\n[upstreams.portal.national]\nbase_url = \"ht tp://u:another-pw@x\"\nusername = \"u\"\npassword = \"p\"\nagency_code = \"A\"\n",
+    );
+    let printed = load(&path, no_env()).expect_err("two bad URLs").to_string();
+    assert!(
+        printed.contains("upstreams.postal.base_url")
+            && printed.contains("upstreams.portal.national.base_url"),
+        "{printed}"
+    );
+    assert!(
+        !printed.contains("s3cr3t-pw") && !printed.contains("another-pw"),
+        "{printed}"
+    );
+}

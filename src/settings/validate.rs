@@ -44,6 +44,12 @@ pub(super) fn deserialize_all(
                     .to_owned();
                 let message = if message.starts_with("unknown field") {
                     format!("unknown key ({message})")
+                } else if path
+                    .last()
+                    .is_some_and(|k| super::raw::SECRET_KEYS.contains(&k.as_str()))
+                {
+                    // serde quotes the offending value; a secret's value is never printed.
+                    "expected text (the value is a secret and is not shown)".to_owned()
                 } else {
                     message
                 };
@@ -83,6 +89,13 @@ fn remove_in(node: &mut toml::Value, path: &[String]) -> bool {
         },
         _ => false,
     }
+}
+
+/// A URL as it may be printed: without a password in its user info.
+fn shown(url: &Url) -> String {
+    let mut url = url.clone();
+    let _ = url.set_password(None);
+    url.to_string()
 }
 
 /// Parses `500ms`, `30s`, `10m`, `1h`, `7d`.
@@ -219,15 +232,19 @@ impl Checker<'_> {
             Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
                 Some(url)
             }
-            Ok(_) => {
+            Ok(url) => {
                 self.fail(
                     key,
-                    format!("`{text}`: expected an http:// or https:// URL with a host"),
+                    format!(
+                        "`{}`: expected an http:// or https:// URL with a host",
+                        shown(&url)
+                    ),
                 );
                 None
             }
+            // The text is not echoed: a malformed URL may still hold credentials.
             Err(e) => {
-                self.fail(key, format!("`{text}` is not a URL ({e})"));
+                self.fail(key, format!("not a valid URL ({e})"));
                 None
             }
         }
@@ -239,7 +256,7 @@ impl Checker<'_> {
         if url.scheme() == "http" && !self.allow_http {
             self.fail(
                 key,
-                format!("`{url}`: plain http:// is refused for upstreams; use https://, or set upstreams.allow_insecure_http = true for development against the simulators"),
+                format!("`{}`: plain http:// is refused for upstreams; use https://, or set upstreams.allow_insecure_http = true for development against the simulators", shown(&url)),
             );
             return None;
         }
