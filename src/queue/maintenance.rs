@@ -1,4 +1,5 @@
-//! Background upkeep of the store: expired leases back to ready, finished jobs removed after retention.
+//! Background upkeep of the store: expired leases back to ready, finished jobs removed after retention,
+//! expired records (idempotency answers, cached verdicts) removed.
 
 use std::time::Duration;
 
@@ -66,6 +67,32 @@ async fn purge_all(queue: &Queue, settings: &MaintenanceSettings) {
         tracing::info!(
             jobs = total,
             "removed finished jobs past their retention period"
+        );
+    }
+    let mut records = 0;
+    loop {
+        match queue
+            .store()
+            .purge_expired_records(queue.now(), settings.purge_batch)
+            .await
+        {
+            Ok(n) => {
+                records += n;
+                if n < settings.purge_batch {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "record expiry failed");
+                break;
+            }
+        }
+    }
+    if records > 0 {
+        tracing::info!(
+            records,
+            "removed expired records (idempotency answers, cached verdicts)"
         );
     }
 }

@@ -35,8 +35,8 @@ pub use self::job::{
 pub use self::kv::{Backend, KvJobStore, KvOptions};
 pub use self::schedule::{Decision, RetryPolicies, RetryPolicy};
 pub use self::store::{
-    AdminOutcome, Disposition, Enqueued, JobFilter, JobStore, LaneCounts, Leased, StoreError,
-    Transition,
+    AdminOutcome, Change, Committed, Disposition, Enqueued, Expect, JobFilter, JobStore,
+    LaneCounts, Leased, Record, RecordWrite, StoreError, Transition,
 };
 
 use self::schedule::millis;
@@ -157,6 +157,69 @@ impl Queue {
             self.waker(lane).notify_one();
         }
         Ok(out)
+    }
+
+    /// Applies a flow's record writes and enqueues its jobs atomically (see [`JobStore::commit`]).
+    pub async fn commit(&self, change: Change) -> Result<Committed, QueueError> {
+        for job in &change.jobs {
+            job.validate().map_err(QueueError::InvalidJob)?;
+        }
+        for w in &change.writes {
+            if w.collection.is_empty() || w.collection.len() > store::MAX_COLLECTION_LEN {
+                return Err(QueueError::InvalidJob(format!(
+                    "record collection `{}` must be 1 to {} bytes",
+                    w.collection,
+                    store::MAX_COLLECTION_LEN
+                )));
+            }
+            if w.key.len() > store::MAX_RECORD_KEY_LEN {
+                return Err(QueueError::InvalidJob(format!(
+                    "record key longer than {} bytes",
+                    store::MAX_RECORD_KEY_LEN
+                )));
+            }
+        }
+        let labels: Vec<(String, String)> = change
+            .jobs
+            .iter()
+            .map(|j| (j.kind.clone(), j.lane.clone()))
+            .collect();
+        let out = self.inner.store.commit(change, self.now()).await?;
+        if let Committed::Applied { jobs, .. } = &out {
+            for ((kind, lane), enqueued) in labels.iter().zip(jobs) {
+                if let (Some(m), false) = (&self.inner.metrics, enqueued.existing) {
+                    m.enqueued
+                        .get_or_create(&crate::metrics::Metrics::job(kind, lane))
+                        .inc();
+                }
+                self.waker(lane).notify_one();
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn record(
+        &self,
+        collection: &'static str,
+        key: &str,
+    ) -> Result<Option<Record>, StoreError> {
+        self.inner
+            .store
+            .get_record(collection, key.to_owned())
+            .await
+    }
+
+    pub async fn records(
+        &self,
+        collection: &'static str,
+        prefix: &str,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<(String, Record)>, StoreError> {
+        self.inner
+            .store
+            .scan_records(collection, prefix.to_owned(), after, limit)
+            .await
     }
 
     pub async fn lease(&self, lane: &str, limit: usize) -> Result<Leased, StoreError> {

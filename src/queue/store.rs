@@ -146,6 +146,86 @@ impl LaneCounts {
     }
 }
 
+/// A flow's record (a verification, a shipment, a dossier's sync state, an idempotency answer) as
+/// stored beside the jobs. `version` starts at 1 and grows by one with every write, for compare-and-set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub version: u64,
+    pub value: Vec<u8>,
+    /// When the record may be removed (maintenance purges it), if ever.
+    pub expires_at: Option<Millis>,
+}
+
+/// The condition a record write depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// The record must not exist (a natural key claimed for the first time).
+    Absent,
+    /// The record must be at exactly this version (read, decide, write back).
+    Version(u64),
+    /// No condition.
+    Any,
+}
+
+/// One record write of a [`Change`]; `value: None` deletes the record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordWrite {
+    pub collection: &'static str,
+    pub key: String,
+    pub expect: Expect,
+    pub value: Option<Vec<u8>>,
+    pub expires_at: Option<Millis>,
+}
+
+impl RecordWrite {
+    pub fn put(
+        collection: &'static str,
+        key: impl Into<String>,
+        expect: Expect,
+        value: Vec<u8>,
+    ) -> Self {
+        Self {
+            collection,
+            key: key.into(),
+            expect,
+            value: Some(value),
+            expires_at: None,
+        }
+    }
+
+    pub fn expiring(mut self, at: Millis) -> Self {
+        self.expires_at = Some(at);
+        self
+    }
+}
+
+/// Record writes and new jobs that succeed or fail together: a flow's state change and the deliveries
+/// it causes are never half-applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Change {
+    pub writes: Vec<RecordWrite>,
+    pub jobs: Vec<NewJob>,
+}
+
+/// The answer to [`JobStore::commit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Committed {
+    /// Everything was written: the new version of each write (0 for a delete) and each job.
+    Applied {
+        versions: Vec<u64>,
+        jobs: Vec<Enqueued>,
+    },
+    /// Write `index` found its record in another state; nothing was written. `current` is that record.
+    Conflict {
+        index: usize,
+        current: Option<Record>,
+    },
+}
+
+/// Longest record collection name and key, so that keys stay bounded.
+pub const MAX_COLLECTION_LEN: usize = 64;
+pub const MAX_RECORD_KEY_LEN: usize = 1024;
+
 /// A queue backend.
 ///
 /// Invariants every backend keeps (the tests in `queue::tests` hold each backend to them):
@@ -209,6 +289,24 @@ pub trait JobStore: Send + Sync + Debug {
     /// The earliest `next_attempt_at` among the runnable (head, ready) jobs of `lane`: how long the most
     /// overdue job has been waiting is `now` minus this.
     fn earliest_due(&self, lane: String) -> StoreFuture<'_, Option<Millis>>;
+
+    /// Checks every write's condition; if all hold, applies the writes and enqueues the jobs in one
+    /// durable transaction, else changes nothing and names the first write whose condition failed.
+    fn commit(&self, change: Change, now: Millis) -> StoreFuture<'_, Committed>;
+
+    fn get_record(&self, collection: &'static str, key: String) -> StoreFuture<'_, Option<Record>>;
+
+    /// Records of `collection` whose key starts with `prefix`, in key order, after `after`.
+    fn scan_records(
+        &self,
+        collection: &'static str,
+        prefix: String,
+        after: Option<String>,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<(String, Record)>>;
+
+    /// Removes up to `limit` records whose expiry is at or before `now`. Answers how many.
+    fn purge_expired_records(&self, now: Millis, limit: usize) -> StoreFuture<'_, usize>;
 
     /// Bytes the store occupies on disk.
     fn size_on_disk(&self) -> u64;

@@ -784,3 +784,179 @@ async fn a_stopped_store_can_be_read_but_not_written() {
     );
     assert!(KvJobStore::open_read_only(&tmp.path().join("nothing"), Backend::Redb).is_err());
 }
+
+fn put(collection: &'static str, key: &str, expect: Expect, value: &str) -> RecordWrite {
+    RecordWrite::put(collection, key, expect, value.as_bytes().to_vec())
+}
+
+each_backend!(
+    records_and_jobs_of_a_change_are_written_together,
+    |h, dir, backend| {
+        let change = Change {
+            writes: vec![put("shipment", "S1", Expect::Absent, "queued")],
+            jobs: vec![job("postal", "H1", 1)],
+        };
+        let Committed::Applied { versions, jobs } = h.queue.commit(change).await.expect("commit")
+        else {
+            panic!("a first claim of a natural key applies");
+        };
+        assert_eq!(versions, vec![1]);
+        assert_eq!(jobs.len(), 1);
+        let stored = h
+            .queue
+            .record("shipment", "S1")
+            .await
+            .expect("read")
+            .expect("present");
+        assert_eq!(
+            (stored.version, stored.value.as_slice()),
+            (1, &b"queued"[..])
+        );
+        assert_eq!(lease_payloads(&h.queue, "postal").await.len(), 1);
+    }
+);
+
+each_backend!(
+    a_failed_condition_writes_nothing_and_enqueues_nothing,
+    |h, dir, backend| {
+        let first = Change {
+            writes: vec![put("shipment", "S1", Expect::Absent, "v1")],
+            jobs: vec![],
+        };
+        h.queue.commit(first).await.expect("commit");
+        // The second write's condition fails: the first write and the job must not happen either.
+        let second = Change {
+            writes: vec![
+                put("shipment", "S2", Expect::Absent, "new"),
+                put("shipment", "S1", Expect::Absent, "again"),
+            ],
+            jobs: vec![job("postal", "H1", 1)],
+        };
+        match h.queue.commit(second).await.expect("commit") {
+            Committed::Conflict { index, current } => {
+                assert_eq!(index, 1);
+                assert_eq!(current.map(|r| r.value), Some(b"v1".to_vec()));
+            }
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        assert_eq!(h.queue.record("shipment", "S2").await.expect("read"), None);
+        assert!(lease_payloads(&h.queue, "postal").await.is_empty());
+        let counts = h.queue.counts().await.expect("counts");
+        assert!(counts.iter().all(|c| c.ready == 0));
+    }
+);
+
+each_backend!(
+    compare_and_set_refuses_a_stale_version,
+    |h, dir, backend| {
+        h.queue
+            .commit(Change {
+                writes: vec![put("dossier", "H1", Expect::Absent, "a")],
+                jobs: vec![],
+            })
+            .await
+            .expect("commit");
+        let ok = h
+            .queue
+            .commit(Change {
+                writes: vec![put("dossier", "H1", Expect::Version(1), "b")],
+                jobs: vec![],
+            })
+            .await
+            .expect("commit");
+        assert!(matches!(ok, Committed::Applied { ref versions, .. } if versions == &vec![2]));
+        let stale = h
+            .queue
+            .commit(Change {
+                writes: vec![put("dossier", "H1", Expect::Version(1), "c")],
+                jobs: vec![],
+            })
+            .await
+            .expect("commit");
+        assert!(matches!(stale, Committed::Conflict { index: 0, .. }));
+        let stored = h.queue.record("dossier", "H1").await.expect("read");
+        assert_eq!(stored.map(|r| r.value), Some(b"b".to_vec()));
+    }
+);
+
+each_backend!(
+    records_are_scanned_by_prefix_in_key_order_and_survive_a_reopen,
+    |h, dir, backend| {
+        let writes = ["H1/3", "H1/1", "H2/1", "H1/2"]
+            .into_iter()
+            .map(|k| put("event", k, Expect::Any, k))
+            .collect();
+        h.queue
+            .commit(Change {
+                writes,
+                jobs: vec![],
+            })
+            .await
+            .expect("commit");
+        drop(h);
+        let h = open(&dir, backend, None);
+        let keys =
+            |rows: Vec<(String, Record)>| rows.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        let all = h
+            .queue
+            .records("event", "H1/", None, 10)
+            .await
+            .expect("scan");
+        assert_eq!(keys(all), vec!["H1/1", "H1/2", "H1/3"]);
+        let page = h
+            .queue
+            .records("event", "H1/", Some("H1/1".into()), 1)
+            .await
+            .expect("scan");
+        assert_eq!(keys(page), vec!["H1/2"]);
+        // Another collection with the same keys is separate.
+        assert!(
+            h.queue
+                .records("even", "", None, 10)
+                .await
+                .expect("scan")
+                .is_empty()
+        );
+    }
+);
+
+each_backend!(
+    expired_records_are_purged_and_others_kept,
+    |h, dir, backend| {
+        h.queue
+            .commit(Change {
+                writes: vec![
+                    put("idem", "old", Expect::Absent, "x").expiring(START + 10),
+                    put("idem", "new", Expect::Absent, "y").expiring(START + 1000),
+                    put("idem", "kept", Expect::Absent, "z"),
+                ],
+                jobs: vec![],
+            })
+            .await
+            .expect("commit");
+        // Rewriting a record moves its expiry: the old expiry entry must not remove the new value.
+        h.queue
+            .commit(Change {
+                writes: vec![put("idem", "new", Expect::Version(1), "y2").expiring(START + 5000)],
+                jobs: vec![],
+            })
+            .await
+            .expect("commit");
+        let purged = h
+            .queue
+            .store()
+            .purge_expired_records(START + 1000, 100)
+            .await
+            .expect("purge");
+        assert_eq!(purged, 1);
+        assert_eq!(h.queue.record("idem", "old").await.expect("read"), None);
+        assert!(h.queue.record("idem", "new").await.expect("read").is_some());
+        assert!(
+            h.queue
+                .record("idem", "kept")
+                .await
+                .expect("read")
+                .is_some()
+        );
+    }
+);

@@ -23,12 +23,16 @@ pub(crate) enum Table {
     ByState,
     /// idempotency key → id.
     Idem,
+    /// (collection, key) → [version][expires_at][value]: the flows' records.
+    Records,
+    /// (expires_at, record key) → ∅, for records that expire.
+    Expiry,
     /// format version, sequence counter, per-lane state counters.
     Meta,
 }
 
 impl Table {
-    pub(crate) const ALL: [Table; 8] = [
+    pub(crate) const ALL: [Table; 10] = [
         Table::Jobs,
         Table::Ready,
         Table::Keys,
@@ -36,6 +40,8 @@ impl Table {
         Table::Finished,
         Table::ByState,
         Table::Idem,
+        Table::Records,
+        Table::Expiry,
         Table::Meta,
     ];
 
@@ -48,6 +54,8 @@ impl Table {
             Table::Finished => "finished",
             Table::ByState => "by_state",
             Table::Idem => "idempotency",
+            Table::Records => "records",
+            Table::Expiry => "expiry",
             Table::Meta => "meta",
         }
     }
@@ -61,6 +69,8 @@ impl Table {
             Table::Finished => b'f',
             Table::ByState => b's',
             Table::Idem => b'i',
+            Table::Records => b'd',
+            Table::Expiry => b'e',
             Table::Meta => b'm',
         }
     }
@@ -176,6 +186,56 @@ pub(crate) fn counter_parts(key: &[u8]) -> Result<(String, JobState), StoreError
         .ok_or_else(corrupt)?;
     let lane = std::str::from_utf8(key.get(2..).ok_or_else(corrupt)?).map_err(|_| corrupt())?;
     Ok((lane.to_owned(), state))
+}
+
+/// `[collection length][collection][key]`: one collection is never a prefix of another.
+pub(crate) fn record_key(collection: &str, key: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + collection.len() + key.len());
+    // Collections are at most MAX_COLLECTION_LEN (< 256) bytes: checked before any write.
+    out.push(collection.len() as u8);
+    out.extend_from_slice(collection.as_bytes());
+    out.extend_from_slice(key.as_bytes());
+    out
+}
+
+/// The record key part of a `Records` key.
+pub(crate) fn record_key_name(collection: &str, raw: &[u8]) -> Result<String, StoreError> {
+    raw.get(1 + collection.len()..)
+        .and_then(|k| std::str::from_utf8(k).ok())
+        .map(str::to_owned)
+        .ok_or_else(|| StoreError::Corrupt("record key".into()))
+}
+
+pub(crate) fn expiry_key(at: Millis, record_key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + record_key.len());
+    out.extend_from_slice(&at.to_be_bytes());
+    out.extend_from_slice(record_key);
+    out
+}
+
+/// `[version u64][expires_at u64, 0 = never][value]`.
+pub(crate) fn encode_record(version: u64, expires_at: Option<Millis>, value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + value.len());
+    out.extend_from_slice(&version.to_be_bytes());
+    out.extend_from_slice(&expires_at.unwrap_or(0).to_be_bytes());
+    out.extend_from_slice(value);
+    out
+}
+
+pub(crate) fn decode_record(bytes: &[u8]) -> Result<crate::queue::store::Record, StoreError> {
+    let word = |at: usize| {
+        bytes
+            .get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+            .ok_or_else(|| StoreError::Corrupt("record shorter than its header".into()))
+    };
+    let expires = word(8)?;
+    Ok(crate::queue::store::Record {
+        version: word(0)?,
+        expires_at: (expires != 0).then_some(expires),
+        value: bytes[16..].to_vec(),
+    })
 }
 
 /// The smallest key greater than every key starting with `prefix` (None: no such key exists).

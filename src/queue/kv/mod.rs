@@ -36,8 +36,8 @@ use self::keys::Table;
 use self::ops::{Op, OpResult};
 use super::job::{Job, JobId, Millis, NewJob};
 use super::store::{
-    AdminOutcome, Disposition, Enqueued, JobFilter, JobStore, LaneCounts, Leased, StoreError,
-    StoreFuture, Transition,
+    AdminOutcome, Change, Committed, Disposition, Enqueued, JobFilter, JobStore, LaneCounts,
+    Leased, Record, StoreError, StoreFuture, Transition,
 };
 
 /// The on-disk format this build writes and reads.
@@ -641,6 +641,42 @@ impl JobStore for KvJobStore {
 
     fn earliest_due(&self, lane: String) -> StoreFuture<'_, Option<Millis>> {
         Box::pin(self.read(move |tx| ops::earliest_due(tx, &lane)))
+    }
+
+    fn commit(&self, change: Change, now: Millis) -> StoreFuture<'_, Committed> {
+        Box::pin(async move {
+            match self.submit(Op::Commit { change, now }).await? {
+                OpResult::Committed(c) => Ok(c),
+                other => Err(unexpected(other)),
+            }
+        })
+    }
+
+    fn get_record(&self, collection: &'static str, key: String) -> StoreFuture<'_, Option<Record>> {
+        Box::pin(self.read(move |tx| ops::get_record(tx, collection, &key)))
+    }
+
+    fn scan_records(
+        &self,
+        collection: &'static str,
+        prefix: String,
+        after: Option<String>,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<(String, Record)>> {
+        Box::pin(
+            self.read(move |tx| {
+                ops::scan_records(tx, collection, &prefix, after.as_deref(), limit)
+            }),
+        )
+    }
+
+    fn purge_expired_records(&self, now: Millis, limit: usize) -> StoreFuture<'_, usize> {
+        Box::pin(async move {
+            match self.submit(Op::PurgeRecords { now, limit }).await? {
+                OpResult::Count(n) => Ok(n),
+                other => Err(unexpected(other)),
+            }
+        })
     }
 
     fn size_on_disk(&self) -> u64 {

@@ -10,7 +10,8 @@ use super::keys::{self, Table};
 use super::{KvRead, KvWrite};
 use crate::queue::job::{Job, JobError, JobId, JobState, Millis, NewJob, RecordedError};
 use crate::queue::store::{
-    AdminOutcome, Disposition, Enqueued, JobFilter, LaneCounts, Leased, StoreError, Transition,
+    AdminOutcome, Change, Committed, Disposition, Enqueued, Expect, JobFilter, LaneCounts, Leased,
+    Record, StoreError, Transition,
 };
 
 /// One queued request to the writer.
@@ -55,6 +56,14 @@ pub(crate) enum Op {
         before: Millis,
         limit: usize,
     },
+    Commit {
+        change: Change,
+        now: Millis,
+    },
+    PurgeRecords {
+        now: Millis,
+        limit: usize,
+    },
 }
 
 #[derive(Debug)]
@@ -64,6 +73,7 @@ pub(crate) enum OpResult {
     Transition(Transition),
     Count(usize),
     Admin(AdminOutcome),
+    Committed(Committed),
 }
 
 /// Counter changes of one batch, written once at its end instead of once per job.
@@ -122,6 +132,8 @@ pub(crate) fn apply(
         Op::Discard { id, now } => OpResult::Admin(discard(tx, d, *id, *now)?),
         Op::Replay { filter, now, limit } => OpResult::Count(replay(tx, d, filter, *now, *limit)?),
         Op::Purge { before, limit } => OpResult::Count(purge(tx, d, *before, *limit)?),
+        Op::Commit { change, now } => OpResult::Committed(commit(tx, d, seq, change, *now)?),
+        Op::PurgeRecords { now, limit } => OpResult::Count(purge_records(tx, *now, *limit)?),
     })
 }
 
@@ -536,6 +548,107 @@ fn purge(
         {
             tx.delete(Table::Idem, idem.as_bytes())?;
         }
+    }
+    Ok(old.len())
+}
+
+pub(crate) fn get_record(
+    tx: &dyn KvRead,
+    collection: &str,
+    key: &str,
+) -> Result<Option<Record>, StoreError> {
+    tx.get(Table::Records, &keys::record_key(collection, key))?
+        .map(|bytes| keys::decode_record(&bytes))
+        .transpose()
+}
+
+pub(crate) fn scan_records(
+    tx: &dyn KvRead,
+    collection: &str,
+    prefix: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<(String, Record)>, StoreError> {
+    let start = keys::record_key(collection, prefix);
+    let end = keys::prefix_end(&start);
+    let from = match after {
+        // The first key after `after`: itself followed by the smallest byte.
+        Some(a) if a.as_bytes() >= prefix.as_bytes() => {
+            let mut k = keys::record_key(collection, a);
+            k.push(0);
+            k
+        }
+        _ => start,
+    };
+    tx.scan(Table::Records, &from, end.as_deref(), limit)?
+        .into_iter()
+        .map(|(k, v)| {
+            Ok((
+                keys::record_key_name(collection, &k)?,
+                keys::decode_record(&v)?,
+            ))
+        })
+        .collect()
+}
+
+/// Checks every condition before writing anything, so a conflict leaves the transaction untouched.
+fn commit(
+    tx: &mut dyn KvWrite,
+    d: &mut Deltas,
+    seq: &mut u64,
+    change: &Change,
+    now: Millis,
+) -> Result<Committed, StoreError> {
+    let mut current = Vec::with_capacity(change.writes.len());
+    for (index, w) in change.writes.iter().enumerate() {
+        let found = get_record(tx, w.collection, &w.key)?;
+        let holds = match w.expect {
+            Expect::Absent => found.is_none(),
+            Expect::Version(v) => found.as_ref().is_some_and(|r| r.version == v),
+            Expect::Any => true,
+        };
+        if !holds {
+            return Ok(Committed::Conflict {
+                index,
+                current: found,
+            });
+        }
+        current.push(found);
+    }
+    let mut versions = Vec::with_capacity(change.writes.len());
+    for (w, found) in change.writes.iter().zip(current) {
+        let key = keys::record_key(w.collection, &w.key);
+        if let Some(at) = found.as_ref().and_then(|r| r.expires_at) {
+            tx.delete(Table::Expiry, &keys::expiry_key(at, &key))?;
+        }
+        match &w.value {
+            None => {
+                tx.delete(Table::Records, &key)?;
+                versions.push(0);
+            }
+            Some(value) => {
+                let version = found.map_or(1, |r| r.version + 1);
+                tx.put(
+                    Table::Records,
+                    &key,
+                    &keys::encode_record(version, w.expires_at, value),
+                )?;
+                if let Some(at) = w.expires_at {
+                    tx.put(Table::Expiry, &keys::expiry_key(at, &key), &[])?;
+                }
+                versions.push(version);
+            }
+        }
+    }
+    let jobs = enqueue(tx, d, seq, &change.jobs, now)?;
+    Ok(Committed::Applied { versions, jobs })
+}
+
+fn purge_records(tx: &mut dyn KvWrite, now: Millis, limit: usize) -> Result<usize, StoreError> {
+    let old = tx.scan(Table::Expiry, &[], Some(&keys::time_upto(now)), limit)?;
+    for (key, _) in &old {
+        tx.delete(Table::Expiry, key)?;
+        tx.delete(Table::Records, &key[8..])?;
     }
     Ok(old.len())
 }
