@@ -22,6 +22,18 @@ pub struct Wiring {
     pub lanes: Vec<String>,
 }
 
+impl Wiring {
+    /// Adds `other`'s handlers and lanes (a lane named twice runs once).
+    pub fn merge(&mut self, other: Wiring) {
+        self.handlers.extend(other.handlers);
+        for lane in other.lanes {
+            if !self.lanes.contains(&lane) {
+                self.lanes.push(lane);
+            }
+        }
+    }
+}
+
 pub struct Application {
     api_addr: SocketAddr,
     ops_addr: SocketAddr,
@@ -42,14 +54,16 @@ impl std::fmt::Debug for Application {
 }
 
 impl Application {
-    pub async fn build(settings: &Settings, wiring: Wiring) -> anyhow::Result<Self> {
-        Self::build_with(settings, wiring, KvOptions::default()).await
+    /// The daemon: the store, the flows of every configured upstream, the API and ops listeners.
+    pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
+        Self::build_with(settings, Wiring::default(), KvOptions::default()).await
     }
 
-    /// As [`Application::build`], with store options (crash points for qualification runs).
+    /// As [`Application::build`], with extra job handlers and lanes beside the flows', and store options
+    /// (crash points for qualification runs).
     pub async fn build_with(
         settings: &Settings,
-        wiring: Wiring,
+        extra: Wiring,
         options: KvOptions,
     ) -> anyhow::Result<Self> {
         let path = settings.store.path.clone();
@@ -71,6 +85,15 @@ impl Application {
             settings.queue.lease,
             metrics.clone(),
         );
+
+        let clients = crate::upstreams::build_observed(
+            &settings.upstreams,
+            Some(metrics.clone() as Arc<dyn dvc_upstream::Observer>),
+        )
+        .context("building the upstream clients")?;
+        let flows = crate::flows::Flows::new(queue.clone(), clients, settings.clone());
+        let mut wiring = flows.wiring();
+        wiring.merge(extra);
 
         let api = TcpListener::bind(settings.api.listen)
             .await
@@ -125,6 +148,9 @@ impl Application {
             stop.clone(),
         ));
 
+        if let Some(tracker) = crate::flows::shipment::spawn_tracker(flows.clone(), stop.clone()) {
+            workers.push(tracker);
+        }
         let tokens = Arc::new(crate::api::auth::Tokens::new(settings.api.tokens.clone()));
         let history = Arc::new(crate::ops::dashboard::History::default());
         workers.push(crate::ops::dashboard::spawn_sampler(
@@ -149,6 +175,7 @@ impl Application {
                         queue: queue.clone(),
                         tokens,
                         metrics: Some(metrics.clone()),
+                        flows: Some(flows),
                     },
                     settings.api.body_limit,
                 ),

@@ -9,8 +9,10 @@
 //!   and shuts them down in order.
 //! - [`queue`]: the durable job queue — records, pure retry scheduling, the storage seam and its
 //!   embedded backends, lane workers, lease expiry and retention.
-//! - [`api`]: the sidecar HTTP API — problem+json errors (en/vi), hashed bearer tokens with scopes, and
-//!   today the operators' job endpoints.
+//! - [`flows`]: the business flows — identity verification, postal shipments, dossier sync, callbacks —
+//!   as records and jobs in the store, and the job handlers that call the adapters.
+//! - [`api`]: the sidecar HTTP API — problem+json errors (en/vi), hashed bearer tokens with scopes,
+//!   idempotency keys, and one file per resource (identity, shipments, dossiers, jobs).
 //! - `ops`: health, readiness and `/metrics` on their own listener; [`metrics`]: the metric families.
 //! - [`jobs_cli`]: `dvc-connector jobs …`, the operators' command line over the admin API;
 //!   [`status`]: `dvc-connector status`, one screen from the ops listener.
@@ -24,6 +26,7 @@ pub mod api;
 pub mod app;
 pub mod bench;
 pub mod cli;
+pub mod flows;
 pub mod jobs_cli;
 pub mod metrics;
 mod ops;

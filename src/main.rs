@@ -23,7 +23,7 @@ fn main() -> ExitCode {
             telemetry::init(settings.log.format, &settings.log.level);
             exit(runtime().and_then(|rt| {
                 rt.block_on(async {
-                    let app = Application::build(&settings, app::Wiring::default()).await?;
+                    let app = Application::build(&settings).await?;
                     app.run_until_stopped(app::shutdown_signal()).await
                 })
             }))

@@ -108,6 +108,29 @@ impl FromRequestParts<Arc<ApiState>> for Admin {
     }
 }
 
+/// A caller with the `portal` scope (submit and read).
+#[derive(Debug, Clone)]
+pub struct Portal(pub Caller);
+
+impl FromRequestParts<Arc<ApiState>> for Portal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<ApiState>,
+    ) -> Result<Portal, ApiError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        let lang = Lang::from_header(
+            parts
+                .headers
+                .get(header::ACCEPT_LANGUAGE)
+                .and_then(|v| v.to_str().ok()),
+        );
+        caller.require(Scope::Portal, lang)?;
+        Ok(Portal(caller))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,10 +13,30 @@ use super::problem::{ApiError, Code, Lang};
 #[derive(Debug, Clone)]
 pub struct StrictJson<T>(pub T);
 
+/// As [`StrictJson`], keeping the raw body too (for idempotency keys, which compare bodies).
+#[derive(Debug, Clone)]
+pub struct StrictJsonBytes<T>(pub T, pub Bytes);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for StrictJsonBytes<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let (bytes, lang) = read(req, state).await?;
+        parse(&bytes, lang).map(|v| StrictJsonBytes(v, bytes))
+    }
+}
+
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for StrictJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let (bytes, lang) = read(req, state).await?;
+        parse(&bytes, lang).map(StrictJson)
+    }
+}
+
+async fn read<S: Send + Sync>(req: Request, state: &S) -> Result<(Bytes, Lang), ApiError> {
+    {
         let lang = Lang::from_header(
             req.headers()
                 .get(header::ACCEPT_LANGUAGE)
@@ -42,7 +62,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for StrictJson<T> {
                 )
             }
         })?;
-        parse(&bytes, lang).map(StrictJson)
+        Ok((bytes, lang))
     }
 }
 

@@ -4,10 +4,14 @@
 //! arrive with the flows.
 
 pub mod auth;
+mod dossiers;
+mod idempotency;
+mod identity;
 mod jobs;
 pub mod json;
 pub mod openapi;
 pub mod problem;
+mod shipments;
 
 use std::sync::Arc;
 
@@ -26,6 +30,8 @@ pub struct ApiState {
     pub queue: Queue,
     pub tokens: Arc<Tokens>,
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// The flows behind the portal's resources (None in tests of the admin API alone).
+    pub flows: Option<crate::flows::Flows>,
 }
 
 pub(crate) use jobs::JobView;
@@ -35,6 +41,16 @@ pub(crate) fn router(state: ApiState, body_limit: usize) -> Router {
     let metrics = state.metrics.clone();
     Router::new()
         .route("/v1/openapi.json", get(openapi_document))
+        .route("/v1/identity/verifications", post(identity::create))
+        .route("/v1/identity/verifications/{id}", get(identity::show))
+        .route("/v1/shipments", post(shipments::create))
+        .route("/v1/shipments/{id}", get(shipments::show))
+        .route("/v1/shipments/{id}/cancel", post(shipments::cancel))
+        .route(
+            "/v1/dossiers/{code}",
+            get(dossiers::show).put(dossiers::put_record),
+        )
+        .route("/v1/dossiers/{code}/events", post(dossiers::post_event))
         .route("/v1/jobs", get(jobs::list))
         .route("/v1/jobs/replay", post(jobs::replay))
         .route("/v1/jobs/{id}", get(jobs::show))
@@ -79,6 +95,40 @@ async fn count(
 /// The API's OpenAPI document, for any authenticated caller (no anonymous access, as everywhere).
 async fn openapi_document(_: auth::Caller) -> axum::Json<serde_json::Value> {
     axum::Json(openapi::document())
+}
+
+/// The flows, or 503 when this API was built without them.
+pub(crate) fn flows_of(state: &ApiState, lang: Lang) -> Result<&crate::flows::Flows, ApiError> {
+    state
+        .flows
+        .as_ref()
+        .ok_or_else(|| ApiError::new(Code::UpstreamNotConfigured, lang))
+}
+
+/// A flow's failure as the API answers it: the store's as 503, anything else as 500 (detail logged).
+pub(crate) fn flow_error(e: crate::flows::FlowError, lang: Lang) -> ApiError {
+    match e {
+        crate::flows::FlowError::Store(s) => ApiError::store(&s, lang),
+        crate::flows::FlowError::Contended(_) => ApiError::store(
+            &crate::queue::StoreError::Io("record contended".into()),
+            lang,
+        ),
+        other => {
+            tracing::error!(error = %other, "flow error");
+            ApiError::new(Code::Internal, lang)
+        }
+    }
+}
+
+/// Field faults as a problem answer.
+pub(crate) fn invalid_fields(
+    code: Code,
+    faults: &[crate::flows::identity::Invalid],
+    lang: Lang,
+) -> ApiError {
+    faults.iter().fold(ApiError::new(code, lang), |e, f| {
+        e.field(f.field, f.code, f.message.clone())
+    })
 }
 
 async fn not_found(lang: Lang) -> ApiError {
@@ -154,6 +204,7 @@ mod tests {
                 queue,
                 tokens: Arc::new(tokens),
                 metrics: None,
+                flows: None,
             },
             1024,
         );

@@ -64,6 +64,13 @@ pub enum Code {
     WrongState,
     StoreUnavailable,
     Internal,
+    ValidationFailed,
+    InvalidCitizenId,
+    InvalidDossierCode,
+    InvalidIdempotencyKey,
+    IdempotencyKeyReused,
+    ShipmentFinal,
+    UpstreamNotConfigured,
 }
 
 impl Code {
@@ -81,6 +88,13 @@ impl Code {
             Code::WrongState => "wrong_state",
             Code::StoreUnavailable => "store_unavailable",
             Code::Internal => "internal_error",
+            Code::ValidationFailed => "validation_failed",
+            Code::InvalidCitizenId => "invalid_citizen_id",
+            Code::InvalidDossierCode => "invalid_dossier_code",
+            Code::InvalidIdempotencyKey => "invalid_idempotency_key",
+            Code::IdempotencyKeyReused => "idempotency_key_reused",
+            Code::ShipmentFinal => "shipment_final",
+            Code::UpstreamNotConfigured => "upstream_not_configured",
         }
     }
 
@@ -96,6 +110,10 @@ impl Code {
             Code::WrongState => StatusCode::CONFLICT,
             Code::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Code::ValidationFailed | Code::InvalidCitizenId => StatusCode::UNPROCESSABLE_ENTITY,
+            Code::InvalidDossierCode | Code::InvalidIdempotencyKey => StatusCode::BAD_REQUEST,
+            Code::IdempotencyKeyReused | Code::ShipmentFinal => StatusCode::CONFLICT,
+            Code::UpstreamNotConfigured => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -186,6 +204,64 @@ impl Code {
             (Code::Internal, Lang::Vi) => (
                 "Lỗi hệ thống",
                 "Đã xảy ra lỗi không mong muốn; lỗi đã được ghi nhận.",
+            ),
+            (Code::ValidationFailed, Lang::En) => (
+                "Validation failed",
+                "Some fields are not valid; see errors. Nothing was accepted.",
+            ),
+            (Code::ValidationFailed, Lang::Vi) => (
+                "Dữ liệu không hợp lệ",
+                "Có trường dữ liệu không hợp lệ; xem danh sách lỗi. Chưa tiếp nhận gì.",
+            ),
+            (Code::InvalidCitizenId, Lang::En) => (
+                "Invalid citizen ID",
+                "The citizen ID number is not structurally valid for this person; see errors. \
+                 The population database was not asked.",
+            ),
+            (Code::InvalidCitizenId, Lang::Vi) => (
+                "Số định danh không hợp lệ",
+                "Số định danh cá nhân không hợp lệ về cấu trúc với thông tin đã khai; xem danh sách lỗi. \
+                 Chưa gửi yêu cầu tới CSDL quốc gia về dân cư.",
+            ),
+            (Code::InvalidDossierCode, Lang::En) => (
+                "Invalid dossier code",
+                "A dossier code is 1 to 64 of A-Z a-z 0-9 . _ -",
+            ),
+            (Code::InvalidDossierCode, Lang::Vi) => (
+                "Mã hồ sơ không hợp lệ",
+                "Mã hồ sơ gồm 1 đến 64 ký tự A-Z a-z 0-9 . _ -",
+            ),
+            (Code::InvalidIdempotencyKey, Lang::En) => (
+                "Invalid Idempotency-Key",
+                "An Idempotency-Key is 1 to 128 printable ASCII characters.",
+            ),
+            (Code::InvalidIdempotencyKey, Lang::Vi) => (
+                "Idempotency-Key không hợp lệ",
+                "Idempotency-Key gồm 1 đến 128 ký tự ASCII in được.",
+            ),
+            (Code::IdempotencyKeyReused, Lang::En) => (
+                "Idempotency-Key reused",
+                "This Idempotency-Key was used with a different request.",
+            ),
+            (Code::IdempotencyKeyReused, Lang::Vi) => (
+                "Idempotency-Key đã được dùng",
+                "Idempotency-Key này đã được dùng cho một yêu cầu khác.",
+            ),
+            (Code::ShipmentFinal, Lang::En) => (
+                "Shipment already final",
+                "The shipment is delivered, returned or failed; it cannot be cancelled.",
+            ),
+            (Code::ShipmentFinal, Lang::Vi) => (
+                "Bưu gửi đã kết thúc",
+                "Bưu gửi đã phát, đã hoàn hoặc đã lỗi; không thể hủy.",
+            ),
+            (Code::UpstreamNotConfigured, Lang::En) => (
+                "Upstream not configured",
+                "This connector has no configuration for the system this request needs.",
+            ),
+            (Code::UpstreamNotConfigured, Lang::Vi) => (
+                "Chưa cấu hình hệ thống liên thông",
+                "Kết nối chưa được cấu hình cho hệ thống mà yêu cầu này cần.",
             ),
         }
     }
@@ -310,6 +386,13 @@ mod tests {
             Code::WrongState,
             Code::StoreUnavailable,
             Code::Internal,
+            Code::ValidationFailed,
+            Code::InvalidCitizenId,
+            Code::InvalidDossierCode,
+            Code::InvalidIdempotencyKey,
+            Code::IdempotencyKeyReused,
+            Code::ShipmentFinal,
+            Code::UpstreamNotConfigured,
         ] {
             let (en, _) = code.text(Lang::En);
             let (vi, _) = code.text(Lang::Vi);

@@ -364,6 +364,19 @@ impl Queue {
         self.inner.store.list(filter, after, limit).await
     }
 
+    /// Unfinished jobs of one ordering key in one lane, oldest first.
+    pub async fn unfinished(
+        &self,
+        lane: &str,
+        ordering_key: &str,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        self.inner
+            .store
+            .unfinished(lane.to_owned(), ordering_key.to_owned(), limit)
+            .await
+    }
+
     pub async fn counts(&self) -> Result<Vec<LaneCounts>, StoreError> {
         self.inner.store.counts().await
     }

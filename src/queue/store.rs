@@ -280,6 +280,14 @@ pub trait JobStore: Send + Sync + Debug {
         limit: usize,
     ) -> StoreFuture<'_, Vec<Job>>;
 
+    /// The unfinished jobs (ready, leased, dead) of one ordering key in one lane, oldest first.
+    fn unfinished(
+        &self,
+        lane: String,
+        ordering_key: String,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<Job>>;
+
     /// Removes up to `limit` finished jobs that finished before `before`. Answers how many.
     fn purge_finished(&self, before: Millis, limit: usize) -> StoreFuture<'_, usize>;
 

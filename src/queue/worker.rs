@@ -28,6 +28,13 @@ pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Result<(), JobError>> +
 /// Delivers one kind of job. Must be idempotent: a job can run again after a crash or an expired lease.
 pub trait JobHandler: Send + Sync + Debug {
     fn handle<'a>(&'a self, job: &'a Job) -> HandlerFuture<'a>;
+
+    /// Told once the job has been dead-lettered (after the store recorded it), so a flow can record the
+    /// failure and tell the portal. Best effort: a crash between the two leaves the job dead and
+    /// visible to operators, without this notice.
+    fn dead<'a>(&'a self, _job: &'a Job, _error: &'a JobError) -> HandlerFuture<'a> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Handlers by job kind.
@@ -39,6 +46,10 @@ pub struct Handlers {
 impl Handlers {
     pub fn register(&mut self, kind: impl Into<String>, handler: Arc<dyn JobHandler>) {
         self.by_kind.insert(kind.into(), handler);
+    }
+
+    pub fn extend(&mut self, other: Handlers) {
+        self.by_kind.extend(other.by_kind);
     }
 
     fn get(&self, kind: &str) -> Option<&Arc<dyn JobHandler>> {
@@ -147,6 +158,8 @@ enum RunEnd {
     Delivered,
     Failed(ErrorClass),
     PausedLane,
+    /// Dead-lettered just now (only inside `run_job`, which reports it as `Failed`).
+    Dead,
     /// The store could not record the outcome; it says nothing about the upstream.
     Unrecorded,
 }
@@ -306,7 +319,7 @@ async fn run_lane(
                                     "lane paused: upstream refused our credentials or configuration");
                             }
                         }
-                        RunEnd::Unrecorded => {}
+                        RunEnd::Unrecorded | RunEnd::Dead => {}
                     }
                 }
                 next_due = None;
@@ -397,6 +410,7 @@ async fn run_job(
     // The handler must end before the lease does, or a second worker could run the same job.
     let budget = queue.lease_duration().mul_f64(0.8);
     let started = tokio::time::Instant::now();
+    let handler_for_dead = handler.clone();
     let result = match handler {
         None => Err(JobError::permanent(
             "no_handler",
@@ -433,7 +447,17 @@ async fn run_job(
                 *pause.lock().unwrap_or_else(|p| p.into_inner()) =
                     Some((Instant::now() + auth_pause, error.code.clone()));
             }
-            fail(queue, &job, &error).await
+            let end = fail(queue, &job, &error).await;
+            if let (RunEnd::Dead, Some(handler)) = (&end, handler_for_dead) {
+                if let Err(e) = handler.dead(&job, &error).await {
+                    tracing::warn!(job_id = %job.id, kind = %job.kind, code = %e.code,
+                        "could not record a dead-lettered job in its flow");
+                }
+            }
+            match end {
+                RunEnd::Dead => RunEnd::Failed(error.class),
+                other => other,
+            }
         }
     }
 }
@@ -441,6 +465,12 @@ async fn run_job(
 async fn fail(queue: &Queue, job: &Job, error: &JobError) -> RunEnd {
     match queue.fail(job, error).await {
         Ok((Decision::PauseLane, _)) => RunEnd::PausedLane,
+        Ok((Decision::Dead(reason), Transition::Applied)) => {
+            tracing::warn!(job_id = %job.id, kind = %job.kind, lane = %job.lane,
+                class = error.class.as_str(), code = %error.code, reason = reason.as_str(),
+                "job dead-lettered");
+            RunEnd::Dead
+        }
         Ok((decision, _)) => {
             tracing::debug!(job_id = %job.id, kind = %job.kind, lane = %job.lane,
                     class = error.class.as_str(), code = %error.code, ?decision, "attempt failed");

@@ -25,7 +25,7 @@ pub use self::validate::parse_duration;
 /// Prefix of environment variables that override the file; `__` separates the key's parts.
 pub const ENV_PREFIX: &str = "DVC_CONNECTOR__";
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     pub api: ApiSettings,
     pub ops: OpsSettings,
@@ -34,6 +34,47 @@ pub struct Settings {
     pub log: LogSettings,
     pub upstreams: Upstreams,
     pub callbacks: Option<CallbackSettings>,
+    pub flows: FlowSettings,
+}
+
+/// How the business flows behave (`[flows]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowSettings {
+    pub identity: IdentityFlowSettings,
+    pub postal: PostalFlowSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityFlowSettings {
+    /// `exists` (XacThucThongTinCongDan) or `full` (XacMinhThongTinNhanThan) when a request names none.
+    pub default_mode: crate::flows::identity::Mode,
+    /// Identical requests within this window are answered from the previous verdict.
+    pub cache_window: Duration,
+    /// `MaTichHop` and `MaDonVi` of full-record lookups.
+    pub integration_code: String,
+    pub agency_code: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostalFlowSettings {
+    /// How often the tracking feed is read.
+    pub tracking_interval: Duration,
+    pub tracking_page_size: u32,
+    /// When a result delivery is delivered, add a "result returned" (10) step to the dossier's sync.
+    pub result_returned_step: bool,
+    pub result_returned_content: String,
+    /// The agency as sender, for requests that name none.
+    pub sender: Option<Sender>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sender {
+    pub name: String,
+    pub phone: String,
+    pub address: String,
+    pub province_code: String,
+    pub district_code: String,
+    pub email: String,
 }
 
 #[derive(Debug, Clone)]

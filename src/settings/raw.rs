@@ -22,6 +22,47 @@ pub(crate) struct RawSettings {
     #[serde(default)]
     pub upstreams: RawUpstreams,
     pub callbacks: Option<RawCallbacks>,
+    #[serde(default)]
+    pub flows: RawFlows,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFlows {
+    #[serde(default)]
+    pub identity: RawIdentityFlow,
+    #[serde(default)]
+    pub postal: RawPostalFlow,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawIdentityFlow {
+    pub default_mode: Option<String>,
+    pub cache_window: Option<String>,
+    pub integration_code: Option<String>,
+    pub agency_code: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPostalFlow {
+    pub tracking_interval: Option<String>,
+    pub tracking_page_size: Option<i64>,
+    pub result_returned_step: Option<bool>,
+    pub result_returned_content: Option<String>,
+    pub sender: Option<RawSender>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSender {
+    pub name: Option<String>,
+    pub phone: Option<String>,
+    pub address: Option<String>,
+    pub province_code: Option<String>,
+    pub district_code: Option<String>,
+    pub email: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

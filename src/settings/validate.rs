@@ -8,7 +8,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use url::Url;
 
-use super::raw::{RawRetry, RawRetryOverride, RawSettings};
+use super::raw::{RawFlows, RawRetry, RawRetryOverride, RawSettings};
 use super::*;
 use crate::queue::{Backend, RetryPolicies, RetryPolicy};
 
@@ -823,6 +823,8 @@ pub(super) fn settings(raw: RawSettings, base_dir: &Path, problems: &mut Problem
         })
     });
 
+    let flows = flows(&mut c, &raw.flows);
+
     Settings {
         api,
         ops,
@@ -831,7 +833,73 @@ pub(super) fn settings(raw: RawSettings, base_dir: &Path, problems: &mut Problem
         log,
         upstreams,
         callbacks,
+        flows,
     }
+}
+
+fn flows(c: &mut Checker<'_>, raw: &RawFlows) -> FlowSettings {
+    let i = &raw.identity;
+    let default_mode = match i.default_mode.as_deref() {
+        None => crate::flows::identity::Mode::Exists,
+        Some(m) => crate::flows::identity::Mode::parse(m).unwrap_or_else(|| {
+            c.fail(
+                "flows.identity.default_mode",
+                format!("`{m}`: expected \"exists\" or \"full\""),
+            );
+            crate::flows::identity::Mode::Exists
+        }),
+    };
+    let identity = IdentityFlowSettings {
+        default_mode,
+        cache_window: c.duration(
+            "flows.identity.cache_window",
+            i.cache_window.as_deref(),
+            Duration::from_secs(600),
+            Duration::ZERO,
+        ),
+        integration_code: i.integration_code.clone().unwrap_or_default(),
+        agency_code: i.agency_code.clone().unwrap_or_default(),
+    };
+    let p = &raw.postal;
+    let sender = p.sender.as_ref().and_then(|s| {
+        let mut field = |name: &str, v: &Option<String>| {
+            c.required(&format!("flows.postal.sender.{name}"), v.as_deref())
+                .map(str::to_owned)
+        };
+        let name = field("name", &s.name);
+        let phone = field("phone", &s.phone);
+        let address = field("address", &s.address);
+        let province_code = field("province_code", &s.province_code);
+        Some(Sender {
+            name: name?,
+            phone: phone?,
+            address: address?,
+            province_code: province_code?,
+            district_code: s.district_code.clone().unwrap_or_default(),
+            email: s.email.clone().unwrap_or_default(),
+        })
+    });
+    let postal = PostalFlowSettings {
+        tracking_interval: c.duration(
+            "flows.postal.tracking_interval",
+            p.tracking_interval.as_deref(),
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+        ),
+        tracking_page_size: c.int(
+            "flows.postal.tracking_page_size",
+            p.tracking_page_size,
+            200,
+            (1, 1000),
+        ) as u32,
+        result_returned_step: p.result_returned_step.unwrap_or(true),
+        result_returned_content: p
+            .result_returned_content
+            .clone()
+            .unwrap_or_else(|| "Đã trả kết quả qua dịch vụ bưu chính công ích".to_owned()),
+        sender,
+    };
+    FlowSettings { identity, postal }
 }
 
 fn retry_policies(c: &mut Checker<'_>, raw: &RawRetry) -> RetryPolicies {

@@ -78,7 +78,8 @@ pub const PROVINCES: &[(u16, &str)] = &[
 /// Country codes for births registered abroad.
 pub const COUNTRY_CODES: std::ops::RangeInclusive<u16> = 101..=295;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Sex {
     Male,
     Female,

@@ -626,6 +626,15 @@ impl JobStore for KvJobStore {
         Box::pin(self.read(move |tx| ops::list(tx, &filter, after, limit)))
     }
 
+    fn unfinished(
+        &self,
+        lane: String,
+        ordering_key: String,
+        limit: usize,
+    ) -> StoreFuture<'_, Vec<Job>> {
+        Box::pin(self.read(move |tx| ops::unfinished(tx, &lane, &ordering_key, limit)))
+    }
+
     fn purge_finished(&self, before: Millis, limit: usize) -> StoreFuture<'_, usize> {
         Box::pin(async move {
             match self.submit(Op::Purge { before, limit }).await? {

@@ -552,6 +552,20 @@ fn purge(
     Ok(old.len())
 }
 
+pub(crate) fn unfinished(
+    tx: &dyn KvRead,
+    lane: &str,
+    ordering_key: &str,
+    limit: usize,
+) -> Result<Vec<Job>, StoreError> {
+    let prefix = keys::keys_prefix(lane, ordering_key);
+    let end = keys::prefix_end(&prefix);
+    tx.scan(Table::Keys, &prefix, end.as_deref(), limit)?
+        .into_iter()
+        .map(|(_, id)| load_existing(tx, keys::id_from(&id)?))
+        .collect()
+}
+
 pub(crate) fn get_record(
     tx: &dyn KvRead,
     collection: &str,

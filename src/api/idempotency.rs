@@ -1,0 +1,172 @@
+//! `Idempotency-Key` on POST and PUT: the same key with the same request answers the original response
+//! (status and body) for 24 hours; the same key with another request answers 409
+//! `idempotency_key_reused`.
+//!
+//! The answer is stored as a record (`idempotency`, per caller and key) **in the same commit** as the
+//! request's own records and jobs, claimed with `Expect::Absent`. So two concurrent requests with one
+//! key cannot both be accepted: the second commit fails on the claim, and replays the first's answer.
+//! Keys are scoped per token name, so two callers cannot see each other's answers.
+
+use axum::Json;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::ApiState;
+use super::problem::{ApiError, Code, Lang};
+use crate::queue::{Change, Committed, Expect, Millis, QueueError, RecordWrite};
+
+pub(crate) const RECORDS: &str = "idempotency";
+pub(crate) const HEADER: &str = "idempotency-key";
+const KEEP_FOR: Millis = 24 * 3600 * 1000;
+const MAX_KEY_LEN: usize = 128;
+
+/// A request's idempotency claim: its record key and the fingerprint of the request.
+#[derive(Debug, Clone)]
+pub(crate) struct Idem {
+    key: String,
+    fingerprint: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Stored {
+    fingerprint: String,
+    status: u16,
+    body: Value,
+}
+
+impl Idem {
+    /// The claim of a request, if it carries the header. `route` names the operation (method and path),
+    /// so one key reused on another resource is "another request".
+    pub(crate) fn from_request(
+        caller: &str,
+        headers: &HeaderMap,
+        route: &str,
+        body: &[u8],
+        lang: Lang,
+    ) -> Result<Option<Idem>, ApiError> {
+        let Some(value) = headers.get(HEADER) else {
+            return Ok(None);
+        };
+        let key = value
+            .to_str()
+            .ok()
+            .filter(|k| (1..=MAX_KEY_LEN).contains(&k.len()))
+            .filter(|k| k.bytes().all(|b| (0x20..0x7f).contains(&b)))
+            .ok_or_else(|| ApiError::new(Code::InvalidIdempotencyKey, lang))?;
+        let mut h = Sha256::new();
+        h.update(route.as_bytes());
+        h.update([0]);
+        h.update(body);
+        Ok(Some(Idem {
+            key: format!("{caller}\u{1f}{key}"),
+            fingerprint: h.finalize().iter().map(|b| format!("{b:02x}")).collect(),
+        }))
+    }
+
+    /// The stored answer for this key: Some(response) to replay, or 409 for another request.
+    pub(crate) async fn replay(
+        &self,
+        state: &ApiState,
+        lang: Lang,
+    ) -> Result<Option<Response>, ApiError> {
+        let record = state
+            .queue
+            .record(RECORDS, &self.key)
+            .await
+            .map_err(|e| ApiError::store(&e, lang))?;
+        let Some(record) = record else {
+            return Ok(None);
+        };
+        let stored: Stored = serde_json::from_slice(&record.value).map_err(|e| {
+            tracing::error!(error = %e, "stored idempotency answer does not decode");
+            ApiError::new(Code::Internal, lang)
+        })?;
+        if stored.fingerprint != self.fingerprint {
+            return Err(ApiError::new(Code::IdempotencyKeyReused, lang));
+        }
+        let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
+        let mut response = (status, Json(stored.body)).into_response();
+        response.headers_mut().insert(
+            "idempotent-replayed",
+            axum::http::HeaderValue::from_static("true"),
+        );
+        Ok(Some(response))
+    }
+
+    fn write(&self, expect: Expect, status: StatusCode, body: &Value, now: Millis) -> RecordWrite {
+        let stored = Stored {
+            fingerprint: self.fingerprint.clone(),
+            status: status.as_u16(),
+            body: body.clone(),
+        };
+        RecordWrite::put(
+            RECORDS,
+            &self.key,
+            expect,
+            serde_json::to_vec(&stored).unwrap_or_default(),
+        )
+        .expiring(now + KEEP_FOR)
+    }
+
+    /// Replaces the stored answer (the identity answer once the verdict came within the wait).
+    pub(crate) async fn update(&self, state: &ApiState, status: StatusCode, body: &Value) {
+        let change = Change {
+            writes: vec![self.write(Expect::Any, status, body, state.queue.now())],
+            jobs: vec![],
+        };
+        if let Err(error) = state.queue.commit(change).await {
+            tracing::warn!(%error, "could not update a stored idempotent answer");
+        }
+    }
+}
+
+/// What committing an accepted request came to.
+pub(crate) enum Outcome {
+    /// Committed: answer this.
+    Applied(Response),
+    /// A concurrent request with the same key was accepted first: answer what it answered.
+    Replayed(Response),
+    /// A flow record changed under the plan: plan again.
+    Replan,
+}
+
+/// Commits `change` with the idempotency claim (if any) for the answer `status` + `body`.
+pub(crate) async fn commit(
+    state: &ApiState,
+    lang: Lang,
+    idem: Option<&Idem>,
+    mut change: Change,
+    status: StatusCode,
+    body: Value,
+) -> Result<Outcome, ApiError> {
+    let claim_at = change.writes.len();
+    if let Some(idem) = idem {
+        change
+            .writes
+            .push(idem.write(Expect::Absent, status, &body, state.queue.now()));
+    }
+    let committed = state.queue.commit(change).await.map_err(|e| match e {
+        QueueError::Store(s) => ApiError::store(&s, lang),
+        QueueError::InvalidJob(message) => {
+            tracing::error!(%message, "a flow planned an invalid job");
+            ApiError::new(Code::Internal, lang)
+        }
+    })?;
+    match committed {
+        Committed::Applied { .. } => Ok(Outcome::Applied((status, Json(body)).into_response())),
+        Committed::Conflict { index, .. } if index == claim_at => {
+            // A concurrent request with the same key won: answer what it answered.
+            match idem {
+                Some(idem) => match idem.replay(state, lang).await? {
+                    Some(response) => Ok(Outcome::Replayed(response)),
+                    None => Ok(Outcome::Replan),
+                },
+                None => Ok(Outcome::Replan),
+            }
+        }
+        Committed::Conflict { .. } => Ok(Outcome::Replan),
+    }
+}

@@ -1,0 +1,160 @@
+//! `POST /v1/identity/verifications` and `GET /v1/identity/verifications/{id}`.
+//!
+//! Structural faults answer 422 before anything is stored or sent. A valid request is committed
+//! (record + job) and the request waits up to `?wait=` (default 5 s, at most 30 s) for the verdict:
+//! 200 with the verdict, or 202 `pending` and a callback later.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::auth::Portal;
+use super::idempotency::{self, Idem, Outcome};
+use super::json::StrictJsonBytes;
+use super::problem::{ApiError, Code, Lang};
+use super::{ApiState, flow_error, flows_of, invalid_fields};
+use crate::flows::identity;
+
+const DEFAULT_WAIT: Duration = Duration::from_secs(5);
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WaitQuery {
+    wait: Option<String>,
+}
+
+fn wait_of(q: &WaitQuery, lang: Lang) -> Result<Duration, ApiError> {
+    let Some(text) = &q.wait else {
+        return Ok(DEFAULT_WAIT);
+    };
+    crate::settings::parse_duration(text)
+        .ok()
+        .filter(|d| *d <= MAX_WAIT)
+        .ok_or_else(|| {
+            ApiError::new(Code::InvalidQuery, lang).field(
+                "wait",
+                "invalid_wait",
+                "a duration such as 500ms or 5s, at most 30s",
+            )
+        })
+}
+
+pub(crate) async fn create(
+    State(state): State<Arc<ApiState>>,
+    Portal(caller): Portal,
+    lang: Lang,
+    Query(query): Query<WaitQuery>,
+    headers: HeaderMap,
+    StrictJsonBytes(req, raw): StrictJsonBytes<identity::Request>,
+) -> Result<Response, ApiError> {
+    let flows = flows_of(&state, lang)?;
+    if flows.ctx.clients.population.is_none() {
+        return Err(ApiError::new(Code::UpstreamNotConfigured, lang));
+    }
+    let wait = wait_of(&query, lang)?;
+    let idem = Idem::from_request(
+        &caller.name,
+        &headers,
+        "POST /v1/identity/verifications",
+        &raw,
+        lang,
+    )?;
+    if let Some(idem) = &idem
+        && let Some(replay) = idem.replay(&state, lang).await?
+    {
+        return Ok(replay);
+    }
+    let checked = identity::check(&req, flows.ctx.settings.flows.identity.default_mode).map_err(
+        |faults| {
+            let code = if faults.iter().any(|f| f.field == "citizen_id") {
+                Code::InvalidCitizenId
+            } else {
+                Code::ValidationFailed
+            };
+            invalid_fields(code, &faults, lang)
+        },
+    )?;
+    if let Some(hit) = identity::cached(flows, &checked)
+        .await
+        .map_err(|e| flow_error(e, lang))?
+    {
+        let body =
+            serde_json::to_value(identity::view(&hit.verification, true)).unwrap_or_default();
+        return match idempotency::commit(
+            &state,
+            lang,
+            idem.as_ref(),
+            Default::default(),
+            StatusCode::OK,
+            body,
+        )
+        .await?
+        {
+            Outcome::Applied(r) | Outcome::Replayed(r) => Ok(r),
+            Outcome::Replan => Err(ApiError::new(Code::Internal, lang)),
+        };
+    }
+    let id = checked.id().to_owned();
+    // Registered before the job exists, so a fast verdict cannot be missed.
+    let _ = flows.ctx.waiter(&id);
+    let pending = json!({ "id": id, "status": "pending" });
+    let change = identity::accept(flows, &checked);
+    match idempotency::commit(
+        &state,
+        lang,
+        idem.as_ref(),
+        change,
+        StatusCode::ACCEPTED,
+        pending.clone(),
+    )
+    .await
+    {
+        Ok(Outcome::Applied(_)) => {}
+        Ok(Outcome::Replayed(r)) => {
+            flows.ctx.forget_waiter(&id);
+            return Ok(r);
+        }
+        Ok(Outcome::Replan) => {
+            flows.ctx.forget_waiter(&id);
+            return Err(ApiError::new(Code::Internal, lang));
+        }
+        Err(e) => {
+            flows.ctx.forget_waiter(&id);
+            return Err(e);
+        }
+    }
+    let v = identity::wait_for(flows, &id, wait)
+        .await
+        .map_err(|e| flow_error(e, lang))?;
+    if v.is_final() {
+        let body = serde_json::to_value(identity::view(&v, false)).unwrap_or_default();
+        if let Some(idem) = &idem {
+            idem.update(&state, StatusCode::OK, &body).await;
+        }
+        return Ok((StatusCode::OK, Json(body)).into_response());
+    }
+    Ok((StatusCode::ACCEPTED, Json(pending)).into_response())
+}
+
+pub(crate) async fn show(
+    State(state): State<Arc<ApiState>>,
+    _: Portal,
+    lang: Lang,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let flows = flows_of(&state, lang)?;
+    match identity::get(flows, &id)
+        .await
+        .map_err(|e| flow_error(e, lang))?
+    {
+        Some(v) => Ok(Json(identity::view(&v, false)).into_response()),
+        None => Err(ApiError::new(Code::NotFound, lang)),
+    }
+}

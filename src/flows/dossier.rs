@@ -1,0 +1,721 @@
+//! Dossier sync: records (`DongBoHoSoMC`) and processing steps (`CapNhatTienDoHoSoMC`) to every
+//! configured portal target.
+//!
+//! Each target has its own lane (`portal:<target>`), and every job of a dossier uses the dossier code as
+//! its ordering key, so per dossier and target the queue delivers records and steps one at a time, in
+//! submission order, while one target's outage stalls only its own lane.
+//!
+//! The `dossier` record keeps, per target: whether the target has the dossier (`record_synced` after
+//! our create/update, `known_at_portal` when `TraCuuHoSo` said so), the last synced status and time,
+//! the last error, and the steps **held** because the target does not have the dossier yet. A step job
+//! that finds the dossier missing at its target is moved into `held` (its job ends) and later steps
+//! follow it there; the next record sync for that target sends the held steps right after the record,
+//! ten per call, in order. So a step never reaches a target before its dossier, and order is kept.
+//!
+//! Exactly once as far as the portal can see: a retried create becomes an update (`sync_dossier`
+//! switches the flag on error 3/4), and a step is only re-sent if the process dies between the portal
+//! applying it and the store recording it (the portal protocol has no way to ask which steps it has).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use dvc_portal::wire::{self, DossierRecord, Progress};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::callbacks::{self, event};
+use super::{
+    FlowError, Flows, Loaded, MAX_ROUNDS, applied, load, payload, put, rfc3339, to_payload,
+};
+use crate::app::Wiring;
+use crate::queue::worker::{HandlerFuture, JobHandler};
+use crate::queue::{Change, Expect, Job, JobError, Millis, NewJob};
+
+pub const RECORD_KIND: &str = "portal.record";
+pub const STEP_KIND: &str = "portal.step";
+pub(crate) const RECORDS: &str = "dossier";
+/// Most steps the portal takes in one call.
+const BATCH: usize = 10;
+
+pub fn lane(target: &str) -> String {
+    format!("portal:{target}")
+}
+
+/// A dossier code as the portal and VNPost use it: 1–64 of `A–Z a–z 0–9 . _ -`.
+pub fn valid_code(code: &str) -> bool {
+    (1..=64).contains(&code.len())
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Sync state of one dossier.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DossierState {
+    pub code: String,
+    /// The sequence number the next step gets (from 1).
+    pub next_sequence: u64,
+    pub targets: BTreeMap<String, TargetState>,
+    pub updated_at: Millis,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TargetState {
+    #[serde(default)]
+    pub record_synced: bool,
+    #[serde(default)]
+    pub known_at_portal: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_synced_status: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synced_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default)]
+    pub held: Vec<StepJob>,
+    #[serde(default)]
+    pub records_synced: u64,
+    #[serde(default)]
+    pub steps_synced: u64,
+}
+
+impl TargetState {
+    fn has_dossier(&self) -> bool {
+        self.record_synced || self.known_at_portal
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecordJob {
+    pub dossier_code: String,
+    pub record: DossierRecord,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepJob {
+    pub dossier_code: String,
+    pub event_id: String,
+    pub sequence: u64,
+    pub progress: Progress,
+}
+
+/// `PUT /v1/dossiers/{code}`: the dossier's current record in English field names.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordInput {
+    pub procedure_code: String,
+    #[serde(default)]
+    pub procedure_name: String,
+    #[serde(default)]
+    pub field_code: String,
+    #[serde(default)]
+    pub field_name: String,
+    #[serde(default)]
+    pub owner_name: String,
+    /// 1 citizen, 2 business, 3 state agency, 4 other organisation.
+    #[serde(default)]
+    pub applicant_type: Option<u8>,
+    #[serde(default)]
+    pub applicant_id: String,
+    #[serde(default)]
+    pub email: String,
+    #[serde(default)]
+    pub phone: String,
+    #[serde(default)]
+    pub summary: String,
+    #[serde(default)]
+    pub received_at: Option<String>,
+    #[serde(default)]
+    pub due_at: Option<String>,
+    #[serde(default)]
+    pub returned_at: Option<String>,
+    #[serde(default)]
+    pub finished_at: Option<String>,
+    pub status: String,
+    #[serde(default)]
+    pub result_by_post: bool,
+    /// `in_person`, `online` or `postal`.
+    #[serde(default)]
+    pub channel: Option<String>,
+    #[serde(default)]
+    pub handling_unit: String,
+    #[serde(default)]
+    pub note: String,
+    #[serde(default)]
+    pub submitted_documents: Vec<Value>,
+    #[serde(default)]
+    pub result_documents: Vec<Value>,
+    #[serde(default)]
+    pub fees: Vec<Value>,
+    /// Province-specific fields, passed to the portal verbatim.
+    #[serde(default)]
+    pub extra: Map<String, Value>,
+}
+
+/// `POST /v1/dossiers/{code}/events`: one processing step.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventInput {
+    pub status: String,
+    pub occurred_at: String,
+    pub handler: String,
+    #[serde(default)]
+    pub handler_title: String,
+    #[serde(default)]
+    pub department: String,
+    pub content: String,
+    #[serde(default)]
+    pub started_at: Option<String>,
+    #[serde(default)]
+    pub due_at: Option<String>,
+}
+
+pub use super::identity::Invalid;
+
+fn invalid(field: &'static str, code: &'static str, message: impl Into<String>) -> Invalid {
+    Invalid {
+        field,
+        code,
+        message: message.into(),
+    }
+}
+
+fn time(
+    faults: &mut Vec<Invalid>,
+    field: &'static str,
+    value: Option<&str>,
+    required: bool,
+) -> String {
+    match value.map(str::trim).filter(|s| !s.is_empty()) {
+        None if required => {
+            faults.push(invalid(field, "required", format!("{field} is required")));
+            String::new()
+        }
+        None => String::new(),
+        Some(v) => wire::portal_time(v).unwrap_or_else(|_| {
+            faults.push(invalid(field, "invalid_time", "expected an RFC 3339 time"));
+            String::new()
+        }),
+    }
+}
+
+/// The status as each target's table maps it (targets may map local words differently).
+fn status_codes(flows: &Flows, faults: &mut Vec<Invalid>, status: &str) -> BTreeMap<String, u8> {
+    let mut out = BTreeMap::new();
+    for (name, client) in &flows.ctx.clients.portal {
+        match client.status_map().code(status) {
+            Some(code) => {
+                out.insert(name.clone(), code);
+            }
+            None => {
+                faults.push(invalid(
+                    "status",
+                    "unknown_status",
+                    "neither a portal code 1-10 nor a configured status word",
+                ));
+                return out;
+            }
+        }
+    }
+    out
+}
+
+/// Checks a record and maps it, per target, onto the portal's record.
+pub fn check_record(
+    flows: &Flows,
+    code: &str,
+    input: &RecordInput,
+) -> Result<BTreeMap<String, DossierRecord>, Vec<Invalid>> {
+    let mut faults = Vec::new();
+    if input.procedure_code.trim().is_empty() {
+        faults.push(invalid(
+            "procedure_code",
+            "required",
+            "procedure_code is required",
+        ));
+    }
+    if input.applicant_type.is_some_and(|t| !(1..=4).contains(&t)) {
+        faults.push(invalid(
+            "applicant_type",
+            "invalid_applicant_type",
+            "expected 1 to 4",
+        ));
+    }
+    let channel = match input.channel.as_deref() {
+        None => String::new(),
+        Some("in_person") => "1".into(),
+        Some("online") => "2".into(),
+        Some("postal") => "3".into(),
+        Some(_) => {
+            faults.push(invalid(
+                "channel",
+                "invalid_channel",
+                "expected in_person, online or postal",
+            ));
+            String::new()
+        }
+    };
+    let received = time(
+        &mut faults,
+        "received_at",
+        input.received_at.as_deref(),
+        false,
+    );
+    let due = time(&mut faults, "due_at", input.due_at.as_deref(), false);
+    let returned = time(
+        &mut faults,
+        "returned_at",
+        input.returned_at.as_deref(),
+        false,
+    );
+    let finished = time(
+        &mut faults,
+        "finished_at",
+        input.finished_at.as_deref(),
+        false,
+    );
+    let codes = status_codes(flows, &mut faults, &input.status);
+    if !faults.is_empty() {
+        return Err(faults);
+    }
+    Ok(codes
+        .into_iter()
+        .map(|(target, status)| {
+            let record = DossierRecord {
+                ma_ho_so: code.to_owned(),
+                ma_tthc: input.procedure_code.trim().to_owned(),
+                ten_tthc: input.procedure_name.clone(),
+                ma_linh_vuc: input.field_code.clone(),
+                ten_linh_vuc: input.field_name.clone(),
+                chu_ho_so: input.owner_name.clone(),
+                loai_doi_tuong: input
+                    .applicant_type
+                    .map(|t| t.to_string())
+                    .unwrap_or_default(),
+                ma_doi_tuong: input.applicant_id.clone(),
+                email: input.email.clone(),
+                so_dien_thoai: input.phone.clone(),
+                trich_yeu_ho_so: input.summary.clone(),
+                ngay_tiep_nhan: received.clone(),
+                ngay_hen_tra: due.clone(),
+                ngay_tra: returned.clone(),
+                ngay_ket_thuc_xu_ly: finished.clone(),
+                trang_thai_ho_so: status.to_string(),
+                hinh_thuc: if input.result_by_post { "1" } else { "0" }.into(),
+                kenh_thuc_hien: channel.clone(),
+                don_vi_xu_ly: input.handling_unit.clone(),
+                ghi_chu: input.note.clone(),
+                tai_lieu_nop: input.submitted_documents.clone(),
+                danh_sach_giay_to_ket_qua: input.result_documents.clone(),
+                danh_sach_le_phi: input.fees.clone(),
+                extra: input.extra.clone(),
+            };
+            (target, record)
+        })
+        .collect())
+}
+
+/// Checks a step and maps it, per target, onto the portal's progress record.
+pub fn check_event(
+    flows: &Flows,
+    code: &str,
+    input: &EventInput,
+) -> Result<BTreeMap<String, Progress>, Vec<Invalid>> {
+    let mut faults = Vec::new();
+    for (field, value) in [("handler", &input.handler), ("content", &input.content)] {
+        if value.trim().is_empty() {
+            faults.push(invalid(field, "required", format!("{field} is required")));
+        }
+    }
+    let occurred = time(&mut faults, "occurred_at", Some(&input.occurred_at), true);
+    let started = time(
+        &mut faults,
+        "started_at",
+        input.started_at.as_deref(),
+        false,
+    );
+    let due = time(&mut faults, "due_at", input.due_at.as_deref(), false);
+    let codes = status_codes(flows, &mut faults, &input.status);
+    if !faults.is_empty() {
+        return Err(faults);
+    }
+    Ok(codes
+        .into_iter()
+        .map(|(target, status)| {
+            let progress = Progress {
+                ma_ho_so: code.to_owned(),
+                nguoi_xu_ly: wire::handler_name(&input.handler),
+                chuc_danh: input.handler_title.clone(),
+                thoi_diem_xu_ly: occurred.clone(),
+                phong_ban_xu_ly: input.department.clone(),
+                noi_dung_xu_ly: input.content.clone(),
+                trang_thai: status.to_string(),
+                ngay_bat_dau: started.clone(),
+                ngay_ket_thuc_theo_quy_dinh: due.clone(),
+            };
+            (target, progress)
+        })
+        .collect())
+}
+
+async fn state(flows: &Flows, code: &str) -> Result<Loaded<DossierState>, FlowError> {
+    Ok(load(&flows.ctx.queue, RECORDS, code)
+        .await?
+        .unwrap_or_else(|| Loaded {
+            value: DossierState {
+                code: code.to_owned(),
+                next_sequence: 1,
+                ..Default::default()
+            },
+            version: 0,
+        }))
+}
+
+fn write_state(loaded: &Loaded<DossierState>, code: &str) -> crate::queue::RecordWrite {
+    let expect = match loaded.version {
+        0 => Expect::Absent,
+        v => Expect::Version(v),
+    };
+    put(RECORDS, code, expect, &loaded.value)
+}
+
+/// The change that accepts a record: one job per target. Re-plan on a conflict.
+pub async fn plan_record(
+    flows: &Flows,
+    code: &str,
+    records: &BTreeMap<String, DossierRecord>,
+) -> Result<Change, FlowError> {
+    let mut loaded = state(flows, code).await?;
+    loaded.value.updated_at = flows.ctx.queue.now();
+    let jobs = records
+        .iter()
+        .map(|(target, record)| {
+            NewJob::new(
+                RECORD_KIND,
+                lane(target),
+                code,
+                to_payload(&RecordJob {
+                    dossier_code: code.to_owned(),
+                    record: record.clone(),
+                }),
+            )
+        })
+        .collect();
+    Ok(Change {
+        writes: vec![write_state(&loaded, code)],
+        jobs,
+    })
+}
+
+/// Adds one step (a sequence number and one job per target) to `change`; answers (event id, sequence).
+pub async fn plan_event(
+    flows: &Flows,
+    change: &mut Change,
+    code: &str,
+    steps: &BTreeMap<String, Progress>,
+) -> Result<(String, u64), FlowError> {
+    let mut loaded = state(flows, code).await?;
+    let sequence = loaded.value.next_sequence.max(1);
+    loaded.value.next_sequence = sequence + 1;
+    loaded.value.updated_at = flows.ctx.queue.now();
+    let event_id = ulid::Ulid::new().to_string();
+    change.writes.push(write_state(&loaded, code));
+    for (target, progress) in steps {
+        change.jobs.push(NewJob::new(
+            STEP_KIND,
+            lane(target),
+            code,
+            to_payload(&StepJob {
+                dossier_code: code.to_owned(),
+                event_id: event_id.clone(),
+                sequence,
+                progress: progress.clone(),
+            }),
+        ));
+    }
+    Ok((event_id, sequence))
+}
+
+/// What `GET /v1/dossiers/{code}` shows per target.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetView {
+    pub target: String,
+    pub last_synced_status: Option<u8>,
+    pub pending: usize,
+    pub waiting_for_record: usize,
+    pub last_error: Option<String>,
+    pub synced_at: Option<String>,
+    pub records_synced: u64,
+    pub steps_synced: u64,
+}
+
+pub async fn view(flows: &Flows, code: &str) -> Result<Option<Vec<TargetView>>, FlowError> {
+    let Some(loaded) = load::<DossierState>(&flows.ctx.queue, RECORDS, code).await? else {
+        return Ok(None);
+    };
+    let mut out = Vec::new();
+    for target in flows.ctx.clients.portal.keys() {
+        let ts = loaded
+            .value
+            .targets
+            .get(target)
+            .cloned()
+            .unwrap_or_default();
+        let pending = flows
+            .ctx
+            .queue
+            .unfinished(&lane(target), code, 1000)
+            .await?;
+        let job_error = pending
+            .first()
+            .and_then(|j| j.last_error.as_ref())
+            .map(|e| e.code.clone());
+        out.push(TargetView {
+            target: target.clone(),
+            last_synced_status: ts.last_synced_status,
+            pending: pending.len(),
+            waiting_for_record: ts.held.len(),
+            last_error: job_error.or(ts.last_error),
+            synced_at: ts.synced_at,
+            records_synced: ts.records_synced,
+            steps_synced: ts.steps_synced,
+        });
+    }
+    Ok(Some(out))
+}
+
+pub(crate) fn register(flows: &Flows, wiring: &mut Wiring) {
+    if flows.ctx.clients.portal.is_empty() {
+        return;
+    }
+    let handler = Arc::new(Sync(flows.clone()));
+    wiring.handlers.register(RECORD_KIND, handler.clone());
+    wiring.handlers.register(STEP_KIND, handler);
+    for target in flows.ctx.clients.portal.keys() {
+        wiring.lanes.push(lane(target));
+    }
+}
+
+#[derive(Debug)]
+struct Sync(Flows);
+
+fn target_of(job: &Job) -> Result<&str, JobError> {
+    job.lane
+        .strip_prefix("portal:")
+        .ok_or_else(|| JobError::permanent("bad_lane", "a portal job outside a portal lane"))
+}
+
+impl Sync {
+    fn client(&self, target: &str) -> Result<&dvc_portal::client::PortalClient, JobError> {
+        self.0.ctx.clients.portal.get(target).ok_or_else(|| {
+            JobError::auth(
+                "not_configured",
+                format!("portal target {target} is not configured"),
+            )
+        })
+    }
+
+    /// Read-modify-write of one target's state, with the jobs `extra` returns.
+    async fn update(
+        &self,
+        code: &str,
+        target: &str,
+        mut f: impl FnMut(&mut TargetState) -> Vec<NewJob>,
+    ) -> Result<(), FlowError> {
+        for _ in 0..MAX_ROUNDS {
+            let mut loaded = state(&self.0, code).await?;
+            let ts = loaded.value.targets.entry(target.to_owned()).or_default();
+            let jobs = f(ts);
+            loaded.value.updated_at = self.0.ctx.queue.now();
+            let change = Change {
+                writes: vec![write_state(&loaded, code)],
+                jobs,
+            };
+            if applied(&self.0.ctx.queue.commit(change).await?) {
+                return Ok(());
+            }
+        }
+        Err(FlowError::Contended(code.to_owned()))
+    }
+
+    async fn sync_record(&self, job: &Job) -> Result<(), JobError> {
+        let target = target_of(job)?;
+        let client = self.client(target)?;
+        let rj: RecordJob = payload(job)?;
+        let code = rj.dossier_code.as_str();
+        let before = state(&self.0, code).await?;
+        let ts = before
+            .value
+            .targets
+            .get(target)
+            .cloned()
+            .unwrap_or_default();
+        client.sync_dossier(&rj.record, ts.has_dossier()).await?;
+        let now = rfc3339(self.0.ctx.queue.now());
+        let status = rj.record.trang_thai_ho_so.parse::<u8>().ok();
+        let completed = callbacks::job(
+            &self.0,
+            event::SYNC_COMPLETED,
+            code,
+            serde_json::json!({
+                "dossier_code": code, "target": target, "kind": "record", "status": status,
+            }),
+        );
+        self.update(code, target, |ts| {
+            ts.record_synced = true;
+            ts.last_synced_status = status.or(ts.last_synced_status);
+            ts.synced_at = Some(now.clone());
+            ts.last_error = None;
+            ts.records_synced += 1;
+            completed.clone().into_iter().collect()
+        })
+        .await?;
+        // Steps held for this target go right after the record, in order, ten per call.
+        loop {
+            let held = state(&self.0, code)
+                .await?
+                .value
+                .targets
+                .get(target)
+                .map(|t| t.held.clone())
+                .unwrap_or_default();
+            if held.is_empty() {
+                return Ok(());
+            }
+            let batch: Vec<StepJob> = held.into_iter().take(BATCH).collect();
+            let steps: Vec<Progress> = batch.iter().map(|s| s.progress.clone()).collect();
+            client.push_steps(&steps).await?;
+            let sent: Vec<String> = batch.iter().map(|s| s.event_id.clone()).collect();
+            let now = rfc3339(self.0.ctx.queue.now());
+            self.update(code, target, |ts| {
+                ts.held.retain(|s| !sent.contains(&s.event_id));
+                ts.steps_synced += sent.len() as u64;
+                ts.synced_at = Some(now.clone());
+                vec![]
+            })
+            .await?;
+        }
+    }
+
+    async fn push_step(&self, job: &Job) -> Result<(), JobError> {
+        let target = target_of(job)?;
+        let client = self.client(target)?;
+        let step: StepJob = payload(job)?;
+        let code = step.dossier_code.clone();
+        let ts = state(&self.0, &code)
+            .await?
+            .value
+            .targets
+            .get(target)
+            .cloned()
+            .unwrap_or_default();
+        let mut has_dossier = ts.has_dossier();
+        if ts.held.is_empty() && !has_dossier && client.dossier_exists(&code).await? {
+            self.update(&code, target, |ts| {
+                ts.known_at_portal = true;
+                vec![]
+            })
+            .await?;
+            has_dossier = true;
+        }
+        if !ts.held.is_empty() || !has_dossier {
+            return Ok(self.hold(&code, target, &step).await?);
+        }
+        let missing = self
+            .0
+            .ctx
+            .settings
+            .upstreams
+            .portal
+            .get(target)
+            .map_or(4, |t| t.profile.does_not_exist_code);
+        match client
+            .push_steps(std::slice::from_ref(&step.progress))
+            .await
+        {
+            Ok(()) => {}
+            // The target says it does not have the dossier after all: hold until a record comes.
+            Err(e) if e.code == format!("portal_{missing}") => {
+                self.update(&code, target, |ts| {
+                    ts.known_at_portal = false;
+                    ts.record_synced = false;
+                    vec![]
+                })
+                .await?;
+                return Ok(self.hold(&code, target, &step).await?);
+            }
+            Err(e) => return Err(e),
+        }
+        let now = rfc3339(self.0.ctx.queue.now());
+        let status = step.progress.trang_thai.parse::<u8>().ok();
+        self.update(&code, target, |ts| {
+            ts.steps_synced += 1;
+            ts.last_synced_status = status.or(ts.last_synced_status);
+            ts.synced_at = Some(now.clone());
+            ts.last_error = None;
+            vec![]
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn hold(&self, code: &str, target: &str, step: &StepJob) -> Result<(), FlowError> {
+        self.update(code, target, |ts| {
+            if !ts.held.iter().any(|s| s.event_id == step.event_id) {
+                ts.held.push(step.clone());
+            }
+            vec![]
+        })
+        .await
+    }
+}
+
+impl JobHandler for Sync {
+    fn handle<'a>(&'a self, job: &'a Job) -> HandlerFuture<'a> {
+        Box::pin(async move {
+            match job.kind.as_str() {
+                RECORD_KIND => self.sync_record(job).await,
+                _ => self.push_step(job).await,
+            }
+        })
+    }
+
+    fn dead<'a>(&'a self, job: &'a Job, error: &'a JobError) -> HandlerFuture<'a> {
+        Box::pin(async move {
+            let target = target_of(job)?;
+            let code = job.ordering_key.clone();
+            let failed = callbacks::job(
+                &self.0,
+                event::SYNC_FAILED,
+                &code,
+                serde_json::json!({
+                    "dossier_code": code,
+                    "target": target,
+                    "kind": if job.kind == RECORD_KIND { "record" } else { "step" },
+                    "job_id": job.id.to_string(),
+                    "error_code": error.code,
+                }),
+            );
+            self.update(&code, target, |ts| {
+                ts.last_error = Some(error.code.clone());
+                failed.clone().into_iter().collect()
+            })
+            .await?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dossier_codes_are_bounded_and_path_safe() {
+        assert!(valid_code("H56.22-241127-0001"));
+        assert!(valid_code("000.00.00.H56_1"));
+        for bad in ["", "a/b", "a b", "hồsơ", &"x".repeat(65)] {
+            assert!(!valid_code(bad), "{bad}");
+        }
+    }
+}
