@@ -36,6 +36,10 @@ pub enum Command {
         #[arg(long)]
         print: bool,
     },
+    /// The demo: the three simulators and the daemon in one process (temporary store, nothing to set
+    /// up), a realistic day of portal traffic through the real API with upstream faults and an outage,
+    /// live progress, and a summary checked against what the simulators received.
+    Demo(DemoArgs),
     /// Run an upstream simulator (no government access needed) until SIGTERM or SIGINT.
     Simulate(SimulateArgs),
     /// One screen on a running daemon: store, lanes, depths, overdue time, retries, dead letters.
@@ -150,6 +154,32 @@ pub enum SimTarget {
     Portal,
     /// All three, each on its default port (or each on a free port with --listen 127.0.0.1:0).
     All,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// How many dossiers to file (each: a verification, a record, 3–5 steps, some shipments).
+    #[arg(long, default_value_t = 200)]
+    pub dossiers: usize,
+    /// Dossiers filed at the same time.
+    #[arg(long, default_value_t = 8)]
+    pub parallel: usize,
+    /// Without injected upstream faults and the portal outage.
+    #[arg(long)]
+    pub no_faults: bool,
+    /// After the summary, keep the daemon and simulators running (dashboard, API) until Ctrl-C.
+    #[arg(long)]
+    pub keep_running: bool,
+    /// Only drive the traffic, against an already running daemon's API (e.g. http://127.0.0.1:8080),
+    /// with the token in DVC_CONNECTOR_TOKEN.
+    #[arg(long, value_name = "URL")]
+    pub against: Option<String>,
+    /// Names this run's dossiers (`<run>-0001` …); default: a fresh one.
+    #[arg(long)]
+    pub run: Option<String>,
+    /// Write what was accepted (JSON) to this file.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -18,6 +18,7 @@
 //!   [`status`]: `dvc-connector status`, one screen from the ops listener.
 //! - [`bench`]: `dvc-connector bench …` measurements; [`qualify`]: the crash-qualification child;
 //!   [`simulate`]: `dvc-connector simulate …`, the upstream simulators from `adapters/` as a process.
+//! - [`demo`]: `dvc-connector demo`, the simulators, the daemon and a day of traffic in one process.
 //! - [`upstreams`]: the upstream clients (`adapters/`) built from settings at start-up.
 //! - [`telemetry`]: logging; [`tls`]: the rustls crypto provider.
 #![forbid(unsafe_code)]
@@ -26,6 +27,7 @@ pub mod api;
 pub mod app;
 pub mod bench;
 pub mod cli;
+pub mod demo;
 pub mod flows;
 pub mod jobs_cli;
 pub mod metrics;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use dvc_connector::app::{self, Application};
 use dvc_connector::cli::{BenchCommand, Cli, Command};
-use dvc_connector::{bench, jobs_cli, qualify, settings, simulate, status, telemetry};
+use dvc_connector::{bench, demo, jobs_cli, qualify, settings, simulate, status, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -37,6 +37,14 @@ fn main() -> ExitCode {
             })
         })),
         Command::Jobs(args) => exit(runtime().and_then(|rt| rt.block_on(jobs_cli::run(args)))),
+        Command::Demo(args) => match runtime().and_then(|rt| rt.block_on(demo::run(args))) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(error) => {
+                eprintln!("dvc-connector: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Simulate(args) => exit(runtime().and_then(|rt| rt.block_on(simulate::run(args)))),
         Command::Bench(BenchCommand::Queue(args)) => {
             exit(runtime().and_then(|rt| rt.block_on(bench::queue(args))))
