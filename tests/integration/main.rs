@@ -5,6 +5,7 @@ mod cli;
 mod crash;
 mod daemon;
 mod dashboard;
+mod flows;
 mod helpers;
 mod jobs_api;
 mod metrics;

@@ -1,0 +1,757 @@
+//! The three flows end to end: the real daemon against the simulators (in this process, so their
+//! ledgers can be read directly), driven by the demo's traffic through the real API.
+//!
+//! The guarantees are asserted here from the simulators' own records, not from the connector's view:
+//! every accepted record and step reached every portal target, each step once, in submission order,
+//! never before its dossier; every accepted shipment became exactly one VNPost order.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use dvc_connector::demo::traffic::{Report, STEP_PREFIX};
+use dvc_upstream::sim::{FaultPlan, Running};
+use serde_json::{Value, json};
+
+use super::helpers::{Proc, write_config};
+
+const PORTAL_TOKEN: &str = "portal-token-for-flow-tests";
+const ADMIN_TOKEN: &str = "admin-only-token-for-flow-tests";
+const CALLBACK_SECRET: &str = "callback-secret-for-flow-tests";
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[derive(Default)]
+struct Callbacks {
+    /// (event type, body) of every callback whose signature verified.
+    good: Vec<(String, Value)>,
+    bad: usize,
+}
+
+async fn receive(
+    State(cb): State<Arc<Mutex<Callbacks>>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> StatusCode {
+    let sig = headers
+        .get("x-connector-signature")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mut cb = cb.lock().expect("lock");
+    if !dvc_connector::flows::callbacks::verify(CALLBACK_SECRET.as_bytes(), sig, &body) {
+        cb.bad += 1;
+        return StatusCode::UNAUTHORIZED;
+    }
+    let kind = headers
+        .get("x-connector-event")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    cb.good
+        .push((kind, serde_json::from_slice(&body).unwrap_or(Value::Null)));
+    StatusCode::NO_CONTENT
+}
+
+/// Simulators, a callback receiver, and a configuration pointing the daemon at them.
+struct World {
+    rt: tokio::runtime::Runtime,
+    population: Arc<dvc_population::simulator::Simulator>,
+    postal: Arc<dvc_postal::simulator::Simulator>,
+    national: Arc<dvc_portal::simulator::Simulator>,
+    provincial: Arc<dvc_portal::simulator::Simulator>,
+    callbacks: Arc<Mutex<Callbacks>>,
+    _running: Vec<Running>,
+    config: std::path::PathBuf,
+}
+
+fn faults(seed: u64, rate: f64) -> FaultPlan {
+    FaultPlan {
+        http_500: rate,
+        http_429: rate / 2.0,
+        reset: rate / 2.0,
+        retry_after_secs: 0,
+        seed: Some(seed),
+        ..Default::default()
+    }
+}
+
+impl World {
+    fn start(dir: &Path, rate: f64) -> World {
+        dvc_connector::tls::install_crypto_provider();
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let callbacks = Arc::new(Mutex::new(Callbacks::default()));
+        let (running, population, postal, national, provincial, cb_url) = rt.block_on(async {
+            let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
+            let mut pop =
+                dvc_population::simulator::SimulatorConfig::with_fixture().expect("fixture");
+            pop.faults = faults(1, rate);
+            let (pop_run, population) =
+                dvc_population::simulator::start(bind().await.expect("bind"), pop).expect("start");
+            let (postal_run, postal) = dvc_postal::simulator::start(
+                bind().await.expect("bind"),
+                dvc_postal::simulator::SimulatorConfig {
+                    step_interval: Duration::from_millis(150),
+                    faults: faults(2, rate),
+                    ..Default::default()
+                },
+            )
+            .expect("start");
+            let portal = |seed| {
+                dvc_portal::simulator::Simulator::new(dvc_portal::simulator::SimulatorConfig {
+                    faults: faults(seed, rate),
+                    ..Default::default()
+                })
+            };
+            let (national, provincial) = (portal(3), portal(4));
+            let router = axum::Router::new()
+                .nest(
+                    "/provincial",
+                    dvc_portal::simulator::router(provincial.clone()),
+                )
+                .merge(dvc_portal::simulator::router(national.clone()));
+            let portal_run =
+                dvc_upstream::sim::serve(bind().await.expect("bind"), router).expect("serve");
+            let cb_listener = bind().await.expect("bind");
+            let cb_url = format!("http://{}/cb", cb_listener.local_addr().expect("addr"));
+            let cb_run = dvc_upstream::sim::serve(
+                cb_listener,
+                axum::Router::new()
+                    .route("/cb", axum::routing::post(receive))
+                    .with_state(callbacks.clone()),
+            )
+            .expect("serve");
+            (
+                vec![pop_run, postal_run, portal_run, cb_run],
+                population,
+                postal,
+                national,
+                provincial,
+                cb_url,
+            )
+        });
+        let base = |i: usize| running[i].base_url();
+        let extra = format!(
+            r#"
+[queue.circuit]
+failures = 0
+[[api.tokens]]
+name = "portal"
+sha256 = "{portal}"
+scopes = ["portal"]
+[[api.tokens]]
+name = "ops"
+sha256 = "{admin}"
+scopes = ["admin"]
+[upstreams]
+allow_insecure_http = true
+[upstreams.population]
+service_url = "{pop}/dancu/soap"
+token_url = "{pop}/token"
+client_id = "dvc-dev"
+client_secret = "dev-secret"
+timeout = "3s"
+connect_timeout = "1s"
+[upstreams.postal]
+base_url = "{postal}"
+customer_code = "DVCDEV01"
+customer_key = "dev-customer"
+secret_key = "dev-secret"
+timeout = "3s"
+connect_timeout = "1s"
+[upstreams.portal.national]
+base_url = "{portal_url}"
+username = "dvc-dev"
+password = "dev-password"
+agency_code = "000.00.00.H56"
+timeout = "3s"
+connect_timeout = "1s"
+[upstreams.portal.provincial]
+base_url = "{portal_url}/provincial"
+username = "dvc-dev"
+password = "dev-password"
+agency_code = "000.00.00.H56"
+timeout = "3s"
+connect_timeout = "1s"
+[callbacks]
+url = "{cb_url}"
+secret = "{CALLBACK_SECRET}"
+[flows.identity]
+default_mode = "full"
+[flows.postal]
+tracking_interval = "100ms"
+[flows.postal.sender]
+name = "Bộ phận Một cửa"
+phone = "02363888999"
+address = "24 Trần Phú"
+province_code = "48"
+"#,
+            portal = sha256_hex(PORTAL_TOKEN),
+            admin = sha256_hex(ADMIN_TOKEN),
+            pop = base(0),
+            postal = base(1),
+            portal_url = base(2),
+        );
+        let config = write_config(dir, "redb", &dir.join("store"), &extra);
+        World {
+            rt,
+            population,
+            postal,
+            national,
+            provincial,
+            callbacks,
+            _running: running,
+            config,
+        }
+    }
+
+    fn daemon(&self, env: &[(&str, &str)]) -> (Proc, String) {
+        let mut daemon = Proc::spawn_with_env(
+            &["run", "--config", self.config.to_str().expect("path")],
+            env,
+        );
+        let api = daemon.listen_addr("api_addr");
+        (daemon, api)
+    }
+
+    /// Waits until `done` holds for the portal and postal ledgers (at most `timeout`).
+    fn wait_until(&self, timeout: Duration, done: impl Fn(&World) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if done(self) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        done(self)
+    }
+}
+
+type Sim = dvc_portal::simulator::Simulator;
+
+/// Step contents per dossier, in arrival order.
+fn arrivals(sim: &Sim) -> HashMap<String, Vec<String>> {
+    let mut out: HashMap<String, Vec<String>> = HashMap::new();
+    for s in sim.steps() {
+        if s.step.noi_dung_xu_ly.starts_with(STEP_PREFIX) {
+            out.entry(s.step.ma_ho_so)
+                .or_default()
+                .push(s.step.noi_dung_xu_ly);
+        }
+    }
+    out
+}
+
+fn all_steps_arrived(sim: &Sim, report: &Report) -> bool {
+    let got = arrivals(sim);
+    report.dossiers.iter().all(|d| {
+        let have = got.get(&d.code).cloned().unwrap_or_default();
+        d.steps.iter().all(|s| have.contains(s))
+            && (d.records == 0 || sim.dossier(&d.code).is_some())
+    })
+}
+
+fn created_orders(postal: &dvc_postal::simulator::Simulator) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for e in postal.ledger.snapshot() {
+        if e.operation == "create" && e.outcome == "created" {
+            *out.entry(e.order_number).or_default() += 1;
+        }
+    }
+    out
+}
+
+/// The guarantees, asserted from the simulators' records. `max_repeats`: how many steps may arrive a
+/// second time (0 without a crash).
+fn assert_guarantees(w: &World, report: &Report, max_repeats: usize) -> usize {
+    let mut all_repeats = 0;
+    for (name, sim) in [("national", &w.national), ("provincial", &w.provincial)] {
+        let got = arrivals(sim);
+        let mut repeats = 0;
+        for d in &report.dossiers {
+            assert!(
+                d.records == 0 || sim.dossier(&d.code).is_some(),
+                "{name}: dossier {} never arrived",
+                d.code
+            );
+            let have = got.get(&d.code).cloned().unwrap_or_default();
+            let mut first: Vec<String> = Vec::new();
+            for s in have {
+                if first.contains(&s) {
+                    repeats += 1;
+                } else {
+                    first.push(s);
+                }
+            }
+            assert_eq!(
+                first, d.steps,
+                "{name}: the steps of {} arrived as {first:?}, submitted as {:?}",
+                d.code, d.steps
+            );
+        }
+        assert!(
+            repeats <= max_repeats,
+            "{name}: {repeats} steps arrived twice (at most {max_repeats} allowed)"
+        );
+        all_repeats += repeats;
+        let refused: Vec<_> = sim
+            .ledger
+            .snapshot()
+            .into_iter()
+            .filter(|e| e.service == "CapNhatTienDoHoSoMC" && e.outcome == "error_code:4")
+            .collect();
+        assert!(
+            refused.is_empty(),
+            "{name}: steps sent before their dossier: {refused:?}"
+        );
+    }
+    let created = created_orders(&w.postal);
+    let expected: Vec<&String> = report.dossiers.iter().flat_map(|d| &d.orders).collect();
+    for order in &expected {
+        assert_eq!(
+            created.get(*order),
+            Some(&1),
+            "order {order} must be created exactly once"
+        );
+    }
+    assert_eq!(
+        created.len(),
+        expected.len(),
+        "VNPost has orders nobody accepted"
+    );
+    all_repeats
+}
+
+fn drive(api: &str, dir: &Path, dossiers: usize, run: &str) -> Proc {
+    let report = dir.join(format!("{run}.json"));
+    Proc::spawn_with_env(
+        &[
+            "demo",
+            "--against",
+            &format!("http://{api}"),
+            "--dossiers",
+            &dossiers.to_string(),
+            "--parallel",
+            "4",
+            "--run",
+            run,
+            "--report",
+            report.to_str().expect("path"),
+        ],
+        &[("DVC_CONNECTOR_TOKEN", PORTAL_TOKEN)],
+    )
+}
+
+fn read_report(dir: &Path, run: &str) -> Report {
+    let text = std::fs::read(dir.join(format!("{run}.json"))).expect("report written");
+    serde_json::from_slice(&text).expect("report JSON")
+}
+
+#[test]
+fn every_accepted_request_reaches_its_upstream_once_and_in_order_despite_faults() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = World::start(dir.path(), 0.06);
+    let (_daemon, api) = w.daemon(&[]);
+    let mut traffic = drive(&api, dir.path(), 30, "FLOW");
+    let status = traffic
+        .wait_exit(Duration::from_secs(180))
+        .expect("traffic finishes");
+    assert!(status.success(), "traffic: {:?}", traffic.err_lines);
+    let report = read_report(dir.path(), "FLOW");
+    assert_eq!(report.dossiers.len(), 30);
+    // The scripted faults of the traffic: impossible IDs answered 422, repeated result requests 200.
+    assert!(
+        report.answers.get(&422).copied().unwrap_or(0) >= 2,
+        "{:?}",
+        report.answers
+    );
+    assert!(
+        report.answers.get(&200).copied().unwrap_or(0) >= 10,
+        "{:?}",
+        report.answers
+    );
+    let injected = w
+        .national
+        .ledger
+        .snapshot()
+        .iter()
+        .filter(|e| e.outcome.starts_with("http_") || e.outcome == "reset")
+        .count();
+    assert!(injected > 0, "the portal simulator injected no faults");
+
+    let arrived = w.wait_until(Duration::from_secs(60), |w| {
+        all_steps_arrived(&w.national, &report)
+            && all_steps_arrived(&w.provincial, &report)
+            && created_orders(&w.postal).len()
+                == report
+                    .dossiers
+                    .iter()
+                    .map(|d| d.orders.len())
+                    .sum::<usize>()
+    });
+    assert!(arrived, "not everything accepted arrived within a minute");
+    assert_eq!(assert_guarantees(&w, &report, 0), 0);
+
+    // Delivered results got their "result returned" step; shipment changes were called back, signed.
+    let delivered = w.wait_until(Duration::from_secs(30), |w| {
+        let cb = w.callbacks.lock().expect("lock");
+        cb.good
+            .iter()
+            .any(|(t, b)| t == "shipment.status_changed" && b["data"]["status"] == "delivered")
+    });
+    assert!(delivered, "no delivery was called back");
+    let cb = w.callbacks.lock().expect("lock");
+    assert_eq!(cb.bad, 0, "every callback carries a valid signature");
+    assert!(cb.good.iter().any(|(t, _)| t == "dossier.sync.completed"));
+    drop(cb);
+    let returned = w
+        .national
+        .steps()
+        .iter()
+        .filter(|s| s.step.trang_thai == "10")
+        .count();
+    assert!(
+        returned > 0,
+        "a delivered result adds a result-returned step"
+    );
+}
+
+#[test]
+fn a_kill_9_in_the_middle_of_the_traffic_loses_nothing_that_was_acknowledged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = World::start(dir.path(), 0.03);
+    // A fixed API port, so that the traffic finds the restarted daemon where it left it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let env = [("DVC_CONNECTOR__API__LISTEN", listen.as_str())];
+    let (mut daemon, api) = w.daemon(&env);
+    let mut traffic = drive(&api, dir.path(), 40, "KILL");
+    let mut kills = 0;
+    for threshold in [25, 90] {
+        let reached = w.wait_until(Duration::from_secs(60), |w| {
+            w.national.steps().len() >= threshold
+        });
+        assert!(reached, "traffic did not get going");
+        daemon.sigkill();
+        kills += 1;
+        std::thread::sleep(Duration::from_millis(300));
+        daemon = w.daemon(&env).0;
+    }
+    let status = traffic
+        .wait_exit(Duration::from_secs(240))
+        .expect("traffic finishes");
+    assert!(status.success(), "traffic: {:?}", traffic.err_lines);
+    assert!(
+        report_retries(&read_report(dir.path(), "KILL")) > 0,
+        "the traffic should have met the daemon down at least once"
+    );
+    let report = read_report(dir.path(), "KILL");
+    let arrived = w.wait_until(Duration::from_secs(90), |w| {
+        all_steps_arrived(&w.national, &report) && all_steps_arrived(&w.provincial, &report)
+    });
+    assert!(arrived, "acknowledged steps are missing after the restarts");
+    // A step can arrive twice only if the process died after the portal applied it and before the
+    // store recorded it: at most the jobs in flight per lane at each kill.
+    let repeats = assert_guarantees(&w, &report, kills * 8);
+    let total: usize = report.dossiers.iter().map(|d| d.steps.len()).sum();
+    eprintln!(
+        "kill -9 x{kills}: {} dossiers, {total} steps accepted, {} requests retried by the portal, {repeats} steps repeated at a portal",
+        report.dossiers.len(),
+        report.retried_requests,
+    );
+    drop(daemon);
+}
+
+fn report_retries(r: &Report) -> u64 {
+    r.retried_requests
+}
+
+struct Api<'a> {
+    rt: &'a tokio::runtime::Runtime,
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Api<'_> {
+    fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, HeaderMap, Value) {
+        self.rt.block_on(async {
+            let mut req = self.client.request(method, format!("{}{path}", self.base));
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            if let Some(k) = key {
+                req = req.header("Idempotency-Key", k);
+            }
+            if let Some(b) = body {
+                req = req.json(&b);
+            }
+            let r = req.send().await.expect("request");
+            let status = r.status().as_u16();
+            let headers = r.headers().clone();
+            (status, headers, r.json().await.unwrap_or(Value::Null))
+        })
+    }
+}
+
+fn verification(id: &str, name: &str, dob: &str, gender: &str) -> Value {
+    json!({
+        "citizen_id": id, "full_name": name, "date_of_birth": dob, "gender": gender,
+        "procedure_code": "1.001612", "officer_id": "CB-01",
+    })
+}
+
+#[test]
+fn the_api_checks_ids_before_any_upstream_call_scopes_tokens_and_replays_idempotent_requests() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = World::start(dir.path(), 0.0);
+    let (_daemon, api) = w.daemon(&[]);
+    let a = Api {
+        rt: &w.rt,
+        base: format!("http://{api}"),
+        client: reqwest::Client::new(),
+    };
+    let post = reqwest::Method::POST;
+
+    // 422 for each structural fault, with its code, and the population DB never asked.
+    for (id, dob, gender, code) in [
+        ("08317331699", "1973-09-27", "female", "invalid_length"),
+        ("08317331699x", "1973-09-27", "female", "not_digits"),
+        ("003173316997", "1973-09-27", "female", "unknown_place_code"),
+        (
+            "083183316997",
+            "1973-09-27",
+            "female",
+            "birth_year_mismatch",
+        ),
+        ("083073316997", "1973-09-27", "female", "sex_mismatch"),
+    ] {
+        let (status, _, body) = a.send(
+            post.clone(),
+            "/v1/identity/verifications",
+            Some(PORTAL_TOKEN),
+            None,
+            Some(verification(id, "Võ Ngọc Trang", dob, gender)),
+        );
+        assert_eq!(status, 422, "{id}: {body}");
+        assert_eq!(body["code"], "invalid_citizen_id");
+        assert_eq!(body["errors"][0]["field"], "citizen_id");
+        assert_eq!(body["errors"][0]["code"], code, "{id}");
+        assert!(
+            !body.to_string().contains(id),
+            "the ID is not echoed: {body}"
+        );
+    }
+    assert!(
+        w.population.ledger.snapshot().is_empty(),
+        "a structural fault must not reach the population DB"
+    );
+
+    // 401 without a token, 403 with the wrong scope (both ways).
+    let (status, _, body) = a.send(post.clone(), "/v1/shipments", None, None, Some(json!({})));
+    assert_eq!((status, body["code"].as_str()), (401, Some("unauthorized")));
+    let (status, _, body) = a.send(
+        post.clone(),
+        "/v1/shipments",
+        Some(ADMIN_TOKEN),
+        None,
+        Some(json!({})),
+    );
+    assert_eq!((status, body["code"].as_str()), (403, Some("forbidden")));
+    let (status, _, _) = a.send(
+        reqwest::Method::GET,
+        "/v1/jobs",
+        Some(PORTAL_TOKEN),
+        None,
+        None,
+    );
+    assert_eq!(status, 403);
+
+    // A verdict within the wait: 200, no personal data in it.
+    let (status, _, body) = a.send(
+        post.clone(),
+        "/v1/identity/verifications?wait=10s",
+        Some(PORTAL_TOKEN),
+        None,
+        Some(verification(
+            "083173316997",
+            "Võ Ngọc Trang",
+            "1973-09-27",
+            "female",
+        )),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "verified");
+    assert_eq!(body["checks"]["full_name"], "match");
+    let text = body.to_string();
+    for private in ["083173316997", "Trang", "1973"] {
+        assert!(!text.contains(private), "{private} leaked: {text}");
+    }
+
+    // A slow population DB: 202 pending, then the verdict by GET and by signed callback.
+    w.rt.block_on(async {
+        w.population.faults.set(FaultPlan {
+            latency_ms: 800,
+            ..Default::default()
+        })
+    });
+    let (status, _, body) = a.send(
+        post.clone(),
+        "/v1/identity/verifications?wait=100ms",
+        Some(PORTAL_TOKEN),
+        None,
+        Some(verification(
+            "075160213922",
+            "Hoàng Thị Thu Quỳnh",
+            "1960-01-19",
+            "female",
+        )),
+    );
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (202, Some("pending")),
+        "{body}"
+    );
+    let id = body["id"].as_str().expect("id").to_owned();
+    let called_back =
+        w.wait_until(Duration::from_secs(20), |w| {
+            w.callbacks.lock().expect("lock").good.iter().any(|(t, b)| {
+                t == "identity.verification.completed" && b["data"]["id"] == id.as_str()
+            })
+        });
+    assert!(called_back, "the pending verdict was not called back");
+    let (status, _, body) = a.send(
+        reqwest::Method::GET,
+        &format!("/v1/identity/verifications/{id}"),
+        Some(PORTAL_TOKEN),
+        None,
+        None,
+    );
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("verified")),
+        "{body}"
+    );
+
+    // Idempotency-Key: the same request answers the original; another request with the key is 409.
+    let shipment = json!({
+        "dossier_code": "IDEM-0001", "kind": "dossier_pickup", "description": "Nhận hồ sơ",
+        "recipient": {"name": "Võ Ngọc Trang", "phone": "0905123456", "address": "1 Lê Lợi",
+                      "province_code": "48", "ward_code": "20194"},
+    });
+    let first = a.send(
+        post.clone(),
+        "/v1/shipments",
+        Some(PORTAL_TOKEN),
+        Some("k-1"),
+        Some(shipment.clone()),
+    );
+    assert_eq!(first.0, 202, "{}", first.2);
+    assert_eq!(first.2["order_number"], "IDEM-0001-TG1");
+    let again = a.send(
+        post.clone(),
+        "/v1/shipments",
+        Some(PORTAL_TOKEN),
+        Some("k-1"),
+        Some(shipment.clone()),
+    );
+    assert_eq!((again.0, &again.2), (first.0, &first.2));
+    assert_eq!(
+        again
+            .1
+            .get("idempotent-replayed")
+            .and_then(|v| v.to_str().ok()),
+        Some("true")
+    );
+    let mut other = shipment.clone();
+    other["description"] = json!("khác");
+    let reused = a.send(
+        post.clone(),
+        "/v1/shipments",
+        Some(PORTAL_TOKEN),
+        Some("k-1"),
+        Some(other),
+    );
+    assert_eq!(
+        (reused.0, reused.2["code"].as_str()),
+        (409, Some("idempotency_key_reused"))
+    );
+    // Without a key, the natural key: the active pickup is answered, not created again.
+    let natural = a.send(
+        post.clone(),
+        "/v1/shipments",
+        Some(PORTAL_TOKEN),
+        None,
+        Some(shipment),
+    );
+    assert_eq!(natural.0, 200);
+    assert_eq!(natural.2["id"], first.2["id"]);
+    let one_order = w.wait_until(Duration::from_secs(10), |w| {
+        created_orders(&w.postal).get("IDEM-0001-TG1") == Some(&1)
+    });
+    assert!(one_order);
+    assert_eq!(
+        created_orders(&w.postal).len(),
+        1,
+        "one order however often asked"
+    );
+
+    // A dossier record replayed with its key answers the same; a bad status names the field.
+    let record = json!({"procedure_code": "1.001612", "status": "new"});
+    let put = reqwest::Method::PUT;
+    let r1 = a.send(
+        put.clone(),
+        "/v1/dossiers/IDEM-0002",
+        Some(PORTAL_TOKEN),
+        Some("d-1"),
+        Some(record.clone()),
+    );
+    let r2 = a.send(
+        put.clone(),
+        "/v1/dossiers/IDEM-0002",
+        Some(PORTAL_TOKEN),
+        Some("d-1"),
+        Some(record),
+    );
+    assert_eq!((r1.0, &r1.2), (202, &r2.2));
+    let bad = a.send(
+        put,
+        "/v1/dossiers/IDEM-0002",
+        Some(PORTAL_TOKEN),
+        None,
+        Some(json!({"procedure_code": "1.001612", "status": "teleported"})),
+    );
+    assert_eq!(
+        (bad.0, bad.2["errors"][0]["field"].as_str()),
+        (422, Some("status"))
+    );
+    let unknown = a.send(
+        post,
+        "/v1/dossiers/IDEM-0002/events",
+        Some(PORTAL_TOKEN),
+        None,
+        Some(
+            json!({"status": "new", "occurred_at": "2026-11-27T08:00:00+07:00", "handler": "A",
+                    "content": "x", "colour": "red"}),
+        ),
+    );
+    assert_eq!(unknown.0, 400);
+    assert!(unknown.2.to_string().contains("colour"), "{}", unknown.2);
+}
