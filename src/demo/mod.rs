@@ -515,15 +515,24 @@ async fn summary(
             .iter()
             .filter(|e| e.service == "CapNhatTienDoHoSoMC" && e.outcome == "error_code:4")
             .count();
+        let calls: Vec<usize> = sim
+            .ledger
+            .snapshot()
+            .iter()
+            .filter(|e| e.service == "CapNhatTienDoHoSoMC" && e.outcome == "ok")
+            .map(|e| e.dossiers.len())
+            .collect();
         let c = check::portal(name, report, &dossiers, &steps, refused);
         ok &= c.holds();
         println!(
-            "  {} portal {name}: {}/{} dossiers, {}/{} steps, {} out of order, {} before their dossier, {} repeated",
+            "  {} portal {name}: {}/{} dossiers, {}/{} steps ({} calls, up to {} steps per call), {} out of order, {} before their dossier, {} repeated",
             mark(c.holds()),
             c.dossiers_expected - c.dossiers_missing,
             c.dossiers_expected,
             c.steps_expected - c.steps_missing,
             c.steps_expected,
+            calls.len(),
+            calls.iter().max().copied().unwrap_or(0),
             c.dossiers_out_of_order,
             c.steps_before_dossier,
             c.steps_duplicated

@@ -12,6 +12,10 @@
 //! follow it there; the next record sync for that target sends the held steps right after the record,
 //! ten per call, in order. So a step never reaches a target before its dossier, and order is kept.
 //!
+//! Batching: steps queued behind one another for the same dossier and target (after an outage, or a
+//! busy portal) are leased together (`JobHandler::batch`) and sent in one `CapNhatTienDoHoSoMC` call of
+//! up to ten, in order; a failed batch is retried one step at a time.
+//!
 //! Exactly once as far as the portal can see: a retried create becomes an update (`sync_dossier`
 //! switches the flag on error 3/4), and a step is only re-sent if the process dies between the portal
 //! applying it and the store recording it (the portal protocol has no way to ask which steps it has).
@@ -597,11 +601,15 @@ impl Sync {
         }
     }
 
-    async fn push_step(&self, job: &Job) -> Result<(), JobError> {
-        let target = target_of(job)?;
+    /// Steps of one dossier for one target (one job, or a batch of consecutive ones), in order.
+    async fn push_steps(&self, jobs: &[Job]) -> Result<(), JobError> {
+        let Some(first) = jobs.first() else {
+            return Ok(());
+        };
+        let target = target_of(first)?;
         let client = self.client(target)?;
-        let step: StepJob = payload(job)?;
-        let code = step.dossier_code.clone();
+        let steps: Vec<StepJob> = jobs.iter().map(payload).collect::<Result<_, _>>()?;
+        let code = steps[0].dossier_code.clone();
         let ts = state(&self.0, &code)
             .await?
             .value
@@ -619,7 +627,7 @@ impl Sync {
             has_dossier = true;
         }
         if !ts.held.is_empty() || !has_dossier {
-            return Ok(self.hold(&code, target, &step).await?);
+            return Ok(self.hold(&code, target, &steps).await?);
         }
         let missing = self
             .0
@@ -629,10 +637,8 @@ impl Sync {
             .portal
             .get(target)
             .map_or(4, |t| t.profile.does_not_exist_code);
-        match client
-            .push_steps(std::slice::from_ref(&step.progress))
-            .await
-        {
+        let progress: Vec<Progress> = steps.iter().map(|s| s.progress.clone()).collect();
+        match client.push_steps(&progress).await {
             Ok(()) => {}
             // The target says it does not have the dossier after all: hold until a record comes.
             Err(e) if e.code == format!("portal_{missing}") => {
@@ -642,14 +648,17 @@ impl Sync {
                     vec![]
                 })
                 .await?;
-                return Ok(self.hold(&code, target, &step).await?);
+                return Ok(self.hold(&code, target, &steps).await?);
             }
             Err(e) => return Err(e),
         }
         let now = rfc3339(self.0.ctx.queue.now());
-        let status = step.progress.trang_thai.parse::<u8>().ok();
+        let status = progress
+            .last()
+            .and_then(|p| p.trang_thai.parse::<u8>().ok());
+        let n = steps.len() as u64;
         self.update(&code, target, |ts| {
-            ts.steps_synced += 1;
+            ts.steps_synced += n;
             ts.last_synced_status = status.or(ts.last_synced_status);
             ts.synced_at = Some(now.clone());
             ts.last_error = None;
@@ -659,10 +668,12 @@ impl Sync {
         Ok(())
     }
 
-    async fn hold(&self, code: &str, target: &str, step: &StepJob) -> Result<(), FlowError> {
+    async fn hold(&self, code: &str, target: &str, steps: &[StepJob]) -> Result<(), FlowError> {
         self.update(code, target, |ts| {
-            if !ts.held.iter().any(|s| s.event_id == step.event_id) {
-                ts.held.push(step.clone());
+            for step in steps {
+                if !ts.held.iter().any(|s| s.event_id == step.event_id) {
+                    ts.held.push(step.clone());
+                }
             }
             vec![]
         })
@@ -675,7 +686,26 @@ impl JobHandler for Sync {
         Box::pin(async move {
             match job.kind.as_str() {
                 RECORD_KIND => self.sync_record(job).await,
-                _ => self.push_step(job).await,
+                _ => self.push_steps(std::slice::from_ref(job)).await,
+            }
+        })
+    }
+
+    /// Steps go ten to a call (the portal's limit); records one at a time.
+    fn batch(&self, kind: &str) -> usize {
+        if kind == STEP_KIND { BATCH } else { 1 }
+    }
+
+    fn handle_batch<'a>(&'a self, jobs: &'a [Job]) -> HandlerFuture<'a> {
+        Box::pin(async move {
+            match jobs.first().map(|j| j.kind.as_str()) {
+                Some(STEP_KIND) => self.push_steps(jobs).await,
+                _ => {
+                    for job in jobs {
+                        self.handle(job).await?;
+                    }
+                    Ok(())
+                }
             }
         })
     }

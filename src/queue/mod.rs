@@ -231,6 +231,17 @@ impl Queue {
             .await
     }
 
+    /// Leases up to `limit` jobs right behind `head` (same key and kind, ready and due), to deliver
+    /// together with it.
+    pub async fn lease_followers(&self, head: &Job, limit: usize) -> Result<Vec<Job>, StoreError> {
+        let now = self.now();
+        let until = now.saturating_add(millis(self.inner.lease_for));
+        self.inner
+            .store
+            .lease_followers(head.id, limit, now, until)
+            .await
+    }
+
     pub async fn complete(&self, job: &Job) -> Result<Transition, StoreError> {
         let out = self.finish(job, Disposition::Done).await?;
         if let (Some(m), Transition::Applied) = (&self.inner.metrics, out) {

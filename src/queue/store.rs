@@ -249,6 +249,16 @@ pub trait JobStore: Send + Sync + Debug {
         lease_until: Millis,
     ) -> StoreFuture<'_, Leased>;
 
+    /// Leases up to `limit` ready jobs right behind the leased `head` in its key, of the same kind and
+    /// due at `now`, stopping at the first that is not, so they can be delivered with it in one call.
+    fn lease_followers(
+        &self,
+        head: JobId,
+        limit: usize,
+        now: Millis,
+        lease_until: Millis,
+    ) -> StoreFuture<'_, Vec<Job>>;
+
     /// Ends a lease. Only the holder of `token` can do it.
     fn finish(
         &self,

@@ -960,3 +960,36 @@ each_backend!(
         );
     }
 );
+
+each_backend!(
+    followers_are_leased_behind_their_head_and_released_ones_wait_for_it,
+    |h, dir, backend| {
+        for n in 1..=3 {
+            h.queue.enqueue(job("l", "A", n)).await.expect("enqueue");
+        }
+        h.queue
+            .enqueue(NewJob::new("other.kind", "l", "A", b"A#4".to_vec()))
+            .await
+            .expect("enqueue");
+        let head = lease_payloads(&h.queue, "l").await;
+        assert_eq!(head.len(), 1);
+        let followers = h
+            .queue
+            .lease_followers(&head[0], 10)
+            .await
+            .expect("followers");
+        let names: Vec<String> = followers.iter().map(payload).collect();
+        assert_eq!(
+            names,
+            vec!["A#2", "A#3"],
+            "same kind only, stopping at another kind"
+        );
+        // A follower handed back while its head is leased is not runnable.
+        h.queue.release(&followers[1], true).await.expect("release");
+        h.queue.release(&followers[0], true).await.expect("release");
+        assert!(lease_payloads(&h.queue, "l").await.is_empty());
+        h.queue.complete(&head[0]).await.expect("complete");
+        let next = lease_payloads(&h.queue, "l").await;
+        assert_eq!(next.iter().map(payload).collect::<Vec<_>>(), vec!["A#2"]);
+    }
+);

@@ -29,6 +29,24 @@ pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Result<(), JobError>> +
 pub trait JobHandler: Send + Sync + Debug {
     fn handle<'a>(&'a self, job: &'a Job) -> HandlerFuture<'a>;
 
+    /// How many jobs of `kind` (same lane and ordering key, consecutive) this handler can deliver in
+    /// one call. Above 1, the worker leases the jobs right behind a leased one and calls
+    /// [`JobHandler::handle_batch`].
+    fn batch(&self, _kind: &str) -> usize {
+        1
+    }
+
+    /// Delivers consecutive jobs of one key together, in order: all or none. A failed batch is
+    /// handed back whole and retried one job at a time, so a bad job is found and fails alone.
+    fn handle_batch<'a>(&'a self, jobs: &'a [Job]) -> HandlerFuture<'a> {
+        Box::pin(async move {
+            for job in jobs {
+                self.handle(job).await?;
+            }
+            Ok(())
+        })
+    }
+
     /// Told once the job has been dead-lettered (after the store recorded it), so a flow can record the
     /// failure and tell the portal. Best effort: a crash between the two leaves the job dead and
     /// visible to operators, without this notice.
@@ -169,6 +187,9 @@ enum RunEnd {
 /// the loop, woken by that hand-back, could lease it again straight into the same refusal.
 type Pause = Arc<Mutex<Option<(Instant, String)>>>;
 
+/// Jobs whose batch failed: their next attempt runs alone.
+type Alone = Arc<Mutex<std::collections::HashSet<JobId>>>;
+
 fn current_pause(pause: &Pause) -> Option<(Instant, String)> {
     pause
         .lock()
@@ -189,6 +210,7 @@ async fn run_lane(
     let mut running: JoinSet<(JobId, RunEnd)> = JoinSet::new();
     let mut in_flight: HashMap<JobId, Job> = HashMap::new();
     let pause: Pause = Arc::default();
+    let alone: Alone = Arc::default();
     let mut breaker = Breaker::new(settings.breaker.clone());
     let mut bucket = spec
         .rate_per_second
@@ -265,6 +287,7 @@ async fn run_lane(
                         let handler = handlers.get(&job.kind).cloned();
                         let q = queue.clone();
                         let lane_pause = (pause.clone(), settings.auth_pause);
+                        let alone = alone.clone();
                         // Every line logged while the job runs (here, in the flows, in the adapters)
                         // carries its id, kind, lane and ordering key, the key's digit runs masked.
                         let span = tracing::info_span!(
@@ -278,7 +301,7 @@ async fn run_lane(
                         running.spawn(
                             async move {
                                 let id = job.id;
-                                (id, run_job(&q, handler, job, lane_pause).await)
+                                (id, run_job(&q, handler, job, lane_pause, alone).await)
                             }
                             .instrument(span),
                         );
@@ -406,10 +429,29 @@ async fn run_job(
     handler: Option<Arc<dyn JobHandler>>,
     job: Job,
     (pause, auth_pause): (Pause, Duration),
+    alone: Alone,
 ) -> RunEnd {
     // The handler must end before the lease does, or a second worker could run the same job.
     let budget = queue.lease_duration().mul_f64(0.8);
     let started = tokio::time::Instant::now();
+    if let Some(h) = &handler {
+        let size = h.batch(&job.kind);
+        let single = alone
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&job.id);
+        if size > 1 && !single {
+            match queue.lease_followers(&job, size - 1).await {
+                Ok(followers) if !followers.is_empty() => {
+                    return run_batch(queue, h.clone(), job, followers, budget, alone).await;
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(job_id = %job.id, %error, "could not lease a batch; delivering alone");
+                }
+            }
+        }
+    }
     let handler_for_dead = handler.clone();
     let result = match handler {
         None => Err(JobError::permanent(
@@ -458,6 +500,53 @@ async fn run_job(
                 RunEnd::Dead => RunEnd::Failed(error.class),
                 other => other,
             }
+        }
+    }
+}
+
+/// Delivers a head and its followers in one handler call. Success completes them in order; a failure
+/// hands all back (attempts refunded, the error noted on the head) and marks the head to run alone.
+async fn run_batch(
+    queue: &Queue,
+    handler: Arc<dyn JobHandler>,
+    head: Job,
+    followers: Vec<Job>,
+    budget: Duration,
+    alone: Alone,
+) -> RunEnd {
+    let mut jobs = Vec::with_capacity(1 + followers.len());
+    jobs.push(head);
+    jobs.extend(followers);
+    let result = match tokio::time::timeout(budget, handler.handle_batch(&jobs)).await {
+        Ok(result) => result,
+        Err(_) => Err(JobError::retryable(
+            "handler_timeout",
+            format!("no answer within {budget:?}"),
+        )),
+    };
+    match result {
+        Ok(()) => {
+            for job in &jobs {
+                if let Err(error) = queue.complete(job).await {
+                    tracing::error!(job_id = %job.id, %error, "could not record completion; the job will run again");
+                    return RunEnd::Unrecorded;
+                }
+            }
+            RunEnd::Delivered
+        }
+        Err(error) => {
+            tracing::debug!(job_id = %jobs[0].id, batch = jobs.len(), code = %error.code,
+                "batch failed; its jobs will be retried one at a time");
+            alone
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(jobs[0].id);
+            // Followers first: released behind a leased head, they stay out of the runnable index.
+            for job in jobs.iter().skip(1) {
+                let _ = queue.release(job, true).await;
+            }
+            let _ = queue.release(&jobs[0], true).await;
+            RunEnd::Failed(error.class)
         }
     }
 }
@@ -603,6 +692,95 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("condition not reached in 5 s");
+    }
+
+    /// Delivers up to ten jobs per call; fails its first batch call once.
+    #[derive(Debug, Default)]
+    struct Batcher {
+        calls: Mutex<Vec<Vec<String>>>,
+        failed_once: std::sync::atomic::AtomicBool,
+    }
+
+    impl JobHandler for Batcher {
+        fn handle<'a>(&'a self, job: &'a Job) -> HandlerFuture<'a> {
+            self.handle_batch(std::slice::from_ref(job))
+        }
+
+        fn batch(&self, _kind: &str) -> usize {
+            10
+        }
+
+        fn handle_batch<'a>(&'a self, jobs: &'a [Job]) -> HandlerFuture<'a> {
+            Box::pin(async move {
+                let names: Vec<String> = jobs
+                    .iter()
+                    .map(|j| String::from_utf8_lossy(&j.payload).into_owned())
+                    .collect();
+                let fail = jobs.len() > 1 && !self.failed_once.swap(true, Ordering::SeqCst);
+                if let Ok(mut calls) = self.calls.lock() {
+                    calls.push(if fail { vec![] } else { names });
+                }
+                if fail {
+                    return Err(JobError::retryable("http_503", "busy"));
+                }
+                Ok(())
+            })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn consecutive_jobs_of_a_key_are_delivered_in_batches_in_order_and_a_failed_batch_one_by_one()
+     {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let q = queue(dir.path(), Duration::from_secs(10));
+        for n in 0..25 {
+            q.enqueue(NewJob::new("k", "l", "A", format!("{n:02}")))
+                .await
+                .expect("enqueue");
+        }
+        let handler = Arc::new(Batcher::default());
+        let mut handlers = Handlers::default();
+        handlers.register("k", handler.clone());
+        let (stop, stopped) = watch::channel(false);
+        let task = spawn_lane(
+            q.clone(),
+            LaneSpec {
+                lane: "l".into(),
+                concurrency: 4,
+                rate_per_second: None,
+            },
+            handlers,
+            WorkerSettings::default(),
+            LaneBoard::default(),
+            stopped,
+        );
+        let delivered = || -> Vec<String> {
+            handler
+                .calls
+                .lock()
+                .map(|c| c.iter().flatten().cloned().collect())
+                .unwrap_or_default()
+        };
+        wait_until(|| delivered().len() >= 25).await;
+        let calls = handler.calls.lock().map(|c| c.clone()).unwrap_or_default();
+        let expected: Vec<String> = (0..25).map(|n| format!("{n:02}")).collect();
+        assert_eq!(delivered(), expected, "each once, in order");
+        assert!(calls.iter().all(|c| c.len() <= 10));
+        // calls[0] is the failed batch; the head then runs alone, and batches resume.
+        assert!(calls[0].is_empty());
+        assert_eq!(calls[1], vec!["00".to_owned()]);
+        assert!(calls.iter().skip(2).any(|c| c.len() == 10), "{calls:?}");
+        for _ in 0..500 {
+            let c = q.counts().await.expect("counts");
+            if c[0].done == 25 {
+                assert_eq!((c[0].ready, c[0].leased), (0, 0));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(q.counts().await.expect("counts")[0].done, 25);
+        let _ = stop.send(true);
+        task.await.expect("lane stops");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -547,6 +547,29 @@ impl JobStore for KvJobStore {
         })
     }
 
+    fn lease_followers(
+        &self,
+        head: JobId,
+        limit: usize,
+        now: Millis,
+        until: Millis,
+    ) -> StoreFuture<'_, Vec<Job>> {
+        Box::pin(async move {
+            match self
+                .submit(Op::LeaseFollowers {
+                    head,
+                    limit,
+                    now,
+                    until,
+                })
+                .await?
+            {
+                OpResult::Leased(out) => Ok(out.jobs),
+                other => Err(unexpected(other)),
+            }
+        })
+    }
+
     fn finish(
         &self,
         id: JobId,

@@ -60,6 +60,12 @@ pub(crate) enum Op {
         change: Change,
         now: Millis,
     },
+    LeaseFollowers {
+        head: JobId,
+        limit: usize,
+        now: Millis,
+        until: Millis,
+    },
     PurgeRecords {
         now: Millis,
         limit: usize,
@@ -132,6 +138,15 @@ pub(crate) fn apply(
         Op::Discard { id, now } => OpResult::Admin(discard(tx, d, *id, *now)?),
         Op::Replay { filter, now, limit } => OpResult::Count(replay(tx, d, filter, *now, *limit)?),
         Op::Purge { before, limit } => OpResult::Count(purge(tx, d, *before, *limit)?),
+        Op::LeaseFollowers {
+            head,
+            limit,
+            now,
+            until,
+        } => OpResult::Leased(Leased {
+            jobs: lease_followers(tx, d, *head, *limit, *now, *until)?,
+            next_due: None,
+        }),
         Op::Commit { change, now } => OpResult::Committed(commit(tx, d, seq, change, *now)?),
         Op::PurgeRecords { now, limit } => OpResult::Count(purge_records(tx, *now, *limit)?),
     })
@@ -197,6 +212,19 @@ fn head_of(tx: &dyn KvRead, lane: &str, ordering_key: &str) -> Result<Option<Job
         .first()
         .map(|(_, v)| keys::id_from(v))
         .transpose()
+}
+
+/// Indexes a ready job as runnable, but only if it heads its key: a job released behind a leased or
+/// dead head (a batch follower) waits until the head finishes and `promote_next` reaches it.
+fn ready_if_head(tx: &mut dyn KvWrite, job: &Job) -> Result<(), StoreError> {
+    if head_of(tx, &job.lane, &job.ordering_key)? == Some(job.id) {
+        tx.put(
+            Table::Ready,
+            &keys::ready_key(&job.lane, job.next_attempt_at, job.seq),
+            &keys::id_key(job.id),
+        )?;
+    }
+    Ok(())
 }
 
 /// After the head of a key finished, the next job of that key becomes runnable (if it is ready).
@@ -321,6 +349,42 @@ fn lease(
     Ok(Leased { jobs, next_due })
 }
 
+/// Leases the ready jobs right behind a leased head, of the head's kind, due now, stopping at the first
+/// that is not: they are delivered together with the head, in order.
+fn lease_followers(
+    tx: &mut dyn KvWrite,
+    d: &mut Deltas,
+    head: JobId,
+    limit: usize,
+    now: Millis,
+    until: Millis,
+) -> Result<Vec<Job>, StoreError> {
+    let Some(head) = load(tx, head)? else {
+        return Ok(vec![]);
+    };
+    if head.state != JobState::Leased || limit == 0 {
+        return Ok(vec![]);
+    }
+    let from = keys::keys_key(&head.lane, &head.ordering_key, head.seq + 1);
+    let end = keys::prefix_end(&keys::keys_prefix(&head.lane, &head.ordering_key));
+    let mut out = Vec::new();
+    for (_, value) in tx.scan(Table::Keys, &from, end.as_deref(), limit)? {
+        let mut job = load_existing(tx, keys::id_from(&value)?)?;
+        if job.state != JobState::Ready || job.kind != head.kind || job.next_attempt_at > now {
+            break;
+        }
+        set_state(tx, d, &mut job, JobState::Leased)?;
+        job.attempts = job.attempts.saturating_add(1);
+        job.lease_token = Some(fastrand::u64(1..));
+        job.lease_expires_at = Some(until);
+        job.updated_at = now;
+        tx.put(Table::Leases, &keys::time_id_key(until, job.id), &[])?;
+        save(tx, &job)?;
+        out.push(job);
+    }
+    Ok(out)
+}
+
 fn finish(
     tx: &mut dyn KvWrite,
     d: &mut Deltas,
@@ -356,11 +420,7 @@ fn finish(
             set_state(tx, d, &mut job, JobState::Ready)?;
             job.next_attempt_at = *at;
             job.last_error = Some(error.clone());
-            tx.put(
-                Table::Ready,
-                &keys::ready_key(&job.lane, *at, job.seq),
-                &keys::id_key(id),
-            )?;
+            ready_if_head(tx, &job)?;
         }
         Disposition::Dead { error, reason } => {
             set_state(tx, d, &mut job, JobState::Dead)?;
@@ -380,11 +440,7 @@ fn finish(
                 job.last_error = Some(note.clone());
             }
             job.next_attempt_at = (*not_before).max(now);
-            tx.put(
-                Table::Ready,
-                &keys::ready_key(&job.lane, job.next_attempt_at, job.seq),
-                &keys::id_key(id),
-            )?;
+            ready_if_head(tx, &job)?;
         }
     }
     save(tx, &job)?;
@@ -418,11 +474,7 @@ fn expire_leases(
             ),
             now,
         ));
-        tx.put(
-            Table::Ready,
-            &keys::ready_key(&job.lane, now, job.seq),
-            &keys::id_key(job.id),
-        )?;
+        ready_if_head(tx, &job)?;
         save(tx, &job)?;
         count += 1;
     }
