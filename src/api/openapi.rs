@@ -6,6 +6,14 @@ use serde_json::{Value, json};
 
 /// (method, path) of every documented operation.
 pub const OPERATIONS: &[(&str, &str)] = &[
+    ("post", "/v1/identity/verifications"),
+    ("get", "/v1/identity/verifications/{id}"),
+    ("post", "/v1/shipments"),
+    ("get", "/v1/shipments/{id}"),
+    ("post", "/v1/shipments/{id}/cancel"),
+    ("put", "/v1/dossiers/{code}"),
+    ("get", "/v1/dossiers/{code}"),
+    ("post", "/v1/dossiers/{code}/events"),
     ("get", "/v1/jobs"),
     ("get", "/v1/jobs/{id}"),
     ("post", "/v1/jobs/{id}/retry"),
@@ -17,12 +25,25 @@ fn problem_responses(codes: &[&str]) -> Value {
     let mut out = serde_json::Map::new();
     for code in codes {
         let description = match *code {
-            "400" => "Invalid query or id (problem+json with `errors`)",
+            "400" => {
+                "Invalid body, query, id or Idempotency-Key; unknown fields are named (problem+json with `errors`)"
+            }
             "401" => "Missing or invalid bearer token",
-            "403" => "The token lacks the `admin` scope",
-            "404" => "No such job",
-            "409" => "The job is not in a state that allows this action (`wrong_state`)",
-            "503" => "The store cannot serve; retry later (`Retry-After`)",
+            "403" => {
+                "The token lacks the scope (`portal` for submitting and reading, `admin` for jobs)"
+            }
+            "404" => "No such resource",
+            "409" => {
+                "Conflict: `idempotency_key_reused` (the key was used with another request), `wrong_state` (job), `shipment_final` (cancel)"
+            }
+            "413" => "The body is larger than the configured limit",
+            "415" => "The body is not application/json",
+            "422" => {
+                "A field is not valid (`validation_failed`; `invalid_citizen_id` for a structurally impossible ID, with the fault in `errors[].code`). Nothing was accepted."
+            }
+            "503" => {
+                "The store cannot write (nothing was accepted; retry later, `Retry-After`), or the upstream this needs is not configured (`upstream_not_configured`)"
+            }
             _ => "Error",
         };
         out.insert(
@@ -55,6 +76,214 @@ fn with_responses(ok: Value, errors: &[&str]) -> Value {
     responses
 }
 
+fn body(schema: &str) -> Value {
+    json!({ "required": true, "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } } })
+}
+
+fn answer(description: &str, schema: &str) -> Value {
+    json!({ "description": description, "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } } })
+}
+
+fn idempotency_key() -> Value {
+    json!({ "name": "Idempotency-Key", "in": "header", "required": false,
+            "description": "1–128 printable ASCII. The same key with the same request answers the original response (status and body, header `Idempotent-Replayed: true`) for 24 h; with another request, 409 `idempotency_key_reused`.",
+            "schema": { "type": "string", "maxLength": 128 } })
+}
+
+/// The portal's resources: identity, shipments, dossiers.
+fn portal_paths() -> serde_json::Map<String, Value> {
+    let id = |what: &str| json!({ "name": "id", "in": "path", "required": true, "description": what, "schema": { "type": "string" } });
+    let code = json!({ "name": "code", "in": "path", "required": true, "description": "Dossier code (MaHoSo): 1–64 of A-Z a-z 0-9 . _ -", "schema": { "type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$" } });
+    let write = ["400", "401", "403", "409", "413", "415", "422", "503"];
+    let read = ["401", "403", "404", "503"];
+    let paths = json!({
+        "/v1/identity/verifications": { "post": {
+            "operationId": "verifyIdentity", "tags": ["identity"],
+            "summary": "Verify a citizen against the population DB (scope portal)",
+            "description": "Structural CCCD faults answer 422 without an upstream call. Otherwise the lookup runs through the durable queue; the request waits up to `wait` for the verdict (200), else answers 202 `pending` and the verdict comes as an `identity.verification.completed` callback. Identical requests within the cache window are answered from the previous verdict (`cached: true`). No data from the population DB is ever returned.",
+            "parameters": [
+                { "name": "wait", "in": "query", "required": false, "description": "How long to wait for the verdict: a duration such as `500ms` or `5s`, at most `30s` (default `5s`).", "schema": { "type": "string" } },
+                idempotency_key()
+            ],
+            "requestBody": body("VerificationRequest"),
+            "responses": with_responses(json!({
+                "200": answer("The verdict", "Verification"),
+                "202": answer("Accepted durably; the verdict will be called back", "Pending")
+            }), &write)
+        } },
+        "/v1/identity/verifications/{id}": { "get": {
+            "operationId": "getVerification", "tags": ["identity"], "summary": "A verification's verdict (scope portal)",
+            "parameters": [id("Verification id")],
+            "responses": with_responses(json!({ "200": answer("The verification", "Verification") }), &read)
+        } },
+        "/v1/shipments": { "post": {
+            "operationId": "createShipment", "tags": ["postal"],
+            "summary": "Hand a result to VNPost, or ask for a dossier pickup (scope portal)",
+            "description": "One `result_delivery` per dossier; at most one active `dossier_pickup` per dossier (pickup n+1 only after pickup n is final; order number `{dossier_code}-TG{n}`). A request for a taken natural key answers 200 with the existing shipment and creates nothing.",
+            "parameters": [idempotency_key()],
+            "requestBody": body("ShipmentRequest"),
+            "responses": with_responses(json!({
+                "200": answer("The existing shipment for this natural key", "Shipment"),
+                "202": answer("Accepted durably; the order will be created", "ShipmentAccepted")
+            }), &write)
+        } },
+        "/v1/shipments/{id}": { "get": {
+            "operationId": "getShipment", "tags": ["postal"], "summary": "A shipment, its tracking code and events (scope portal)",
+            "parameters": [id("Shipment id")],
+            "responses": with_responses(json!({ "200": answer("The shipment", "Shipment") }), &read)
+        } },
+        "/v1/shipments/{id}/cancel": { "post": {
+            "operationId": "cancelShipment", "tags": ["postal"], "summary": "Cancel a shipment (scope portal)",
+            "description": "Accepted durably (202); VNPost is asked after the order's creation. A shipment already delivered, returned or failed answers 409 `shipment_final`; one already cancelled answers 202 again.",
+            "parameters": [id("Shipment id"), idempotency_key()],
+            "responses": with_responses(json!({ "202": { "description": "Cancel accepted", "content": { "application/json": { "schema": { "type": "object", "properties": { "id": { "type": "string" }, "status": { "$ref": "#/components/schemas/ShipmentStatus" }, "cancel_requested": { "type": "boolean" } } } } } } }), &["400", "401", "403", "404", "409", "503"])
+        } },
+        "/v1/dossiers/{code}": {
+            "put": {
+                "operationId": "putDossier", "tags": ["dossiers"],
+                "summary": "The dossier's current record, synced to every portal target (scope portal)",
+                "description": "Mapped one-to-one onto `DongBoHoSoMC`; `status` is a configured local word or a portal code 1–10 (mapped per target). Per dossier and target, records and steps reach the portal in submission order; a retried create becomes an update.",
+                "parameters": [code.clone(), idempotency_key()],
+                "requestBody": body("DossierRecord"),
+                "responses": with_responses(json!({ "202": { "description": "Accepted durably", "content": { "application/json": { "schema": { "type": "object", "required": ["dossier_code", "targets", "status"], "properties": { "dossier_code": { "type": "string" }, "targets": { "type": "array", "items": { "type": "string" } }, "status": { "const": "queued" } } } } } } }), &write)
+            },
+            "get": {
+                "operationId": "getDossier", "tags": ["dossiers"], "summary": "Sync state per portal target (scope portal)",
+                "parameters": [code.clone()],
+                "responses": with_responses(json!({ "200": answer("Per target: last synced status, pending jobs, steps waiting for the record, last error", "DossierSync") }), &["400", "401", "403", "404", "503"])
+            }
+        },
+        "/v1/dossiers/{code}/events": { "post": {
+            "operationId": "addDossierEvent", "tags": ["dossiers"],
+            "summary": "One processing step, synced to every portal target (scope portal)",
+            "description": "Steps reach each target in submission order, never before the dossier exists there: a step for a dossier the target does not have waits (`waiting_for_record`) until a record is PUT. Consecutive steps are sent up to ten per call.",
+            "parameters": [code, idempotency_key()],
+            "requestBody": body("DossierEvent"),
+            "responses": with_responses(json!({ "202": { "description": "Accepted durably", "content": { "application/json": { "schema": { "type": "object", "required": ["event_id", "sequence"], "properties": { "event_id": { "type": "string" }, "sequence": { "type": "integer", "minimum": 1 } } } } } } }), &write)
+        } }
+    });
+    match paths {
+        Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    }
+}
+
+fn portal_schemas() -> serde_json::Map<String, Value> {
+    let verdict = json!({ "type": "string", "enum": ["match", "mismatch", "match_without_diacritics", "not_checked"] });
+    let party = |required: &[&str]| {
+        json!({
+            "type": "object", "additionalProperties": false, "required": required,
+            "properties": {
+                "name": { "type": "string" }, "phone": { "type": "string", "description": "9–15 digits, optionally after +" },
+                "address": { "type": "string" }, "province_code": { "type": "string", "description": "National administrative unit code" },
+                "ward_code": { "type": "string" }, "district_code": { "type": "string", "description": "Only when known (two-tier local government since 2025-07-01)" },
+                "email": { "type": "string" }
+            }
+        })
+    };
+    let opt_time = json!({ "type": "string", "format": "date-time" });
+    let schemas = json!({
+        "VerificationRequest": {
+            "type": "object", "additionalProperties": false,
+            "required": ["citizen_id", "full_name", "date_of_birth", "procedure_code", "officer_id"],
+            "properties": {
+                "citizen_id": { "type": "string", "description": "12-digit CCCD / personal identification number" },
+                "full_name": { "type": "string" },
+                "date_of_birth": { "type": "string", "description": "`YYYY-MM-DD` or `YYYY`" },
+                "gender": { "type": "string", "enum": ["male", "female"] },
+                "procedure_code": { "type": "string", "description": "MaTTHC / MaDVC" },
+                "officer_id": { "type": "string", "description": "MaCanBo" },
+                "dossier_code": { "type": "string" },
+                "legacy_id": { "type": "string", "description": "9-digit CMND" },
+                "mode": { "type": "string", "enum": ["exists", "full"], "description": "`exists` → XacThucThongTinCongDan, `full` → XacMinhThongTinNhanThan; default from configuration" }
+            }
+        },
+        "Verification": {
+            "type": "object", "required": ["id", "status", "cached"],
+            "properties": {
+                "id": { "type": "string" },
+                "status": { "type": "string", "enum": ["pending", "verified", "mismatch", "not_found", "failed"] },
+                "checks": { "type": "object", "properties": { "citizen_id": verdict, "full_name": verdict, "date_of_birth": verdict, "gender": verdict } },
+                "upstream_request_id": { "type": "string" }, "checked_at": { "type": "string", "format": "date-time" },
+                "dossier_code": { "type": "string" }, "error_code": { "type": "string", "description": "Why a verification failed (dead-lettered)" },
+                "cached": { "type": "boolean" }
+            }
+        },
+        "Pending": { "type": "object", "required": ["id", "status"], "properties": { "id": { "type": "string" }, "status": { "const": "pending" } } },
+        "ShipmentRequest": {
+            "type": "object", "additionalProperties": false, "required": ["dossier_code", "kind", "recipient"],
+            "properties": {
+                "dossier_code": { "type": "string" },
+                "kind": { "type": "string", "enum": ["result_delivery", "dossier_pickup"] },
+                "recipient": party(&["name", "phone", "address", "province_code", "ward_code"]),
+                "sender": party(&["name", "phone", "address", "province_code"]),
+                "description": { "type": "string" },
+                "cod_amount": { "type": "integer", "minimum": 0, "description": "VND", "default": 0 },
+                "note": { "type": "string" }
+            }
+        },
+        "ShipmentStatus": { "type": "string", "enum": ["queued", "submitted", "accepted", "in_transit", "out_for_delivery", "delivered", "delivery_failed", "returned", "cancelled", "failed"] },
+        "ShipmentAccepted": { "type": "object", "required": ["id", "order_number", "status"], "properties": { "id": { "type": "string" }, "order_number": { "type": "string" }, "status": { "$ref": "#/components/schemas/ShipmentStatus" } } },
+        "Shipment": {
+            "type": "object", "required": ["id", "dossier_code", "kind", "order_number", "status", "events"],
+            "properties": {
+                "id": { "type": "string" }, "dossier_code": { "type": "string" },
+                "kind": { "type": "string", "enum": ["result_delivery", "dossier_pickup"] },
+                "order_number": { "type": "string" }, "status": { "$ref": "#/components/schemas/ShipmentStatus" },
+                "tracking_code": { "type": ["string", "null"], "description": "VNPost barcode (ItemCode)" },
+                "events": { "type": "array", "items": { "type": "object", "required": ["status", "at"], "properties": {
+                    "status": { "$ref": "#/components/schemas/ShipmentStatus" }, "status_code": { "type": "integer" },
+                    "at": { "type": "string", "format": "date-time" }, "note": { "type": "string" } } } }
+            }
+        },
+        "DossierRecord": {
+            "type": "object", "additionalProperties": false, "required": ["procedure_code", "status"],
+            "description": "English names of the DongBoHoSoMC record; `extra` is passed through verbatim.",
+            "properties": {
+                "procedure_code": { "type": "string", "description": "MaTTHC" }, "procedure_name": { "type": "string", "description": "TenTTHC" },
+                "field_code": { "type": "string", "description": "MaLinhVuc" }, "field_name": { "type": "string", "description": "TenLinhVuc" },
+                "owner_name": { "type": "string", "description": "ChuHoSo" },
+                "applicant_type": { "type": "integer", "minimum": 1, "maximum": 4, "description": "LoaiDoiTuong: 1 citizen, 2 business, 3 state agency, 4 other organisation" },
+                "applicant_id": { "type": "string", "description": "MaDoiTuong" }, "email": { "type": "string" }, "phone": { "type": "string", "description": "SoDienThoai" },
+                "summary": { "type": "string", "description": "TrichYeuHoSo" },
+                "received_at": opt_time.clone(), "due_at": opt_time.clone(), "returned_at": opt_time.clone(), "finished_at": opt_time.clone(),
+                "status": { "type": "string", "description": "TrangThaiHoSo: a configured local status word or a code 1–10" },
+                "result_by_post": { "type": "boolean", "description": "HinhThuc" },
+                "channel": { "type": "string", "enum": ["in_person", "online", "postal"], "description": "KenhThucHien" },
+                "handling_unit": { "type": "string", "description": "DonViXuLy" }, "note": { "type": "string", "description": "GhiChu" },
+                "submitted_documents": { "type": "array", "description": "TaiLieuNop" }, "result_documents": { "type": "array", "description": "DanhSachGiayToKetQua" },
+                "fees": { "type": "array", "description": "DanhSachLePhi" }, "extra": { "type": "object", "description": "Province-specific fields, passed through" }
+            }
+        },
+        "DossierEvent": {
+            "type": "object", "additionalProperties": false, "required": ["status", "occurred_at", "handler", "content"],
+            "properties": {
+                "status": { "type": "string", "description": "TrangThai: a configured local word or a code 1–10" },
+                "occurred_at": { "type": "string", "format": "date-time", "description": "ThoiDiemXuLy" },
+                "handler": { "type": "string", "description": "NguoiXuLy (cut to 50 characters)" }, "handler_title": { "type": "string", "description": "ChucDanh" },
+                "department": { "type": "string", "description": "PhongBanXuLy" }, "content": { "type": "string", "description": "NoiDungXuLy" },
+                "started_at": opt_time.clone(), "due_at": opt_time
+            }
+        },
+        "DossierSync": {
+            "type": "object", "required": ["dossier_code", "targets"],
+            "properties": { "dossier_code": { "type": "string" }, "targets": { "type": "array", "items": { "type": "object",
+                "required": ["target", "pending", "waiting_for_record", "records_synced", "steps_synced"],
+                "properties": {
+                    "target": { "type": "string" }, "last_synced_status": { "type": ["integer", "null"] },
+                    "pending": { "type": "integer", "description": "Jobs not yet delivered (ready, running or dead)" },
+                    "waiting_for_record": { "type": "integer", "description": "Steps held until the target has the dossier" },
+                    "last_error": { "type": ["string", "null"] }, "synced_at": { "type": ["string", "null"], "format": "date-time" },
+                    "records_synced": { "type": "integer" }, "steps_synced": { "type": "integer" }
+                } } } }
+        }
+    });
+    match schemas {
+        Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    }
+}
+
 pub fn document() -> Value {
     let id_param = json!({ "name": "id", "in": "path", "required": true, "description": "Job id (ULID)", "schema": { "type": "string", "pattern": "^[0-9A-HJKMNP-TV-Z]{26}$" } });
     let job = json!({ "200": { "description": "The job", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Job" } } } } });
@@ -64,12 +293,12 @@ pub fn document() -> Value {
         json!({ "name": "cursor", "in": "query", "required": false, "description": "`next_cursor` of the previous page", "schema": { "type": "string" } }),
     ];
     list_params.extend(filters());
-    json!({
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": {
             "title": "dvc-connector sidecar API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "The API the public-service portal and its operators call (shared/spec/sidecar-api.md). Errors are RFC 9457 problem+json with a stable `code`; `Accept-Language: vi` gives Vietnamese text. This document lists what is implemented today."
+            "description": "The API the public-service portal and its operators call (shared/spec/sidecar-api.md). Every 202 means the request is on disk (fsynced). Errors are RFC 9457 problem+json with a stable `code`; `Accept-Language: vi` gives Vietnamese title and detail. Outcomes the portal did not wait for are POSTed to the configured callback URL, signed `X-Connector-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, t + \".\" + body)>`, with event types `identity.verification.completed`, `shipment.status_changed`, `dossier.sync.failed`, `dossier.sync.completed`."
         },
         "security": [{ "bearer": [] }],
         "paths": {
@@ -131,7 +360,14 @@ pub fn document() -> Value {
                 }
             }
         }
-    })
+    });
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        paths.extend(portal_paths());
+    }
+    if let Some(schemas) = doc["components"]["schemas"].as_object_mut() {
+        schemas.extend(portal_schemas());
+    }
+    doc
 }
 
 #[cfg(test)]

@@ -402,7 +402,9 @@ fn the_served_openapi_document_is_the_repository_copy_and_every_operation_is_rou
     .expect("json");
     assert_eq!(served, copy);
     for (method, path) in dvc_connector::api::openapi::OPERATIONS {
-        let concrete = path.replace("{id}", "01ARZ3NDEKTSV4RRFFQ69G5FAV");
+        let concrete = path
+            .replace("{id}", "01ARZ3NDEKTSV4RRFFQ69G5FAV")
+            .replace("{code}", "H56-0001");
         let (status, _, body) = c.call(&method.to_uppercase(), &concrete, None, None);
         assert_eq!(
             status, 401,
