@@ -237,4 +237,85 @@ mod tests {
             "no internal error text: {body}"
         );
     }
+
+    #[tokio::test]
+    async fn a_portal_request_the_store_cannot_write_answers_503_and_leaves_nothing_behind() {
+        crate::tls::install_crypto_provider();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("c.toml");
+        std::fs::write(
+            &config,
+            r#"
+[store]
+path = "unused"
+[[api.tokens]]
+name = "portal"
+sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+scopes = ["portal"]
+[upstreams]
+allow_insecure_http = true
+[upstreams.portal.national]
+base_url = "http://127.0.0.1:9"
+username = "u"
+password = "p"
+agency_code = "A"
+"#,
+        )
+        .expect("config");
+        let settings = crate::settings::load(&config, std::iter::empty()).expect("settings");
+        let store_dir = dir.path().join("store");
+        let open = |crash| {
+            Queue::new(
+                Arc::new(
+                    KvJobStore::open(&store_dir, Backend::Redb, KvOptions { crash })
+                        .expect("store"),
+                ),
+                Arc::new(TokioClock::new()),
+                RetryPolicies::default(),
+                Duration::from_secs(60),
+            )
+        };
+        // The first commit fails as a failing disk would.
+        let queue = open(Some(CrashPlan::new(
+            CrashPoint::BeforeCommit,
+            1,
+            CrashAction::Halt,
+        )));
+        let clients = crate::upstreams::build(&settings.upstreams).expect("clients");
+        let flows = crate::flows::Flows::new(queue.clone(), clients, settings.clone());
+        let app = router(
+            ApiState {
+                queue: queue.clone(),
+                tokens: Arc::new(Tokens::new(settings.api.tokens.clone())),
+                metrics: None,
+                flows: Some(flows),
+            },
+            1 << 20,
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let response = reqwest::Client::new()
+            .put(format!("http://{addr}/v1/dossiers/H56-0001"))
+            .bearer_auth("test")
+            .json(&serde_json::json!({"procedure_code": "1.1", "status": "new"}))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status().as_u16(), 503);
+        let body: serde_json::Value = response.json().await.expect("json");
+        assert_eq!(body["code"], "store_unavailable");
+        server.abort();
+        let _ = server.await;
+        drop(queue);
+        // Reopened: no dossier record, no job.
+        let queue = open(None);
+        assert_eq!(
+            queue.record("dossier", "H56-0001").await.expect("read"),
+            None
+        );
+        assert!(queue.counts().await.expect("counts").is_empty());
+    }
 }

@@ -325,8 +325,51 @@ struct Body<'a> {
     errors: &'a [FieldError],
 }
 
+/// The Vietnamese message of a field error, by its code (the English message stays for codes not
+/// listed, which only name fields of the schema).
+pub fn field_message_vi(code: &str) -> Option<&'static str> {
+    Some(match code {
+        "required" => "Trường này là bắt buộc.",
+        "too_long" => "Giá trị quá dài.",
+        "invalid_date" => "Ngày sinh phải có dạng YYYY-MM-DD hoặc YYYY.",
+        "invalid_time" => "Thời điểm phải theo RFC 3339, ví dụ 2026-11-27T08:00:00+07:00.",
+        "invalid_gender" => "Giới tính phải là \"male\" hoặc \"female\".",
+        "invalid_legacy_id" => "Số CMND cũ gồm đúng 9 chữ số.",
+        "invalid_mode" => "Chế độ phải là \"exists\" hoặc \"full\".",
+        "invalid_dossier_code" => "Mã hồ sơ gồm 1 đến 64 ký tự A-Z a-z 0-9 . _ -",
+        "invalid_length" => "Số định danh cá nhân phải gồm đúng 12 chữ số.",
+        "not_digits" => "Số định danh cá nhân chỉ gồm các chữ số 0-9.",
+        "unknown_place_code" => "Ba chữ số đầu không phải mã tỉnh hoặc mã quốc gia hợp lệ.",
+        "birth_year_mismatch" => "Chữ số 4-6 cho năm sinh không khớp với ngày sinh đã khai.",
+        "sex_mismatch" => "Chữ số thứ 4 cho giới tính không khớp với giới tính đã khai.",
+        "unknown_status" => "Không phải mã trạng thái 1-10 hoặc trạng thái đã được cấu hình.",
+        "invalid_applicant_type" => "Loại đối tượng từ 1 đến 4.",
+        "invalid_channel" => "Kênh thực hiện phải là in_person, online hoặc postal.",
+        "invalid_kind" => "Loại bưu gửi phải là result_delivery hoặc dossier_pickup.",
+        "invalid_phone" => "Số điện thoại gồm 9 đến 15 chữ số, có thể bắt đầu bằng +.",
+        "invalid_admin_code" => "Mã đơn vị hành chính gồm các chữ số.",
+        "invalid_amount" => "Số tiền thu hộ từ 0 đến 100.000.000.000 đồng.",
+        "invalid_wait" => "Thời gian chờ như 500ms hoặc 5s, tối đa 30s.",
+        "unknown_field" => "Trường không có trong lược đồ.",
+        "missing_field" => "Thiếu trường bắt buộc.",
+        "duplicate_field" => "Trường bị lặp lại.",
+        "malformed_json" => "Nội dung không phải JSON hợp lệ.",
+        "invalid_value" => "Giá trị không đúng kiểu.",
+        "invalid_utf8" => "Nội dung không phải UTF-8.",
+        "trailing_data" => "Có dữ liệu thừa sau giá trị JSON.",
+        _ => return None,
+    })
+}
+
 impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+    fn into_response(mut self) -> Response {
+        if self.lang == Lang::Vi {
+            for e in &mut self.errors {
+                if let Some(vi) = field_message_vi(&e.code) {
+                    e.message = vi.to_owned();
+                }
+            }
+        }
         let (title, detail) = self.code.text(self.lang);
         let status = self.code.status();
         let body = Body {
@@ -362,6 +405,32 @@ impl IntoResponse for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn field_messages_are_vietnamese_when_asked_and_keep_field_and_code() {
+        let e = ApiError::new(Code::InvalidCitizenId, Lang::Vi).field(
+            "citizen_id",
+            "sex_mismatch",
+            "digit 4 gives a sex that does not match the gender",
+        );
+        let response = e.into_response();
+        let body = futures_body(response);
+        assert!(body.contains("Chữ số thứ 4"), "{body}");
+        assert!(body.contains("\"field\":\"citizen_id\""), "{body}");
+        assert!(body.contains("\"code\":\"sex_mismatch\""), "{body}");
+    }
+
+    fn futures_body(response: Response) -> String {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+                .await
+                .expect("body");
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+    }
 
     #[test]
     fn vietnamese_is_chosen_only_when_first_preferred() {
