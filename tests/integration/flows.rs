@@ -400,6 +400,45 @@ fn every_accepted_request_reaches_its_upstream_once_and_in_order_despite_faults(
     assert!(arrived, "not everything accepted arrived within a minute");
     assert_eq!(assert_guarantees(&w, &report, 0), 0);
 
+    // Every accepted verification was asked of the population DB, under the request id it reports,
+    // and its verdict agrees with what the simulator answered.
+    let asked: HashMap<String, String> = w
+        .population
+        .ledger
+        .snapshot()
+        .into_iter()
+        .map(|e| (e.request_id, e.outcome))
+        .collect();
+    let a = Api {
+        rt: &w.rt,
+        base: format!("http://{api}"),
+        client: reqwest::Client::new(),
+    };
+    let mut verified = 0;
+    for d in &report.dossiers {
+        let (Some(id), Some(status)) = (&d.verification_id, &d.verification) else {
+            continue;
+        };
+        assert_ne!(status, "rejected_422");
+        let (code, _, v) = a.send(
+            reqwest::Method::GET,
+            &format!("/v1/identity/verifications/{id}"),
+            Some(PORTAL_TOKEN),
+            None,
+            None,
+        );
+        assert_eq!(code, 200, "{v}");
+        let request_id = v["upstream_request_id"].as_str().unwrap_or_default();
+        let outcome = asked.get(request_id).map(String::as_str);
+        match v["status"].as_str() {
+            Some("verified" | "mismatch") => assert_eq!(outcome, Some("found"), "{v}"),
+            Some("not_found") => assert_eq!(outcome, Some("not_found"), "{v}"),
+            other => panic!("verification {id} ended {other:?}"),
+        }
+        verified += 1;
+    }
+    assert!(verified >= 20, "only {verified} verifications checked");
+
     // Delivered results got their "result returned" step; shipment changes were called back, signed.
     let delivered = w.wait_until(Duration::from_secs(30), |w| {
         let cb = w.callbacks.lock().expect("lock");
