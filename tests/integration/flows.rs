@@ -794,3 +794,109 @@ fn the_api_checks_ids_before_any_upstream_call_scopes_tokens_and_replays_idempot
     assert_eq!(unknown.0, 400);
     assert!(unknown.2.to_string().contains("colour"), "{}", unknown.2);
 }
+
+#[test]
+fn personal_data_never_appears_in_logs_metrics_or_error_bodies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = World::start(dir.path(), 0.05);
+    // Everything at debug, the HTTP stack included.
+    let mut daemon = Proc::spawn_with_env(
+        &["run", "--config", w.config.to_str().expect("path")],
+        &[("DVC_CONNECTOR__LOG__LEVEL", "debug")],
+    );
+    let api = daemon.listen_addr("api_addr");
+    let ops = daemon.listen_addr("ops_addr");
+    let mut traffic = drive(&api, dir.path(), 15, "PII");
+    assert!(
+        traffic
+            .wait_exit(Duration::from_secs(180))
+            .expect("traffic finishes")
+            .success()
+    );
+    let report = read_report(dir.path(), "PII");
+    assert!(w.wait_until(Duration::from_secs(60), |w| all_steps_arrived(
+        &w.national,
+        &report
+    )));
+
+    // What the traffic sent: the fixture's people (IDs, names) and generated phones and streets.
+    let people: Vec<dvc_population::simulator::SimCitizen> =
+        dvc_population::simulator::parse_citizens(dvc_population::simulator::DEFAULT_CITIZENS)
+            .expect("fixture");
+    let mut secrets: Vec<String> = Vec::new();
+    for (i, p) in people.iter().take(15).enumerate() {
+        secrets.push(p.citizen_id.clone());
+        secrets.push(p.full_name());
+        secrets.push(format!("09{:08}", i * 7919 % 100_000_000));
+    }
+    secrets.push("Lê Lợi, Hải Châu".into());
+
+    // Bad requests that carry personal data in the very fields at fault.
+    let a = Api {
+        rt: &w.rt,
+        base: format!("http://{api}"),
+        client: reqwest::Client::new(),
+    };
+    let p = &people[0];
+    let mut bodies = Vec::new();
+    for body in [
+        json!({"citizen_id": p.citizen_id, "full_name": p.full_name(), "date_of_birth": "27/09/1973",
+               "procedure_code": "1.1", "officer_id": "CB"}),
+        json!({"citizen_id": p.citizen_id, "full_name": p.full_name(), "date_of_birth": p.date_of_birth,
+               "gender": p.full_name(), "procedure_code": "1.1", "officer_id": "CB"}),
+        json!({"citizen_id": 83173316997u64, "full_name": p.full_name(), "date_of_birth": p.date_of_birth,
+               "procedure_code": "1.1", "officer_id": "CB"}),
+        json!({"citizen_id": p.citizen_id, "full_name": p.full_name(), "date_of_birth": p.date_of_birth,
+               "procedure_code": "1.1", "officer_id": "CB", "phone": "0905123456"}),
+    ] {
+        let (status, _, answer) = a.send(
+            reqwest::Method::POST,
+            "/v1/identity/verifications",
+            Some(PORTAL_TOKEN),
+            None,
+            Some(body),
+        );
+        assert!(matches!(status, 400 | 422), "{status}: {answer}");
+        bodies.push(answer.to_string());
+    }
+    let (status, _, answer) = a.send(
+        reqwest::Method::POST,
+        "/v1/shipments",
+        Some(PORTAL_TOKEN),
+        None,
+        Some(json!({"dossier_code": "PII-X", "kind": "result_delivery",
+                    "recipient": {"name": p.full_name(), "phone": "not a phone 0905123456",
+                                  "address": "12 Lê Lợi, Hải Châu", "province_code": "48"}})),
+    );
+    assert_eq!(status, 422, "{answer}");
+    bodies.push(answer.to_string());
+    secrets.push("0905123456".into());
+    secrets.push("83173316997".into());
+
+    let metrics = w.rt.block_on(async {
+        reqwest::get(format!("http://{ops}/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    });
+    assert!(metrics.contains("dvc_"), "metrics answered");
+    daemon.sigterm();
+    daemon.wait_exit(Duration::from_secs(20)).expect("exits");
+    let logs = daemon.err_lines.join("\n") + &daemon.out_lines.join("\n");
+    assert!(logs.lines().count() > 200, "debug logging was on");
+    for secret in &secrets {
+        assert!(!logs.contains(secret.as_str()), "{secret} in the logs");
+        assert!(
+            !metrics.contains(secret.as_str()),
+            "{secret} in the metrics"
+        );
+        for body in &bodies {
+            assert!(
+                !body.contains(secret.as_str()),
+                "{secret} in an error body: {body}"
+            );
+        }
+    }
+}
