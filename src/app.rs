@@ -166,6 +166,7 @@ impl Application {
             store_path: settings.store.path.clone(),
             tokens: tokens.clone(),
             history,
+            flows: Some(flows.clone()),
         });
         let servers = vec![
             serve(

@@ -332,6 +332,27 @@ fn t(lang: Lang, key: &'static str) -> &'static str {
                 "Jobs of dossier"
             }
         }
+        "dossier_sync" => {
+            if vi {
+                "Đồng bộ hồ sơ theo cổng"
+            } else {
+                "Sync per portal target of dossier"
+            }
+        }
+        "sync_head" => {
+            if vi {
+                "Cổng|Trạng thái đã đồng bộ|Đang chờ gửi|Chờ hồ sơ|Lỗi gần nhất|Đồng bộ lúc"
+            } else {
+                "Target|Last synced status|Pending|Waiting for record|Last error|Synced at"
+            }
+        }
+        "not_synced" => {
+            if vi {
+                "Kết nối chưa nhận hồ sơ này."
+            } else {
+                "The connector has not received this dossier."
+            }
+        }
         "bad_token" => {
             if vi {
                 "Mã truy cập không hợp lệ hoặc không có quyền quản trị."
@@ -660,6 +681,41 @@ pub async fn page(
         esc(dossier.unwrap_or("")),
         esc(l("find"))
     );
+    if let (Some(code), Some(flows)) = (dossier, &state.flows) {
+        match crate::flows::dossier::view(flows, code).await {
+            Ok(Some(targets)) => {
+                let _ = write!(
+                    html,
+                    "<h3>{} {}</h3><table id=\"dossier-sync\"><tr>",
+                    esc(l("dossier_sync")),
+                    esc(code)
+                );
+                for h in l("sync_head").split('|') {
+                    let _ = write!(html, "<th>{}</th>", esc(h));
+                }
+                html.push_str("</tr>");
+                for t in targets {
+                    let _ = write!(
+                        html,
+                        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                        esc(&t.target),
+                        t.last_synced_status
+                            .map(|s| s.to_string())
+                            .unwrap_or_default(),
+                        t.pending,
+                        t.waiting_for_record,
+                        esc(t.last_error.as_deref().unwrap_or("")),
+                        esc(t.synced_at.as_deref().unwrap_or(""))
+                    );
+                }
+                html.push_str("</table>");
+            }
+            Ok(None) => {
+                let _ = write!(html, "<p id=\"dossier-sync\">{}</p>", esc(l("not_synced")));
+            }
+            Err(error) => tracing::warn!(%error, "dossier sync state unavailable"),
+        }
+    }
     if let Some(code) = dossier {
         let jobs = state
             .queue

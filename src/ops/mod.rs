@@ -23,6 +23,8 @@ pub(crate) struct OpsState {
     pub store_path: std::path::PathBuf,
     pub tokens: std::sync::Arc<crate::api::auth::Tokens>,
     pub history: std::sync::Arc<dashboard::History>,
+    /// For the dashboard's per-target dossier sync state.
+    pub flows: Option<crate::flows::Flows>,
 }
 
 pub(crate) fn router(state: OpsState) -> Router {

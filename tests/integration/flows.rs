@@ -359,7 +359,8 @@ fn read_report(dir: &Path, run: &str) -> Report {
 fn every_accepted_request_reaches_its_upstream_once_and_in_order_despite_faults() {
     let dir = tempfile::tempdir().expect("tempdir");
     let w = World::start(dir.path(), 0.06);
-    let (_daemon, api) = w.daemon(&[]);
+    let (mut daemon, api) = w.daemon(&[]);
+    let ops = daemon.listen_addr("ops_addr");
     let mut traffic = drive(&api, dir.path(), 30, "FLOW");
     let status = traffic
         .wait_exit(Duration::from_secs(180))
