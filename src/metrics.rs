@@ -64,6 +64,31 @@ pub struct RequestLabels {
     pub status: String,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct VerificationLabels {
+    /// `exists` or `full`.
+    pub mode: String,
+    /// `verified`, `mismatch`, `not_found`, `failed`, `cached`, `rejected`.
+    pub status: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ShipmentLabels {
+    /// `result_delivery` or `dossier_pickup`.
+    pub kind: String,
+    pub status: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TargetLabels {
+    pub target: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
 /// Counters and histograms updated as work happens.
 #[derive(Debug)]
 pub struct Metrics {
@@ -76,6 +101,10 @@ pub struct Metrics {
     pub api_seconds: Family<RequestLabels, Histogram>,
     pub upstream_responses: Family<UpstreamLabels, Counter>,
     pub upstream_seconds: Family<UpstreamLabels, Histogram>,
+    pub verifications: Family<VerificationLabels, Counter>,
+    pub shipment_transitions: Family<ShipmentLabels, Counter>,
+    pub steps_held: Family<TargetLabels, Counter>,
+    pub tracking_events: Family<OutcomeLabels, Counter>,
     depth: Family<DepthLabels, Gauge>,
     overdue: Family<LaneLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     lane_state: Family<DepthLabels, Gauge>,
@@ -100,6 +129,10 @@ impl Default for Metrics {
             api_seconds: Family::new_with_constructor(latency_histogram),
             upstream_responses: Family::default(),
             upstream_seconds: Family::new_with_constructor(latency_histogram),
+            verifications: Family::default(),
+            shipment_transitions: Family::default(),
+            steps_held: Family::default(),
+            tracking_events: Family::default(),
             depth: Family::default(),
             overdue: Family::default(),
             lane_state: Family::default(),
@@ -158,6 +191,26 @@ impl Metrics {
             "upstream_request_duration_seconds",
             "Upstream call latency by upstream, operation and outcome",
             self.upstream_seconds.clone(),
+        );
+        r.register(
+            "verifications",
+            "Identity verifications answered, by mode and outcome (cached: from the verdict cache; rejected: 422 before any upstream call)",
+            self.verifications.clone(),
+        );
+        r.register(
+            "shipment_transitions",
+            "Shipment status changes, by kind and new status",
+            self.shipment_transitions.clone(),
+        );
+        r.register(
+            "dossier_steps_held",
+            "Steps held because the portal target did not have their dossier yet",
+            self.steps_held.clone(),
+        );
+        r.register(
+            "tracking_events",
+            "VNPost tracking-feed events read, by outcome (applied, repeated, unknown_order)",
+            self.tracking_events.clone(),
         );
         r.register(
             "queue_jobs",
@@ -237,6 +290,15 @@ impl Metrics {
 }
 
 impl Metrics {
+    pub fn verification(&self, mode: &str, status: &str) {
+        self.verifications
+            .get_or_create(&VerificationLabels {
+                mode: mode.to_owned(),
+                status: status.to_owned(),
+            })
+            .inc();
+    }
+
     pub fn job(kind: &str, lane: &str) -> JobLabels {
         JobLabels {
             kind: kind.to_owned(),

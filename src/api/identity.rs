@@ -73,6 +73,11 @@ pub(crate) async fn create(
     }
     let checked = identity::check(&req, flows.ctx.settings.flows.identity.default_mode).map_err(
         |faults| {
+            if let Some(m) = &state.metrics {
+                let mode = req.mode.as_deref().and_then(identity::Mode::parse);
+                let mode = mode.unwrap_or(flows.ctx.settings.flows.identity.default_mode);
+                m.verification(mode.as_str(), "rejected");
+            }
             let code = if faults.iter().any(|f| f.field == "citizen_id") {
                 Code::InvalidCitizenId
             } else {
@@ -85,6 +90,9 @@ pub(crate) async fn create(
         .await
         .map_err(|e| flow_error(e, lang))?
     {
+        if let Some(m) = &state.metrics {
+            m.verification(checked.mode().as_str(), "cached");
+        }
         let body =
             serde_json::to_value(identity::view(&hit.verification, true)).unwrap_or_default();
         return match idempotency::commit(

@@ -677,7 +677,15 @@ impl Sync {
             }
             vec![]
         })
-        .await
+        .await?;
+        if let Some(m) = self.0.ctx.queue.metrics() {
+            m.steps_held
+                .get_or_create(&crate::metrics::TargetLabels {
+                    target: target.to_owned(),
+                })
+                .inc_by(steps.len() as u64);
+        }
+        Ok(())
     }
 }
 

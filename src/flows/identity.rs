@@ -45,6 +45,13 @@ pub enum Mode {
 }
 
 impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Exists => "exists",
+            Mode::Full => "full",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Mode> {
         match s {
             "exists" => Some(Mode::Exists),
@@ -101,6 +108,24 @@ pub struct Verification {
 impl Verification {
     pub fn is_final(&self) -> bool {
         self.status != Status::Pending
+    }
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Verified => "verified",
+            Status::Mismatch => "mismatch",
+            Status::NotFound => "not_found",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+impl Checked {
+    pub fn mode(&self) -> Mode {
+        self.ask.mode
     }
 }
 
@@ -617,6 +642,9 @@ async fn record_verdict(
             change.jobs.push(job);
         }
         if let Committed::Applied { .. } = q.commit(change).await? {
+            if let Some(m) = q.metrics() {
+                m.verification(v.mode.as_str(), v.status.as_str());
+            }
             flows.ctx.wake(id);
             return Ok(());
         }

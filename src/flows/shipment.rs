@@ -521,6 +521,31 @@ pub fn view(s: &Shipment) -> View {
     }
 }
 
+fn count_transition(flows: &Flows, s: &Shipment) {
+    if let Some(m) = flows.ctx.queue.metrics() {
+        let kind = match s.kind {
+            ShipmentKind::ResultDelivery => "result_delivery",
+            ShipmentKind::DossierPickup => "dossier_pickup",
+        };
+        m.shipment_transitions
+            .get_or_create(&crate::metrics::ShipmentLabels {
+                kind: kind.to_owned(),
+                status: s.status.as_str().to_owned(),
+            })
+            .inc();
+    }
+}
+
+fn count_event(flows: &Flows, outcome: &str) {
+    if let Some(m) = flows.ctx.queue.metrics() {
+        m.tracking_events
+            .get_or_create(&crate::metrics::OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+}
+
 fn status_changed(flows: &Flows, s: &Shipment) -> Option<NewJob> {
     let last = s.events.last();
     callbacks::job(
@@ -565,6 +590,7 @@ impl Postal {
             let Some(mut loaded) = load::<Shipment>(q, RECORDS, id).await? else {
                 return Ok(());
             };
+            let before = loaded.value.status;
             if !f(&mut loaded.value) {
                 return Ok(());
             }
@@ -573,6 +599,9 @@ impl Postal {
                 jobs: status_changed(&self.0, &loaded.value).into_iter().collect(),
             };
             if applied(&q.commit(change).await?) {
+                if loaded.value.status != before {
+                    count_transition(&self.0, &loaded.value);
+                }
                 return Ok(());
             }
         }
@@ -803,13 +832,18 @@ pub async fn poll_once(flows: &Flows) -> Result<usize, JobError> {
         }
         let table = client.status_table();
         let flow = &flows.ctx.settings.flows.postal;
+        let mut applied_events = 0;
+        let mut repeated = 0;
+        let mut transitions: Vec<Shipment> = Vec::new();
         for (loaded, evs) in &mut touched {
             let s = &mut loaded.value;
             for ev in evs.iter() {
                 let fid = ev.id.oid.to_ascii_lowercase();
                 if s.applied_feed_ids.contains(&fid) {
+                    repeated += 1;
                     continue;
                 }
+                applied_events += 1;
                 s.applied_feed_ids.push(fid);
                 let overflow = s.applied_feed_ids.len().saturating_sub(REMEMBERED_FEED_IDS);
                 s.applied_feed_ids.drain(..overflow);
@@ -830,6 +864,7 @@ pub async fn poll_once(flows: &Flows) -> Result<usize, JobError> {
                     && state != s.status
                 {
                     s.status = state;
+                    transitions.push(s.clone());
                     if let Some(job) = status_changed(flows, s) {
                         change.jobs.push(job);
                     }
@@ -846,6 +881,19 @@ pub async fn poll_once(flows: &Flows) -> Result<usize, JobError> {
                 .push(loaded.write_back(RECORDS, &loaded.value.id.clone()));
         }
         if applied(&q.commit(change).await.map_err(FlowError::from)?) {
+            for _ in 0..applied_events {
+                count_event(flows, "applied");
+            }
+            for _ in 0..repeated {
+                count_event(flows, "repeated");
+            }
+            let routed: usize = touched.iter().map(|(_, e)| e.len()).sum();
+            for _ in routed..events.len() {
+                count_event(flows, "unknown_order");
+            }
+            for s in &transitions {
+                count_transition(flows, s);
+            }
             return Ok(events.len());
         }
         // Someone else moved the cursor or a shipment meanwhile: read again.

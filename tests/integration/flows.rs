@@ -462,6 +462,55 @@ fn every_accepted_request_reaches_its_upstream_once_and_in_order_despite_faults(
         returned > 0,
         "a delivered result adds a result-returned step"
     );
+
+    // The flows' metrics moved and pass promtool.
+    let metrics = w.rt.block_on(async {
+        reqwest::get(format!("http://{ops}/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    });
+    let (ok, out) = super::metrics::promtool_check(&metrics);
+    assert!(ok, "promtool: {out}");
+    let value = |prefix: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    for series in [
+        "dvc_connector_verifications_total{mode=\"full\",status=\"verified\"}",
+        "dvc_connector_verifications_total{mode=\"full\",status=\"rejected\"}",
+        "dvc_connector_tracking_events_total{outcome=\"applied\"}",
+        "dvc_connector_shipment_transitions_total{kind=\"result_delivery\",status=\"delivered\"}",
+    ] {
+        assert!(value(series) >= 1.0, "{series} did not move");
+    }
+
+    // The dashboard shows a dossier's sync state per target.
+    let code = &report.dossiers[0].code;
+    let page = w.rt.block_on(async {
+        reqwest::get(format!("http://{ops}/?dossier={code}"))
+            .await
+            .expect("dashboard")
+            .text()
+            .await
+            .expect("html")
+    });
+    let table = page
+        .split("id=\"dossier-sync\"")
+        .nth(1)
+        .and_then(|rest| rest.split("</table>").next())
+        .expect("a sync table");
+    for target in ["national", "provincial"] {
+        assert!(
+            table.contains(&format!("<td>{target}</td><td>")),
+            "{target}: {table}"
+        );
+    }
 }
 
 #[test]

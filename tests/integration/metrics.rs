@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::helpers::{Ledger, Proc, write_config};
 
-fn promtool_check(text: &str) -> (bool, String) {
+pub(crate) fn promtool_check(text: &str) -> (bool, String) {
     let mut child = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
