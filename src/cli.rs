@@ -212,6 +212,31 @@ pub struct SimulateArgs {
 pub enum BenchCommand {
     /// Durable enqueue and lease+complete throughput of each queue backend, next to the disk's fsync rate.
     Queue(QueueBenchArgs),
+    /// The whole path: the daemon as a process, the real API, delivery to the portal simulator; also a
+    /// 1,000,000-job backlog drain with --backlog.
+    E2e(E2eBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct E2eBenchArgs {
+    /// Dossiers to file; each is a record PUT then --events steps.
+    #[arg(long, default_value_t = 2000)]
+    pub dossiers: usize,
+    /// Steps per dossier.
+    #[arg(long, default_value_t = 9)]
+    pub events: usize,
+    /// Concurrent client connections.
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// Jobs of the portal lane running at once in the daemon.
+    #[arg(long, default_value_t = 32)]
+    pub lane_concurrency: usize,
+    /// Also measure a backlog of this many requests accepted while the portal is down (restart, drain).
+    #[arg(long, default_value_t = 0)]
+    pub backlog: usize,
+    /// Directory for the temporary store; must be on the disk being measured (not tmpfs).
+    #[arg(long, value_name = "DIR", default_value = "target/bench-e2e")]
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -49,6 +49,9 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Queue(args)) => {
             exit(runtime().and_then(|rt| rt.block_on(bench::queue(args))))
         }
+        Command::Bench(BenchCommand::E2e(args)) => {
+            exit(runtime().and_then(|rt| rt.block_on(bench::e2e::run(args))))
+        }
         Command::QualifyChild(args) => {
             exit(runtime().and_then(|rt| rt.block_on(qualify::child(args))))
         }

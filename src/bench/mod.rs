@@ -2,6 +2,8 @@
 //! producers, and lease+complete throughput, for each backend — next to the disk's own rate of
 //! `4 KiB write + fdatasync`, measured in the same run so the figures can be compared.
 
+pub mod e2e;
+
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
@@ -243,7 +245,7 @@ async fn drain_run(args: &QueueBenchArgs, backend: Backend) -> anyhow::Result<Dr
 }
 
 /// Sequential 4 KiB writes, each followed by fdatasync: what one durable write at a time costs.
-fn fsync_baseline(dir: &Path, duration: Duration) -> anyhow::Result<(f64, f64)> {
+pub(crate) fn fsync_baseline(dir: &Path, duration: Duration) -> anyhow::Result<(f64, f64)> {
     let path = dir.join("fsync-probe");
     let mut file = std::fs::File::create(&path)?;
     let block = [0u8; 4096];
@@ -265,7 +267,7 @@ fn fsync_baseline(dir: &Path, duration: Duration) -> anyhow::Result<(f64, f64)> 
     Ok((rate, p50))
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
