@@ -182,7 +182,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Requests of one dossier: the record, then `events` steps.
-fn requests(run: &str, i: usize, events: usize) -> Vec<(reqwest::Method, String, serde_json::Value)> {
+fn requests(
+    run: &str,
+    i: usize,
+    events: usize,
+) -> Vec<(reqwest::Method, String, serde_json::Value)> {
     let code = format!("{run}-{i:06}");
     let mut out = vec![(
         reqwest::Method::PUT,
@@ -291,7 +295,9 @@ fn exactly_once(
 ) -> (usize, usize, usize) {
     let mut got: HashMap<String, Vec<String>> = HashMap::new();
     for s in sim.steps() {
-        got.entry(s.step.ma_ho_so).or_default().push(s.step.noi_dung_xu_ly);
+        got.entry(s.step.ma_ho_so)
+            .or_default()
+            .push(s.step.noi_dung_xu_ly);
     }
     let (mut missing, mut duplicated, mut disordered) = (0, 0, 0);
     for i in 0..dossiers {
@@ -309,7 +315,11 @@ fn exactly_once(
                 first.push(h);
             }
         }
-        if first.iter().map(|s| s.as_str()).ne(want.iter().map(String::as_str).take(first.len())) {
+        if first
+            .iter()
+            .map(|s| s.as_str())
+            .ne(want.iter().map(String::as_str).take(first.len()))
+        {
             disordered += 1;
         }
     }
@@ -324,7 +334,7 @@ fn wait_delivered(
 ) -> Option<Instant> {
     let deadline = Instant::now() + timeout;
     loop {
-        let n = sim.steps().len();
+        let n = sim.step_count();
         bar.set_position(n as u64);
         if n >= steps {
             return Some(Instant::now());
@@ -354,8 +364,7 @@ pub async fn run(args: E2eBenchArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
     let tmp = tempfile::tempdir_in(&args.dir)?;
-    let (fsync_rate, fsync_p50) =
-        super::fsync_baseline(tmp.path(), Duration::from_secs(2))?;
+    let (fsync_rate, fsync_p50) = super::fsync_baseline(tmp.path(), Duration::from_secs(2))?;
 
     // The portal, on loopback: no faults, no latency.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -385,9 +394,8 @@ pub async fn run(args: E2eBenchArgs) -> anyhow::Result<()> {
     b.finish();
     let steps = args.dossiers * args.events;
     let d = bar(steps as u64, "delivering", "steps");
-    let delivered_at = tokio::task::block_in_place(|| {
-        wait_delivered(&sim, steps, Duration::from_secs(600), &d)
-    });
+    let delivered_at =
+        tokio::task::block_in_place(|| wait_delivered(&sim, steps, Duration::from_secs(600), &d));
     d.finish();
     let Some(delivered_at) = delivered_at else {
         bail!("not everything was delivered within 10 minutes");
@@ -506,9 +514,8 @@ async fn backlog(args: &E2eBenchArgs, dir: &Path) -> anyhow::Result<()> {
     sim.faults.set(dvc_upstream::sim::FaultPlan::default());
     let steps = dossiers * events;
     let d = bar(steps as u64, "backlog: draining", "steps");
-    let done = tokio::task::block_in_place(|| {
-        wait_delivered(&sim, steps, Duration::from_secs(3600), &d)
-    });
+    let done =
+        tokio::task::block_in_place(|| wait_delivered(&sim, steps, Duration::from_secs(3600), &d));
     d.finish();
     let Some(done) = done else {
         bail!("the backlog did not drain within an hour");

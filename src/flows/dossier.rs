@@ -38,6 +38,9 @@ use crate::queue::{Change, Expect, Job, JobError, Millis, NewJob};
 pub const RECORD_KIND: &str = "portal.record";
 pub const STEP_KIND: &str = "portal.step";
 pub(crate) const RECORDS: &str = "dossier";
+/// Per (dossier, target) sync state, written only by that target's lane (one job of a key at a time),
+/// so the API's writes to the dossier record never contend with the workers'.
+const TARGETS: &str = "dossier_target";
 /// Most steps the portal takes in one call.
 const BATCH: usize = 10;
 
@@ -59,7 +62,6 @@ pub struct DossierState {
     pub code: String,
     /// The sequence number the next step gets (from 1).
     pub next_sequence: u64,
-    pub targets: BTreeMap<String, TargetState>,
     pub updated_at: Millis,
 }
 
@@ -375,6 +377,23 @@ async fn state(flows: &Flows, code: &str) -> Result<Loaded<DossierState>, FlowEr
         }))
 }
 
+fn target_key(code: &str, target: &str) -> String {
+    format!("{code}\u{1f}{target}")
+}
+
+async fn target_state(
+    flows: &Flows,
+    code: &str,
+    target: &str,
+) -> Result<Loaded<TargetState>, FlowError> {
+    Ok(load(&flows.ctx.queue, TARGETS, &target_key(code, target))
+        .await?
+        .unwrap_or(Loaded {
+            value: TargetState::default(),
+            version: 0,
+        }))
+}
+
 fn write_state(loaded: &Loaded<DossierState>, code: &str) -> crate::queue::RecordWrite {
     let expect = match loaded.version {
         0 => Expect::Absent,
@@ -454,17 +473,15 @@ pub struct TargetView {
 }
 
 pub async fn view(flows: &Flows, code: &str) -> Result<Option<Vec<TargetView>>, FlowError> {
-    let Some(loaded) = load::<DossierState>(&flows.ctx.queue, RECORDS, code).await? else {
+    if load::<DossierState>(&flows.ctx.queue, RECORDS, code)
+        .await?
+        .is_none()
+    {
         return Ok(None);
-    };
+    }
     let mut out = Vec::new();
     for target in flows.ctx.clients.portal.keys() {
-        let ts = loaded
-            .value
-            .targets
-            .get(target)
-            .cloned()
-            .unwrap_or_default();
+        let ts = target_state(flows, code, target).await?.value;
         let pending = flows
             .ctx
             .queue
@@ -526,13 +543,16 @@ impl Sync {
         target: &str,
         mut f: impl FnMut(&mut TargetState) -> Vec<NewJob>,
     ) -> Result<(), FlowError> {
+        let key = target_key(code, target);
         for _ in 0..MAX_ROUNDS {
-            let mut loaded = state(&self.0, code).await?;
-            let ts = loaded.value.targets.entry(target.to_owned()).or_default();
-            let jobs = f(ts);
-            loaded.value.updated_at = self.0.ctx.queue.now();
+            let mut loaded = target_state(&self.0, code, target).await?;
+            let jobs = f(&mut loaded.value);
+            let expect = match loaded.version {
+                0 => Expect::Absent,
+                v => Expect::Version(v),
+            };
             let change = Change {
-                writes: vec![write_state(&loaded, code)],
+                writes: vec![put(TARGETS, &key, expect, &loaded.value)],
                 jobs,
             };
             if applied(&self.0.ctx.queue.commit(change).await?) {
@@ -547,13 +567,7 @@ impl Sync {
         let client = self.client(target)?;
         let rj: RecordJob = payload(job)?;
         let code = rj.dossier_code.as_str();
-        let before = state(&self.0, code).await?;
-        let ts = before
-            .value
-            .targets
-            .get(target)
-            .cloned()
-            .unwrap_or_default();
+        let ts = target_state(&self.0, code, target).await?.value;
         client.sync_dossier(&rj.record, ts.has_dossier()).await?;
         let now = rfc3339(self.0.ctx.queue.now());
         let status = rj.record.trang_thai_ho_so.parse::<u8>().ok();
@@ -576,13 +590,7 @@ impl Sync {
         .await?;
         // Steps held for this target go right after the record, in order, ten per call.
         loop {
-            let held = state(&self.0, code)
-                .await?
-                .value
-                .targets
-                .get(target)
-                .map(|t| t.held.clone())
-                .unwrap_or_default();
+            let held = target_state(&self.0, code, target).await?.value.held;
             if held.is_empty() {
                 return Ok(());
             }
@@ -610,13 +618,7 @@ impl Sync {
         let client = self.client(target)?;
         let steps: Vec<StepJob> = jobs.iter().map(payload).collect::<Result<_, _>>()?;
         let code = steps[0].dossier_code.clone();
-        let ts = state(&self.0, &code)
-            .await?
-            .value
-            .targets
-            .get(target)
-            .cloned()
-            .unwrap_or_default();
+        let ts = target_state(&self.0, &code, target).await?.value;
         let mut has_dossier = ts.has_dossier();
         if ts.held.is_empty() && !has_dossier && client.dossier_exists(&code).await? {
             self.update(&code, target, |ts| {

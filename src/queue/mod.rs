@@ -242,6 +242,26 @@ impl Queue {
             .await
     }
 
+    /// Completes delivered jobs together, in order, with one commit.
+    pub async fn complete_all(&self, jobs: &[Job]) -> Result<Vec<Transition>, StoreError> {
+        let leases: Vec<(JobId, u64)> = jobs
+            .iter()
+            .filter_map(|j| j.lease_token.map(|t| (j.id, t)))
+            .collect();
+        let out = self.inner.store.complete_many(leases, self.now()).await?;
+        for (job, t) in jobs.iter().zip(&out) {
+            if let (Some(m), Transition::Applied) = (&self.inner.metrics, t) {
+                m.completed
+                    .get_or_create(&crate::metrics::Metrics::job(&job.kind, &job.lane))
+                    .inc();
+            }
+        }
+        if let Some(job) = jobs.first() {
+            self.waker(&job.lane).notify_one();
+        }
+        Ok(out)
+    }
+
     pub async fn complete(&self, job: &Job) -> Result<Transition, StoreError> {
         let out = self.finish(job, Disposition::Done).await?;
         if let (Some(m), Transition::Applied) = (&self.inner.metrics, out) {

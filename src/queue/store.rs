@@ -268,6 +268,13 @@ pub trait JobStore: Send + Sync + Debug {
         now: Millis,
     ) -> StoreFuture<'_, Transition>;
 
+    /// Ends several leases as done, in order, in one transaction (a delivered batch).
+    fn complete_many(
+        &self,
+        leases: Vec<(JobId, u64)>,
+        now: Millis,
+    ) -> StoreFuture<'_, Vec<Transition>>;
+
     /// Returns jobs whose lease ended before `now` to ready. Answers how many.
     fn expire_leases(&self, now: Millis, limit: usize) -> StoreFuture<'_, usize>;
 

@@ -525,15 +525,14 @@ async fn run_batch(
         )),
     };
     match result {
-        Ok(()) => {
-            for job in &jobs {
-                if let Err(error) = queue.complete(job).await {
-                    tracing::error!(job_id = %job.id, %error, "could not record completion; the job will run again");
-                    return RunEnd::Unrecorded;
-                }
+        Ok(()) => match queue.complete_all(&jobs).await {
+            Ok(_) => RunEnd::Delivered,
+            Err(error) => {
+                tracing::error!(job_id = %jobs[0].id, batch = jobs.len(), %error,
+                    "could not record completion; the batch will run again");
+                RunEnd::Unrecorded
             }
-            RunEnd::Delivered
-        }
+        },
         Err(error) => {
             tracing::debug!(job_id = %jobs[0].id, batch = jobs.len(), code = %error.code,
                 "batch failed; its jobs will be retried one at a time");

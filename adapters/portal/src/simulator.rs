@@ -109,6 +109,11 @@ impl Simulator {
         self.store.lock().ok()?.dossiers.get(code).cloned()
     }
 
+    /// How many steps were accepted (cheap: for polling).
+    pub fn step_count(&self) -> usize {
+        self.store.lock().map(|s| s.steps.len()).unwrap_or(0)
+    }
+
     /// Every step accepted, in arrival order.
     pub fn steps(&self) -> Vec<StoredStep> {
         self.store

@@ -73,8 +73,10 @@ type ReadFn<'a> = dyn FnMut(&dyn KvRead) -> Result<(), StoreError> + 'a;
 
 /// An ordered key-value engine with atomic, durable write transactions.
 pub(crate) trait KvEngine: Send + Sync + Debug + 'static {
-    /// Runs `f` in one write transaction; commits durably (fsync) iff `f` returns Ok, else discards it.
-    fn write(&self, f: &mut WriteFn<'_>) -> Result<(), StoreError>;
+    /// Runs `f` in one write transaction; commits iff `f` returns Ok, else discards it. A `durable`
+    /// commit is on disk (fsync) when this returns, together with every earlier commit; a non-durable
+    /// one becomes durable with the next durable commit (and is lost if the process dies first).
+    fn write(&self, durable: bool, f: &mut WriteFn<'_>) -> Result<(), StoreError>;
     /// Runs `f` over a consistent snapshot.
     fn read(&self, f: &mut ReadFn<'_>) -> Result<(), StoreError>;
     fn size_on_disk(&self) -> u64;
@@ -207,7 +209,7 @@ impl KvJobStore {
         };
         let mut seq = 0;
         let display = dir.display().to_string();
-        engine.write(&mut |tx| {
+        engine.write(true, &mut |tx| {
             match tx.get(Table::Meta, keys::FORMAT_VERSION_KEY)? {
                 Some(v) if v == FORMAT_VERSION.to_string().as_bytes() => {}
                 Some(v) => {
@@ -235,7 +237,7 @@ impl KvJobStore {
         })?;
         // Orphaned leases from a previous process.
         let mut recovered = 0;
-        engine.write(&mut |tx| {
+        engine.write(true, &mut |tx| {
             let mut s = seq;
             let mut deltas = ops::Deltas::default();
             if let OpResult::Count(n) = ops::apply(
@@ -346,6 +348,24 @@ impl KvJobStore {
         .map_err(|e| StoreError::Io(format!("read task failed: {e}")))?
     }
 
+    /// A short point read (one key or a handful), done on the calling thread: a redb or sled read of a
+    /// few pages takes microseconds, far less than handing the work to the blocking pool and back.
+    /// Scans of unbounded size go through [`KvJobStore::read`] instead.
+    fn read_now<T>(
+        &self,
+        f: impl FnOnce(&dyn KvRead) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut f = Some(f);
+        let mut out = None;
+        self.engine.read(&mut |tx| {
+            if let Some(f) = f.take() {
+                out = Some(f(tx)?);
+            }
+            Ok(())
+        })?;
+        out.ok_or(StoreError::Closed)
+    }
+
     /// Stops the writer after the operations already queued. Later calls answer `Closed`.
     pub fn close(&self) {
         if let Ok(mut sender) = self.sender.lock() {
@@ -431,7 +451,10 @@ fn run_writer(
         last_batch = batch.len();
         let mut results = Vec::with_capacity(batch.len());
         let mut next_seq = seq;
-        let outcome = engine.write(&mut |tx| {
+        // Leasing alone need not wait for the disk: a lease lost in a crash leaves the job ready,
+        // exactly as recovery at open would (it returns every lease). Anything else is fsynced.
+        let durable = batch.iter().any(|p| p.op.needs_durability());
+        let outcome = engine.write(durable, &mut |tx| {
             results.clear();
             next_seq = seq;
             let mut deltas = ops::Deltas::default();
@@ -547,6 +570,19 @@ impl JobStore for KvJobStore {
         })
     }
 
+    fn complete_many(
+        &self,
+        leases: Vec<(JobId, u64)>,
+        now: Millis,
+    ) -> StoreFuture<'_, Vec<Transition>> {
+        Box::pin(async move {
+            match self.submit(Op::CompleteMany { leases, now }).await? {
+                OpResult::Transitions(t) => Ok(t),
+                other => Err(unexpected(other)),
+            }
+        })
+    }
+
     fn lease_followers(
         &self,
         head: JobId,
@@ -637,7 +673,8 @@ impl JobStore for KvJobStore {
     }
 
     fn get(&self, id: JobId) -> StoreFuture<'_, Option<Job>> {
-        Box::pin(self.read(move |tx| ops::load(tx, id)))
+        let out = self.read_now(|tx| ops::load(tx, id));
+        Box::pin(async move { out })
     }
 
     fn list(
@@ -672,7 +709,8 @@ impl JobStore for KvJobStore {
     }
 
     fn earliest_due(&self, lane: String) -> StoreFuture<'_, Option<Millis>> {
-        Box::pin(self.read(move |tx| ops::earliest_due(tx, &lane)))
+        let out = self.read_now(|tx| ops::earliest_due(tx, &lane));
+        Box::pin(async move { out })
     }
 
     fn commit(&self, change: Change, now: Millis) -> StoreFuture<'_, Committed> {
@@ -685,7 +723,8 @@ impl JobStore for KvJobStore {
     }
 
     fn get_record(&self, collection: &'static str, key: String) -> StoreFuture<'_, Option<Record>> {
-        Box::pin(self.read(move |tx| ops::get_record(tx, collection, &key)))
+        let out = self.read_now(|tx| ops::get_record(tx, collection, &key));
+        Box::pin(async move { out })
     }
 
     fn scan_records(

@@ -60,6 +60,11 @@ pub(crate) enum Op {
         change: Change,
         now: Millis,
     },
+    /// Several jobs done at once (a delivered batch), in order.
+    CompleteMany {
+        leases: Vec<(JobId, u64)>,
+        now: Millis,
+    },
     LeaseFollowers {
         head: JobId,
         limit: usize,
@@ -72,6 +77,17 @@ pub(crate) enum Op {
     },
 }
 
+impl Op {
+    /// Whether the caller's answer must wait for the disk. Leases need not: a crash loses only the
+    /// lease (and the attempt count), and recovery at open returns every lease to ready anyway.
+    pub(crate) fn needs_durability(&self) -> bool {
+        !matches!(
+            self,
+            Op::Lease { .. } | Op::LeaseFollowers { .. } | Op::ExpireLeases { .. }
+        )
+    }
+}
+
 #[derive(Debug)]
 pub(crate) enum OpResult {
     Enqueued(Vec<Enqueued>),
@@ -80,6 +96,7 @@ pub(crate) enum OpResult {
     Count(usize),
     Admin(AdminOutcome),
     Committed(Committed),
+    Transitions(Vec<Transition>),
 }
 
 /// Counter changes of one batch, written once at its end instead of once per job.
@@ -138,6 +155,13 @@ pub(crate) fn apply(
         Op::Discard { id, now } => OpResult::Admin(discard(tx, d, *id, *now)?),
         Op::Replay { filter, now, limit } => OpResult::Count(replay(tx, d, filter, *now, *limit)?),
         Op::Purge { before, limit } => OpResult::Count(purge(tx, d, *before, *limit)?),
+        Op::CompleteMany { leases, now } => {
+            let mut out = Vec::with_capacity(leases.len());
+            for (id, token) in leases {
+                out.push(finish(tx, d, *id, *token, &Disposition::Done, *now)?);
+            }
+            OpResult::Transitions(out)
+        }
         Op::LeaseFollowers {
             head,
             limit,

@@ -161,12 +161,17 @@ impl KvRead for Read {
 }
 
 impl KvEngine for RedbEngine {
-    fn write(&self, f: &mut WriteFn<'_>) -> Result<(), StoreError> {
+    fn write(&self, durable: bool, f: &mut WriteFn<'_>) -> Result<(), StoreError> {
         let Db::ReadWrite(db) = &self.db else {
             return Err(StoreError::Io("the store is open read-only".into()));
         };
         let mut txn = db.begin_write().map_err(err)?;
-        txn.set_durability(Durability::Immediate).map_err(err)?;
+        txn.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })
+        .map_err(err)?;
         let result = {
             let mut tables = Vec::with_capacity(Table::ALL.len());
             for table in Table::ALL {
