@@ -950,3 +950,40 @@ fn personal_data_never_appears_in_logs_metrics_or_error_bodies() {
         }
     }
 }
+
+/// The end-to-end benchmark at a small size, as a smoke run: it must finish and find every accepted
+/// record and step at the portal exactly once and in order (the speed is not checked here).
+#[test]
+fn the_end_to_end_benchmark_delivers_everything_exactly_once_at_a_small_size() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut bench = Proc::spawn(&[
+        "bench",
+        "e2e",
+        "--dossiers",
+        "40",
+        "--events",
+        "4",
+        "--connections",
+        "8",
+        "--backlog",
+        "500",
+        "--dir",
+        dir.path().to_str().expect("path"),
+    ]);
+    let status = bench
+        .wait_exit(Duration::from_secs(240))
+        .expect("the benchmark finishes");
+    let out = bench.out_lines.join("\n");
+    assert!(status.success(), "{out}\n{:?}", bench.err_lines);
+    assert!(
+        out.contains("exactly once: 0 missing, 0 duplicated, 0 dossiers out of order"),
+        "{out}"
+    );
+    assert!(out.contains("accepted: "), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("drain: ")
+                && l.ends_with("0 missing, 0 duplicated, 0 out of order")),
+        "{out}"
+    );
+}
