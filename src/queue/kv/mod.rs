@@ -43,6 +43,10 @@ use super::store::{
 /// The on-disk format this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 
+/// Page cache of either engine (both default to 1 GiB). The daemon must stay within 64 MiB idle and
+/// 256 MiB holding a million jobs; jobs live on disk and only hot index pages need caching.
+pub(crate) const CACHE_BYTES: usize = 32 << 20;
+
 /// Most operations applied in one transaction.
 const MAX_BATCH: usize = 1024;
 

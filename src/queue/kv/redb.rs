@@ -41,12 +41,17 @@ pub(crate) struct RedbEngine {
 
 impl RedbEngine {
     pub(crate) fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => {
-                StoreError::Locked(path.display().to_string())
-            }
-            other => err(other),
-        })?;
+        // redb's default page cache is 1 GiB: far beyond the daemon's memory budget (≤ 256 MiB with a
+        // million jobs queued). Jobs stay on disk; the cache holds the hot index pages.
+        let db = redb::Builder::new()
+            .set_cache_size(super::CACHE_BYTES)
+            .create(path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => {
+                    StoreError::Locked(path.display().to_string())
+                }
+                other => err(other),
+            })?;
         let txn = db.begin_write().map_err(err)?;
         for table in Table::ALL {
             txn.open_table(def(table)).map_err(err)?;

@@ -32,7 +32,11 @@ impl SledEngine {
         // by another process stays locked and is reported after the wait.
         let mut waited = std::time::Duration::ZERO;
         let tree = loop {
-            match sled::Config::new().path(path).open() {
+            match sled::Config::new()
+                .path(path)
+                .cache_capacity(super::CACHE_BYTES as u64)
+                .open()
+            {
                 Ok(tree) => break tree,
                 Err(e) if e.to_string().contains("lock") => {
                     if waited >= std::time::Duration::from_secs(2) {
