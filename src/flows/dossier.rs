@@ -562,7 +562,23 @@ impl Sync {
         Err(FlowError::Contended(code.to_owned()))
     }
 
-    async fn sync_record(&self, job: &Job) -> Result<(), JobError> {
+    /// The target's state after `f`, as a change to commit with the job's completion. Only this lane
+    /// writes the record (one job of a key at a time), so it needs no condition.
+    async fn final_change(
+        &self,
+        code: &str,
+        target: &str,
+        f: impl FnOnce(&mut TargetState) -> Vec<NewJob>,
+    ) -> Result<Change, FlowError> {
+        let mut ts = target_state(&self.0, code, target).await?.value;
+        let jobs = f(&mut ts);
+        Ok(Change {
+            writes: vec![put(TARGETS, &target_key(code, target), Expect::Any, &ts)],
+            jobs,
+        })
+    }
+
+    async fn sync_record(&self, job: &Job) -> Result<Change, JobError> {
         let target = target_of(job)?;
         let client = self.client(target)?;
         let rj: RecordJob = payload(job)?;
@@ -579,20 +595,24 @@ impl Sync {
                 "dossier_code": code, "target": target, "kind": "record", "status": status,
             }),
         );
-        self.update(code, target, |ts| {
+        let synced = |ts: &mut TargetState| {
             ts.record_synced = true;
             ts.last_synced_status = status.or(ts.last_synced_status);
             ts.synced_at = Some(now.clone());
             ts.last_error = None;
             ts.records_synced += 1;
             completed.clone().into_iter().collect()
-        })
-        .await?;
+        };
+        if ts.held.is_empty() {
+            // The common case: nothing held, so the new state goes in with the job's completion.
+            return Ok(self.final_change(code, target, synced).await?);
+        }
+        self.update(code, target, synced).await?;
         // Steps held for this target go right after the record, in order, ten per call.
         loop {
             let held = target_state(&self.0, code, target).await?.value.held;
             if held.is_empty() {
-                return Ok(());
+                return Ok(Change::default());
             }
             let batch: Vec<StepJob> = held.into_iter().take(BATCH).collect();
             let steps: Vec<Progress> = batch.iter().map(|s| s.progress.clone()).collect();
@@ -610,9 +630,9 @@ impl Sync {
     }
 
     /// Steps of one dossier for one target (one job, or a batch of consecutive ones), in order.
-    async fn push_steps(&self, jobs: &[Job]) -> Result<(), JobError> {
+    async fn push_steps(&self, jobs: &[Job]) -> Result<Change, JobError> {
         let Some(first) = jobs.first() else {
-            return Ok(());
+            return Ok(Change::default());
         };
         let target = target_of(first)?;
         let client = self.client(target)?;
@@ -629,7 +649,8 @@ impl Sync {
             has_dossier = true;
         }
         if !ts.held.is_empty() || !has_dossier {
-            return Ok(self.hold(&code, target, &steps).await?);
+            self.hold(&code, target, &steps).await?;
+            return Ok(Change::default());
         }
         let missing = self
             .0
@@ -650,7 +671,8 @@ impl Sync {
                     vec![]
                 })
                 .await?;
-                return Ok(self.hold(&code, target, &steps).await?);
+                self.hold(&code, target, &steps).await?;
+                return Ok(Change::default());
             }
             Err(e) => return Err(e),
         }
@@ -659,15 +681,15 @@ impl Sync {
             .last()
             .and_then(|p| p.trang_thai.parse::<u8>().ok());
         let n = steps.len() as u64;
-        self.update(&code, target, |ts| {
-            ts.steps_synced += n;
-            ts.last_synced_status = status.or(ts.last_synced_status);
-            ts.synced_at = Some(now.clone());
-            ts.last_error = None;
-            vec![]
-        })
-        .await?;
-        Ok(())
+        Ok(self
+            .final_change(&code, target, |ts| {
+                ts.steps_synced += n;
+                ts.last_synced_status = status.or(ts.last_synced_status);
+                ts.synced_at = Some(now.clone());
+                ts.last_error = None;
+                vec![]
+            })
+            .await?)
     }
 
     async fn hold(&self, code: &str, target: &str, steps: &[StepJob]) -> Result<(), FlowError> {
@@ -692,11 +714,25 @@ impl Sync {
 }
 
 impl JobHandler for Sync {
+    /// Delivery outside the worker (which calls `deliver`): the change is committed on its own.
     fn handle<'a>(&'a self, job: &'a Job) -> HandlerFuture<'a> {
         Box::pin(async move {
-            match job.kind.as_str() {
-                RECORD_KIND => self.sync_record(job).await,
-                _ => self.push_steps(std::slice::from_ref(job)).await,
+            let change = self.deliver(std::slice::from_ref(job)).await?;
+            self.0
+                .ctx
+                .queue
+                .commit(change)
+                .await
+                .map_err(FlowError::from)?;
+            Ok(())
+        })
+    }
+
+    fn deliver<'a>(&'a self, jobs: &'a [Job]) -> crate::queue::worker::DeliveryFuture<'a> {
+        Box::pin(async move {
+            match jobs {
+                [job] if job.kind == RECORD_KIND => self.sync_record(job).await,
+                _ => self.push_steps(jobs).await,
             }
         })
     }
@@ -704,20 +740,6 @@ impl JobHandler for Sync {
     /// Steps go ten to a call (the portal's limit); records one at a time.
     fn batch(&self, kind: &str) -> usize {
         if kind == STEP_KIND { BATCH } else { 1 }
-    }
-
-    fn handle_batch<'a>(&'a self, jobs: &'a [Job]) -> HandlerFuture<'a> {
-        Box::pin(async move {
-            match jobs.first().map(|j| j.kind.as_str()) {
-                Some(STEP_KIND) => self.push_steps(jobs).await,
-                _ => {
-                    for job in jobs {
-                        self.handle(job).await?;
-                    }
-                    Ok(())
-                }
-            }
-        })
     }
 
     fn dead<'a>(&'a self, job: &'a Job, error: &'a JobError) -> HandlerFuture<'a> {

@@ -242,13 +242,24 @@ impl Queue {
             .await
     }
 
-    /// Completes delivered jobs together, in order, with one commit.
-    pub async fn complete_all(&self, jobs: &[Job]) -> Result<Vec<Transition>, StoreError> {
+    /// Completes delivered jobs together, in order, with one commit, and writes the flow's `change`
+    /// in the same commit (unless a lease was lost). Answers whether the change was written.
+    pub async fn complete_all(&self, jobs: &[Job], change: Change) -> Result<bool, StoreError> {
         let leases: Vec<(JobId, u64)> = jobs
             .iter()
             .filter_map(|j| j.lease_token.map(|t| (j.id, t)))
             .collect();
-        let out = self.inner.store.complete_many(leases, self.now()).await?;
+        let lanes: Vec<String> = change.jobs.iter().map(|j| j.lane.clone()).collect();
+        let (out, applied) = self
+            .inner
+            .store
+            .complete_many(leases, change, self.now())
+            .await?;
+        if applied {
+            for lane in lanes {
+                self.waker(&lane).notify_one();
+            }
+        }
         for (job, t) in jobs.iter().zip(&out) {
             if let (Some(m), Transition::Applied) = (&self.inner.metrics, t) {
                 m.completed
@@ -259,7 +270,7 @@ impl Queue {
         if let Some(job) = jobs.first() {
             self.waker(&job.lane).notify_one();
         }
-        Ok(out)
+        Ok(applied)
     }
 
     pub async fn complete(&self, job: &Job) -> Result<Transition, StoreError> {

@@ -268,12 +268,15 @@ pub trait JobStore: Send + Sync + Debug {
         now: Millis,
     ) -> StoreFuture<'_, Transition>;
 
-    /// Ends several leases as done, in order, in one transaction (a delivered batch).
+    /// Ends several leases as done, in order, in one transaction (a delivered batch), writing the
+    /// flow's `change` with them if every lease is still held and its conditions hold. Answers each
+    /// job's transition and whether the change was written.
     fn complete_many(
         &self,
         leases: Vec<(JobId, u64)>,
+        change: Change,
         now: Millis,
-    ) -> StoreFuture<'_, Vec<Transition>>;
+    ) -> StoreFuture<'_, (Vec<Transition>, bool)>;
 
     /// Returns jobs whose lease ended before `now` to ready. Answers how many.
     fn expire_leases(&self, now: Millis, limit: usize) -> StoreFuture<'_, usize>;

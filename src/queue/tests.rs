@@ -993,3 +993,40 @@ each_backend!(
         assert_eq!(next.iter().map(payload).collect::<Vec<_>>(), vec!["A#2"]);
     }
 );
+
+each_backend!(
+    a_flow_change_is_written_with_the_completion_only_while_the_lease_is_held,
+    |h, dir, backend| {
+        h.queue.enqueue(job("l", "A", 1)).await.expect("enqueue");
+        let leased = lease_payloads(&h.queue, "l").await;
+        let change = Change {
+            writes: vec![put("state", "A", Expect::Any, "synced")],
+            jobs: vec![job("callbacks", "A", 9)],
+        };
+        assert!(
+            h.queue
+                .complete_all(&leased, change.clone())
+                .await
+                .expect("complete")
+        );
+        assert_eq!(
+            h.queue
+                .record("state", "A")
+                .await
+                .expect("read")
+                .map(|r| r.value),
+            Some(b"synced".to_vec())
+        );
+        assert_eq!(lease_payloads(&h.queue, "callbacks").await.len(), 1);
+        // A stale holder (its lease expired and the job went to someone else) writes nothing.
+        h.queue.enqueue(job("l", "B", 1)).await.expect("enqueue");
+        let mut stale = lease_payloads(&h.queue, "l").await;
+        stale[0].lease_token = stale[0].lease_token.map(|t| t ^ 1);
+        let other = Change {
+            writes: vec![put("state", "B", Expect::Any, "stale")],
+            jobs: vec![],
+        };
+        assert!(!h.queue.complete_all(&stale, other).await.expect("complete"));
+        assert_eq!(h.queue.record("state", "B").await.expect("read"), None);
+    }
+);

@@ -25,6 +25,10 @@ use super::{Queue, Transition};
 
 pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Result<(), JobError>> + Send + 'a>>;
 
+/// A delivery that also answers the flow's record writes and follow-up jobs.
+pub type DeliveryFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<super::Change, JobError>> + Send + 'a>>;
+
 /// Delivers one kind of job. Must be idempotent: a job can run again after a crash or an expired lease.
 pub trait JobHandler: Send + Sync + Debug {
     fn handle<'a>(&'a self, job: &'a Job) -> HandlerFuture<'a>;
@@ -44,6 +48,20 @@ pub trait JobHandler: Send + Sync + Debug {
                 self.handle(job).await?;
             }
             Ok(())
+        })
+    }
+
+    /// What the worker calls: delivers `jobs` (one, or a batch) and answers the flow's change, which
+    /// the worker commits **together with the jobs' completion** — one commit instead of two, and no
+    /// moment where the upstream has the delivery but the flow's state does not say so. The change
+    /// is dropped if a lease was lost meanwhile, so it must only hold writes this lane owns.
+    fn deliver<'a>(&'a self, jobs: &'a [Job]) -> DeliveryFuture<'a> {
+        Box::pin(async move {
+            match jobs {
+                [job] => self.handle(job).await?,
+                _ => self.handle_batch(jobs).await?,
+            }
+            Ok(super::Change::default())
         })
     }
 
@@ -458,13 +476,15 @@ async fn run_job(
             "no_handler",
             format!("no handler for job kind {}", job.kind),
         )),
-        Some(handler) => match tokio::time::timeout(budget, handler.handle(&job)).await {
-            Ok(result) => result,
-            Err(_) => Err(JobError::retryable(
-                "handler_timeout",
-                format!("no answer within {budget:?}"),
-            )),
-        },
+        Some(handler) => {
+            match tokio::time::timeout(budget, handler.deliver(std::slice::from_ref(&job))).await {
+                Ok(result) => result,
+                Err(_) => Err(JobError::retryable(
+                    "handler_timeout",
+                    format!("no answer within {budget:?}"),
+                )),
+            }
+        }
     };
     if let Some(m) = queue.metrics() {
         m.attempt_seconds
@@ -472,7 +492,21 @@ async fn run_job(
             .observe(started.elapsed().as_secs_f64());
     }
     match result {
-        Ok(()) => match queue.complete(&job).await {
+        Ok(change) if !change.writes.is_empty() || !change.jobs.is_empty() => {
+            match queue.complete_all(std::slice::from_ref(&job), change).await {
+                Ok(true) => RunEnd::Delivered,
+                Ok(false) => {
+                    tracing::warn!(job_id = %job.id, kind = %job.kind, lane = %job.lane,
+                        "job delivered after its lease was lost; it may be delivered again");
+                    RunEnd::Delivered
+                }
+                Err(error) => {
+                    tracing::error!(job_id = %job.id, %error, "could not record completion; the job will run again");
+                    RunEnd::Unrecorded
+                }
+            }
+        }
+        Ok(_) => match queue.complete(&job).await {
             Ok(Transition::Applied) => RunEnd::Delivered,
             Ok(Transition::LeaseLost) => {
                 tracing::warn!(job_id = %job.id, kind = %job.kind, lane = %job.lane,
@@ -517,7 +551,7 @@ async fn run_batch(
     let mut jobs = Vec::with_capacity(1 + followers.len());
     jobs.push(head);
     jobs.extend(followers);
-    let result = match tokio::time::timeout(budget, handler.handle_batch(&jobs)).await {
+    let result = match tokio::time::timeout(budget, handler.deliver(&jobs)).await {
         Ok(result) => result,
         Err(_) => Err(JobError::retryable(
             "handler_timeout",
@@ -525,7 +559,7 @@ async fn run_batch(
         )),
     };
     match result {
-        Ok(()) => match queue.complete_all(&jobs).await {
+        Ok(change) => match queue.complete_all(&jobs, change).await {
             Ok(_) => RunEnd::Delivered,
             Err(error) => {
                 tracing::error!(job_id = %jobs[0].id, batch = jobs.len(), %error,

@@ -577,11 +577,19 @@ impl JobStore for KvJobStore {
     fn complete_many(
         &self,
         leases: Vec<(JobId, u64)>,
+        change: Change,
         now: Millis,
-    ) -> StoreFuture<'_, Vec<Transition>> {
+    ) -> StoreFuture<'_, (Vec<Transition>, bool)> {
         Box::pin(async move {
-            match self.submit(Op::CompleteMany { leases, now }).await? {
-                OpResult::Transitions(t) => Ok(t),
+            match self
+                .submit(Op::CompleteMany {
+                    leases,
+                    change,
+                    now,
+                })
+                .await?
+            {
+                OpResult::Completed(c) => Ok((c.transitions, c.change_applied)),
                 other => Err(unexpected(other)),
             }
         })

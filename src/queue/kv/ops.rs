@@ -63,6 +63,7 @@ pub(crate) enum Op {
     /// Several jobs done at once (a delivered batch), in order.
     CompleteMany {
         leases: Vec<(JobId, u64)>,
+        change: Change,
         now: Millis,
     },
     LeaseFollowers {
@@ -96,7 +97,43 @@ pub(crate) enum OpResult {
     Count(usize),
     Admin(AdminOutcome),
     Committed(Committed),
-    Transitions(Vec<Transition>),
+    Completed(Completed),
+}
+
+/// The answer to completing delivered jobs with the flow's change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Completed {
+    pub transitions: Vec<Transition>,
+    /// False when a lease was lost or a condition failed: the change was not written.
+    pub change_applied: bool,
+}
+
+/// Completes delivered jobs and writes the flow's change with them, all or (for the change) nothing:
+/// the change goes in only if every lease is still held and its conditions hold.
+fn complete_many(
+    tx: &mut dyn KvWrite,
+    d: &mut Deltas,
+    seq: &mut u64,
+    leases: &[(JobId, u64)],
+    change: &Change,
+    now: Millis,
+) -> Result<Completed, StoreError> {
+    let mut held = true;
+    for (id, token) in leases {
+        let job = load(tx, *id)?;
+        held &= job.is_some_and(|j| j.state == JobState::Leased && j.lease_token == Some(*token));
+    }
+    let change_applied = held
+        && (change.writes.is_empty() && change.jobs.is_empty()
+            || matches!(commit(tx, d, seq, change, now)?, Committed::Applied { .. }));
+    let mut transitions = Vec::with_capacity(leases.len());
+    for (id, token) in leases {
+        transitions.push(finish(tx, d, *id, *token, &Disposition::Done, now)?);
+    }
+    Ok(Completed {
+        transitions,
+        change_applied,
+    })
 }
 
 /// Counter changes of one batch, written once at its end instead of once per job.
@@ -155,13 +192,11 @@ pub(crate) fn apply(
         Op::Discard { id, now } => OpResult::Admin(discard(tx, d, *id, *now)?),
         Op::Replay { filter, now, limit } => OpResult::Count(replay(tx, d, filter, *now, *limit)?),
         Op::Purge { before, limit } => OpResult::Count(purge(tx, d, *before, *limit)?),
-        Op::CompleteMany { leases, now } => {
-            let mut out = Vec::with_capacity(leases.len());
-            for (id, token) in leases {
-                out.push(finish(tx, d, *id, *token, &Disposition::Done, *now)?);
-            }
-            OpResult::Transitions(out)
-        }
+        Op::CompleteMany {
+            leases,
+            change,
+            now,
+        } => OpResult::Completed(complete_many(tx, d, seq, leases, change, *now)?),
         Op::LeaseFollowers {
             head,
             limit,
