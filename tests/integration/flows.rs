@@ -987,3 +987,99 @@ fn the_end_to_end_benchmark_delivers_everything_exactly_once_at_a_small_size() {
         "{out}"
     );
 }
+
+#[test]
+fn a_failing_target_stalls_only_its_own_lane_and_says_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = World::start(dir.path(), 0.0);
+    // The national portal is down; the provincial one refuses every call with a business error.
+    w.rt.block_on(async {
+        w.national.faults.set(FaultPlan {
+            outages: vec![dvc_upstream::sim::Outage {
+                start_ms: 0,
+                end_ms: u64::MAX,
+            }],
+            ..Default::default()
+        });
+    });
+    let (_daemon, api) = w.daemon(&[("DVC_CONNECTOR__QUEUE__RETRY__MAX_ATTEMPTS", "3")]);
+    let a = Api {
+        rt: &w.rt,
+        base: format!("http://{api}"),
+        client: reqwest::Client::new(),
+    };
+    let put = |code: &str| {
+        a.send(
+            reqwest::Method::PUT,
+            &format!("/v1/dossiers/{code}"),
+            Some(PORTAL_TOKEN),
+            None,
+            Some(json!({"procedure_code": "1.001612", "status": "new"})),
+        )
+    };
+    // While national is down, provincial gets everything.
+    for i in 0..5 {
+        assert_eq!(put(&format!("STALL-{i}")).0, 202);
+    }
+    assert!(w.wait_until(Duration::from_secs(20), |w| {
+        (0..5).all(|i| w.provincial.dossier(&format!("STALL-{i}")).is_some())
+    }));
+    assert!((0..5).all(|i| w.national.dossier(&format!("STALL-{i}")).is_none()));
+    let (_, _, view) = a.send(
+        reqwest::Method::GET,
+        "/v1/dossiers/STALL-0",
+        Some(PORTAL_TOKEN),
+        None,
+        None,
+    );
+    let target = |name: &str| {
+        view["targets"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["target"] == name).cloned())
+            .expect("target in the view")
+    };
+    assert_eq!(target("provincial")["pending"], 0, "{view}");
+    assert_eq!(target("national")["pending"], 1, "{view}");
+
+    // A permanent refusal dead-letters the record, says so on the dossier and calls back.
+    w.rt.block_on(async {
+        w.national.faults.set(FaultPlan::default());
+        w.provincial.faults.set(FaultPlan {
+            protocol_error: 1.0,
+            ..Default::default()
+        });
+    });
+    assert_eq!(put("STALL-DEAD").0, 202);
+    let failed = w.wait_until(Duration::from_secs(30), |w| {
+        w.callbacks.lock().expect("lock").good.iter().any(|(t, b)| {
+            t == "dossier.sync.failed"
+                && b["data"]["dossier_code"] == "STALL-DEAD"
+                && b["data"]["target"] == "provincial"
+        })
+    });
+    assert!(failed, "no dossier.sync.failed callback");
+    assert!(w.wait_until(Duration::from_secs(20), |w| {
+        w.national.dossier("STALL-DEAD").is_some()
+    }));
+    let (_, _, view) = a.send(
+        reqwest::Method::GET,
+        "/v1/dossiers/STALL-DEAD",
+        Some(PORTAL_TOKEN),
+        None,
+        None,
+    );
+    let provincial = view["targets"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["target"] == "provincial").cloned())
+        .expect("provincial");
+    assert_eq!(
+        provincial["pending"], 1,
+        "the dead record holds its dossier: {view}"
+    );
+    assert!(
+        provincial["last_error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("portal_")),
+        "{view}"
+    );
+}
