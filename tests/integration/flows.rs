@@ -1083,3 +1083,90 @@ fn a_failing_target_stalls_only_its_own_lane_and_says_so() {
         "{view}"
     );
 }
+
+#[test]
+fn a_cancelled_pickup_is_cancelled_at_vnpost_and_the_next_pickup_gets_the_next_number() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = World::start(dir.path(), 0.0);
+    let (_daemon, api) = w.daemon(&[]);
+    let a = Api {
+        rt: &w.rt,
+        base: format!("http://{api}"),
+        client: reqwest::Client::new(),
+    };
+    let pickup = json!({
+        "dossier_code": "PICK-0001", "kind": "dossier_pickup", "description": "Nhận hồ sơ tại nhà",
+        "recipient": {"name": "Võ Ngọc Trang", "phone": "0905123456", "address": "1 Lê Lợi",
+                      "province_code": "48", "ward_code": "20194"},
+    });
+    let post = |body: &Value| {
+        a.send(
+            reqwest::Method::POST,
+            "/v1/shipments",
+            Some(PORTAL_TOKEN),
+            None,
+            Some(body.clone()),
+        )
+    };
+    let get = |id: &str| {
+        a.send(
+            reqwest::Method::GET,
+            &format!("/v1/shipments/{id}"),
+            Some(PORTAL_TOKEN),
+            None,
+            None,
+        )
+        .2
+    };
+    let (status, _, first) = post(&pickup);
+    assert_eq!(
+        (status, first["order_number"].as_str()),
+        (202, Some("PICK-0001-TG1"))
+    );
+    let id = first["id"].as_str().expect("id").to_owned();
+    // While it is active, asking again answers the same pickup.
+    let (status, _, again) = post(&pickup);
+    assert_eq!((status, again["id"].as_str()), (200, Some(id.as_str())));
+    assert!(w.wait_until(Duration::from_secs(10), |_| {
+        get(&id)["tracking_code"].as_str().is_some()
+    }));
+    let (status, _, cancel) = a.send(
+        reqwest::Method::POST,
+        &format!("/v1/shipments/{id}/cancel"),
+        Some(PORTAL_TOKEN),
+        None,
+        None,
+    );
+    assert_eq!(status, 202, "{cancel}");
+    assert!(
+        w.wait_until(Duration::from_secs(10), |_| get(&id)["status"]
+            == "cancelled"),
+        "{}",
+        get(&id)
+    );
+    let cancels: Vec<_> = w
+        .postal
+        .ledger
+        .snapshot()
+        .into_iter()
+        .filter(|e| e.operation == "cancel" && e.order_number == "PICK-0001-TG1")
+        .map(|e| e.outcome)
+        .collect();
+    assert_eq!(cancels, vec!["cancelled".to_owned()]);
+    // The first pickup is final: the next request is pickup 2.
+    let (status, _, second) = post(&pickup);
+    assert_eq!(
+        (status, second["order_number"].as_str()),
+        (202, Some("PICK-0001-TG2"))
+    );
+    assert_ne!(second["id"], first["id"]);
+    // Cancelling a cancelled shipment is accepted again and changes nothing.
+    let (status, _, _) = a.send(
+        reqwest::Method::POST,
+        &format!("/v1/shipments/{id}/cancel"),
+        Some(PORTAL_TOKEN),
+        None,
+        None,
+    );
+    assert_eq!(status, 202);
+}
