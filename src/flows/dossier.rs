@@ -584,7 +584,16 @@ impl Sync {
         let rj: RecordJob = payload(job)?;
         let code = rj.dossier_code.as_str();
         let ts = target_state(&self.0, code, target).await?.value;
-        client.sync_dossier(&rj.record, ts.has_dossier()).await?;
+        let r = &rj.record;
+        client
+            .sync_dossier(r, ts.has_dossier())
+            .await
+            .map_err(|e| {
+                super::redacted(
+                    e,
+                    &[&r.chu_ho_so, &r.email, &r.so_dien_thoai, &r.ma_doi_tuong],
+                )
+            })?;
         let now = rfc3339(self.0.ctx.queue.now());
         let status = rj.record.trang_thai_ho_so.parse::<u8>().ok();
         let completed = callbacks::job(

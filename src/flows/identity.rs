@@ -459,7 +459,9 @@ impl JobHandler for Verify {
             if current.is_final() {
                 return Ok(());
             }
-            let (request_id, status, checks) = self.ask_upstream(&ask).await?;
+            let (request_id, status, checks) = self.ask_upstream(&ask).await.map_err(|e| {
+                super::redacted(e, &[&ask.full_name, &ask.citizen_id, &ask.legacy_id])
+            })?;
             let now = flows.ctx.queue.now();
             record_verdict(flows, &ask.id, |v| {
                 v.status = status;

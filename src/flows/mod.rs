@@ -211,6 +211,48 @@ pub(crate) fn payload<T: DeserializeOwned>(job: &crate::queue::Job) -> Result<T,
         .map_err(|e| JobError::permanent("invalid_payload", format!("job payload: {e}")))
 }
 
+/// An upstream's error with the personal data this job carried masked out of its message. Upstreams
+/// sometimes echo what they were sent ("no dossier for Nguyễn Văn A"); digit runs are masked by the
+/// adapters, but a name or an address can only be recognised by knowing it, and the job knows it.
+pub(crate) fn redacted(mut error: JobError, personal: &[&str]) -> JobError {
+    error.message = mask_known(&error.message, personal);
+    error
+}
+
+/// Replaces every occurrence (case-insensitive for ASCII, exact otherwise) of each known value of at
+/// least three characters with `…`.
+pub(crate) fn mask_known(text: &str, personal: &[&str]) -> String {
+    let mut out = text.to_owned();
+    for value in personal {
+        let value = value.trim();
+        if value.chars().count() < 3 {
+            continue;
+        }
+        for candidate in [value.to_owned(), value.to_lowercase(), value.to_uppercase()] {
+            if out.contains(&candidate) {
+                out = out.replace(&candidate, "…");
+            }
+        }
+    }
+    out
+}
+
 pub(crate) fn to_payload<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_personal_data_is_masked_in_an_upstream_message_whatever_its_case() {
+        let e = JobError::permanent(
+            "vnpost_400",
+            "Người nhận NGUYỄN VĂN AN tại 12 Lê Lợi không hợp lệ (Nguyễn Văn An)",
+        );
+        let masked = redacted(e, &["Nguyễn Văn An", "12 Lê Lợi", "", "An"]);
+        assert_eq!(masked.message, "Người nhận … tại … không hợp lệ (…)");
+        assert_eq!(masked.code, "vnpost_400");
+    }
 }

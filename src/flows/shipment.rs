@@ -644,7 +644,22 @@ impl Postal {
         if current.status != Status::Queued {
             return Ok(());
         }
-        let created = self.client()?.create_order(&cj.order).await?;
+        let o = &cj.order;
+        let created = self.client()?.create_order(o).await.map_err(|e| {
+            super::redacted(
+                e,
+                &[
+                    &o.receiver_name,
+                    &o.receiver_address,
+                    &o.receiver_tel,
+                    &o.receiver_email,
+                    &o.sender_name,
+                    &o.sender_address,
+                    &o.sender_tel,
+                    &o.sender_email,
+                ],
+            )
+        })?;
         self.update(&cj.shipment_id, |s| {
             if s.tracking_code.is_some() && s.status != Status::Queued {
                 return false;
