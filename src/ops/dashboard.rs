@@ -3,9 +3,9 @@
 //! (`?lang=vi`, or `Accept-Language`).
 //!
 //! Shows each lane's health and depth with a chart of deliveries over the last hour, dead letters grouped
-//! by reason, the dead-letter list with retry and discard buttons, and a dossier's jobs by code. Actions
-//! need an admin token: the sign-in form puts it in an HttpOnly, SameSite=Strict cookie, and every action
-//! checks it against the configured hashes. Everything shown is escaped; payloads are never shown.
+//! by reason, the dead-letter list with retry and discard buttons, and a dossier's sync state per target
+//! and its jobs by code. Actions need an admin token: the sign-in form puts it in an HttpOnly,
+//! SameSite=Strict cookie, and every action checks it against the configured hashes. Everything shown is escaped; payloads are never shown.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
