@@ -18,8 +18,8 @@ use serde_json::{Value, json};
 
 use super::helpers::{Proc, write_config};
 
-const PORTAL_TOKEN: &str = "portal-token-for-flow-tests";
-const ADMIN_TOKEN: &str = "admin-only-token-for-flow-tests";
+pub(crate) const PORTAL_TOKEN: &str = "portal-token-for-flow-tests";
+pub(crate) const ADMIN_TOKEN: &str = "admin-only-token-for-flow-tests";
 const CALLBACK_SECRET: &str = "callback-secret-for-flow-tests";
 
 fn sha256_hex(text: &str) -> String {
@@ -62,12 +62,12 @@ async fn receive(
 }
 
 /// Simulators, a callback receiver, and a configuration pointing the daemon at them.
-struct World {
-    rt: tokio::runtime::Runtime,
-    population: Arc<dvc_population::simulator::Simulator>,
-    postal: Arc<dvc_postal::simulator::Simulator>,
-    national: Arc<dvc_portal::simulator::Simulator>,
-    provincial: Arc<dvc_portal::simulator::Simulator>,
+pub(crate) struct World {
+    pub(crate) rt: tokio::runtime::Runtime,
+    pub(crate) population: Arc<dvc_population::simulator::Simulator>,
+    pub(crate) postal: Arc<dvc_postal::simulator::Simulator>,
+    pub(crate) national: Arc<dvc_portal::simulator::Simulator>,
+    pub(crate) provincial: Arc<dvc_portal::simulator::Simulator>,
     callbacks: Arc<Mutex<Callbacks>>,
     _running: Vec<Running>,
     config: std::path::PathBuf,
@@ -85,7 +85,7 @@ fn faults(seed: u64, rate: f64) -> FaultPlan {
 }
 
 impl World {
-    fn start(dir: &Path, rate: f64) -> World {
+    pub(crate) fn start(dir: &Path, rate: f64) -> World {
         dvc_connector::tls::install_crypto_provider();
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         let callbacks = Arc::new(Mutex::new(Callbacks::default()));
@@ -213,7 +213,7 @@ province_code = "48"
         }
     }
 
-    fn daemon(&self, env: &[(&str, &str)]) -> (Proc, String) {
+    pub(crate) fn daemon(&self, env: &[(&str, &str)]) -> (Proc, String) {
         let mut daemon = Proc::spawn_with_env(
             &["run", "--config", self.config.to_str().expect("path")],
             env,

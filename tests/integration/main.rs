@@ -1,6 +1,7 @@
 //! Integration tests: the real `dvc-connector` binary, on loopback ports chosen by the OS, with a
 //! temporary store per test.
 
+mod bad_input;
 mod cli;
 mod crash;
 mod daemon;
