@@ -68,6 +68,17 @@ impl Application {
     ) -> anyhow::Result<Self> {
         let path = settings.store.path.clone();
         let backend = settings.store.backend;
+        let mut options = options;
+        if options.keys.is_none() {
+            options.keys = settings
+                .store
+                .keyring()
+                .map_err(anyhow::Error::msg)
+                .context("store.encryption_key_files")?;
+        }
+        if let Some(keys) = &options.keys {
+            tracing::info!(key_id = %keys.current_id(), "job and record values are encrypted at rest");
+        }
         let store = tokio::task::spawn_blocking(move || KvJobStore::open(&path, backend, options))
             .await?
             .with_context(|| {

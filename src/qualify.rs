@@ -86,7 +86,15 @@ pub async fn child(args: QualifyArgs) -> anyhow::Result<()> {
         handlers,
         lanes: vec![LANE.to_owned()],
     };
-    let app = Application::build_with(&settings, wiring, KvOptions { crash }).await?;
+    let app = Application::build_with(
+        &settings,
+        wiring,
+        KvOptions {
+            crash,
+            ..Default::default()
+        },
+    )
+    .await?;
     let queue = app.queue().clone();
     println!("READY");
     let _ = std::io::stdout().flush();

@@ -180,6 +180,7 @@ mod tests {
                     2,
                     CrashAction::Halt,
                 )),
+                ..Default::default()
             },
         )
         .expect("store");
@@ -267,8 +268,15 @@ agency_code = "A"
         let open = |crash| {
             Queue::new(
                 Arc::new(
-                    KvJobStore::open(&store_dir, Backend::Redb, KvOptions { crash })
-                        .expect("store"),
+                    KvJobStore::open(
+                        &store_dir,
+                        Backend::Redb,
+                        KvOptions {
+                            crash,
+                            ..Default::default()
+                        },
+                    )
+                    .expect("store"),
                 ),
                 Arc::new(TokioClock::new()),
                 RetryPolicies::default(),

@@ -108,6 +108,39 @@ pub struct StoreSettings {
     pub backend: Backend,
     /// Absolute; a relative path in the file is taken relative to the file's directory.
     pub path: PathBuf,
+    /// Files holding the at-rest encryption keys (64 hex digits each), newest first; empty: values are
+    /// stored as they are.
+    pub encryption_key_files: Vec<PathBuf>,
+}
+
+impl StoreSettings {
+    /// Reads the key files into a keyring (None without keys).
+    pub fn keyring(&self) -> Result<Option<std::sync::Arc<crate::queue::kv::Keyring>>, String> {
+        let mut keys = Vec::new();
+        for path in &self.encryption_key_files {
+            keys.push(read_key(path)?);
+        }
+        Ok(crate::queue::kv::Keyring::new(&keys).map(std::sync::Arc::new))
+    }
+}
+
+/// A key file: 64 hex digits (whitespace around them ignored).
+pub fn read_key(path: &std::path::Path) -> Result<[u8; 32], String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let hex = text.trim();
+    let bytes: Option<Vec<u8>> = (hex.len() == 64)
+        .then(|| {
+            (0..32)
+                .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+                .collect()
+        })
+        .flatten();
+    bytes.and_then(|b| b.try_into().ok()).ok_or_else(|| {
+        format!(
+            "{}: expected 64 hex digits (e.g. `openssl rand -hex 32`)",
+            path.display()
+        )
+    })
 }
 
 #[derive(Debug, Clone)]

@@ -93,6 +93,7 @@ pub(crate) struct RawOps {
 pub(crate) struct RawStore {
     pub backend: Option<String>,
     pub path: Option<String>,
+    pub encryption_key_files: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

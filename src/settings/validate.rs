@@ -461,7 +461,24 @@ pub(super) fn settings(raw: RawSettings, base_dir: &Path, problems: &mut Problem
         Some(p) => base_dir.join(p),
         None => PathBuf::new(),
     };
-    let store = StoreSettings { backend, path };
+    let encryption_key_files: Vec<PathBuf> = raw
+        .store
+        .encryption_key_files
+        .clone()
+        .unwrap_or_default()
+        .iter()
+        .map(|p| base_dir.join(p))
+        .collect();
+    for (i, file) in encryption_key_files.iter().enumerate() {
+        if let Err(message) = read_key(file) {
+            c.fail(&format!("store.encryption_key_files[{i}]"), message);
+        }
+    }
+    let store = StoreSettings {
+        backend,
+        path,
+        encryption_key_files,
+    };
 
     let q = &raw.queue;
     let second = Duration::from_secs(1);

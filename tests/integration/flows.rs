@@ -1170,3 +1170,80 @@ fn a_cancelled_pickup_is_cancelled_at_vnpost_and_the_next_pickup_gets_the_next_n
     );
     assert_eq!(status, 202);
 }
+
+/// Every byte of every file under `dir`.
+fn raw_files(dir: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(raw_files(&path));
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            out.extend(bytes);
+        }
+    }
+    out
+}
+
+#[test]
+fn with_a_key_configured_no_citizen_data_is_in_the_store_files_in_clear() {
+    let people: Vec<dvc_population::simulator::SimCitizen> =
+        dvc_population::simulator::parse_citizens(dvc_population::simulator::DEFAULT_CITIZENS)
+            .expect("fixture");
+    let run = |encrypted: bool| -> (Vec<u8>, Vec<String>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let w = World::start(dir.path(), 0.0);
+        let key = dir.path().join("store.key");
+        std::fs::write(&key, "8f".repeat(32)).expect("key");
+        // A whole list from the environment: a TOML array.
+        let key_list = format!("[\"{}\"]", key.to_str().expect("path"));
+        let env: Vec<(&str, &str)> = if encrypted {
+            vec![(
+                "DVC_CONNECTOR__STORE__ENCRYPTION_KEY_FILES",
+                key_list.as_str(),
+            )]
+        } else {
+            vec![]
+        };
+        let (mut daemon, api) = w.daemon(&env);
+        let mut traffic = drive(&api, dir.path(), 8, if encrypted { "ENC" } else { "PLAIN" });
+        assert!(
+            traffic
+                .wait_exit(Duration::from_secs(120))
+                .expect("traffic finishes")
+                .success()
+        );
+        daemon.sigterm();
+        daemon.wait_exit(Duration::from_secs(20)).expect("exits");
+        if encrypted {
+            assert!(
+                daemon
+                    .err_lines
+                    .iter()
+                    .any(|l| l.contains("encrypted at rest")),
+                "the daemon says it encrypts"
+            );
+        }
+        let secrets: Vec<String> = people
+            .iter()
+            .take(8)
+            .flat_map(|p| [p.citizen_id.clone(), p.family.clone() + " " + &p.middle])
+            .collect();
+        (raw_files(&dir.path().join("store")), secrets)
+    };
+    let contains =
+        |hay: &[u8], needle: &str| hay.windows(needle.len()).any(|w| w == needle.as_bytes());
+    // Without a key the check finds the data (so it can find it), with a key it finds none.
+    let (plain, secrets) = run(false);
+    assert!(
+        secrets.iter().any(|s| contains(&plain, s)),
+        "the unencrypted store should show the citizen data this check looks for"
+    );
+    let (sealed, secrets) = run(true);
+    for s in &secrets {
+        assert!(
+            !contains(&sealed, s),
+            "{s} is in the encrypted store in clear"
+        );
+    }
+}

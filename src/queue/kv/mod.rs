@@ -22,7 +22,10 @@
 mod keys;
 mod ops;
 mod redb;
+mod seal;
 mod sled;
+
+pub use self::seal::Keyring;
 
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
@@ -171,6 +174,8 @@ impl CrashPlan {
 #[derive(Debug, Default)]
 pub struct KvOptions {
     pub crash: Option<CrashPlan>,
+    /// Seal job and record values with these keys (newest first); None stores them as they are.
+    pub keys: Option<Arc<Keyring>>,
 }
 
 struct Pending {
@@ -210,6 +215,13 @@ impl KvJobStore {
         let engine: Arc<dyn KvEngine> = match backend {
             Backend::Redb => Arc::new(redb::RedbEngine::open(&dir.join("queue.redb"))?),
             Backend::Sled => Arc::new(sled::SledEngine::open(&dir.join("sled"))?),
+        };
+        let engine: Arc<dyn KvEngine> = match &options.keys {
+            Some(keys) => Arc::new(seal::SealedEngine {
+                inner: engine,
+                keys: Arc::clone(keys),
+            }),
+            None => engine,
         };
         let mut seq = 0;
         let display = dir.display().to_string();
