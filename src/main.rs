@@ -13,7 +13,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { config, print } => check_config(&config, print),
         Command::Run { config } => {
-            let settings = match settings::load(&config, std::env::vars()) {
+            let loaded = settings::Source::read(&config, std::env::vars())
+                .and_then(|source| Ok((source.settings()?, source.warnings().to_vec())));
+            let (settings, warnings) = match loaded {
                 Ok(s) => s,
                 Err(errors) => {
                     eprintln!("{errors}");
@@ -21,6 +23,9 @@ fn main() -> ExitCode {
                 }
             };
             telemetry::init(settings.log.format, &settings.log.level);
+            for warning in warnings {
+                tracing::warn!("{warning}");
+            }
             exit(runtime().and_then(|rt| {
                 rt.block_on(async {
                     let app = Application::build(&settings).await?;
@@ -66,6 +71,9 @@ fn check_config(path: &std::path::Path, print: bool) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    for warning in source.warnings() {
+        eprintln!("warning: {warning}");
+    }
     match source.settings() {
         Ok(_) => {
             if print {

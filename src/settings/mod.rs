@@ -289,6 +289,8 @@ impl std::error::Error for ConfigErrors {}
 pub struct Source {
     pub path: PathBuf,
     table: toml::Table,
+    /// Problems worth telling but not fatal (a world-readable file holding secrets).
+    warnings: Vec<String>,
     /// Dotted keys set from the environment, with the variable's name.
     from_env: BTreeMap<String, String>,
 }
@@ -314,6 +316,14 @@ impl Source {
                 message: format!("not valid TOML: {}", e.to_string().trim()),
             }])
         })?;
+        let mut warnings = Vec::new();
+        if holds_secret(&table) && world_readable(path) {
+            warnings.push(format!(
+                "{origin} holds secrets and is readable by every user of this machine; \
+                 restrict it (chmod 600, owned by the connector's user) or move the secrets to \
+                 *_file keys or the environment"
+            ));
+        }
         let mut from_env = BTreeMap::new();
         let mut errors = Vec::new();
         for (name, value) in env {
@@ -345,8 +355,14 @@ impl Source {
         Ok(Source {
             path: path.to_owned(),
             table,
+            warnings,
             from_env,
         })
+    }
+
+    /// Problems worth telling that do not stop the start.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     fn origin_of(&self, key: &str) -> String {
@@ -368,12 +384,14 @@ impl Source {
     /// Validates into [`Settings`], reporting every problem.
     pub fn settings(&self) -> Result<Settings, ConfigErrors> {
         let mut problems: Vec<(String, String)> = Vec::new();
-        let raw = validate::deserialize_all(self.table.clone(), &mut problems);
         let base_dir = self
             .path
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_default();
+        let mut table = self.table.clone();
+        secret_files(&mut table, "", &base_dir, &mut problems);
+        let raw = validate::deserialize_all(table, &mut problems);
         let result = raw.map(|raw| validate::settings(raw, &base_dir, &mut problems));
         if problems.is_empty()
             && let Some(settings) = result
@@ -399,6 +417,84 @@ pub fn load(
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Settings, ConfigErrors> {
     Source::read(path, env)?.settings()
+}
+
+/// Whether the file itself (before environment overrides) holds a secret value.
+fn holds_secret(table: &toml::Table) -> bool {
+    table.iter().any(|(key, value)| match value {
+        toml::Value::Table(inner) => holds_secret(inner),
+        toml::Value::Array(items) => items.iter().any(|i| match i {
+            toml::Value::Table(inner) => holds_secret(inner),
+            _ => false,
+        }),
+        toml::Value::String(s) => raw::SECRET_KEYS.contains(&key.as_str()) && !s.is_empty(),
+        _ => false,
+    })
+}
+
+#[cfg(unix)]
+fn world_readable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o004 != 0)
+}
+
+#[cfg(not(unix))]
+fn world_readable(_: &Path) -> bool {
+    false
+}
+
+/// `<secret>_file = "path"` (for any secret key, e.g. `password_file`, `client_secret_file`) reads the
+/// secret from that file (relative to the configuration's directory; one trailing newline dropped).
+fn secret_files(
+    table: &mut toml::Table,
+    prefix: &str,
+    base_dir: &Path,
+    problems: &mut Vec<(String, String)>,
+) {
+    let keys: Vec<String> = table.keys().cloned().collect();
+    for key in keys {
+        let dotted = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        if let Some(secret) = key.strip_suffix("_file")
+            && raw::SECRET_KEYS.contains(&secret)
+        {
+            let Some(toml::Value::String(file)) = table.remove(&key) else {
+                problems.push((dotted, "expected the path of a file".into()));
+                continue;
+            };
+            if table.contains_key(secret) {
+                problems.push((
+                    dotted,
+                    format!("set either `{secret}` or `{key}`, not both"),
+                ));
+                continue;
+            }
+            let path = base_dir.join(&file);
+            match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    let value = text.strip_suffix('\n').unwrap_or(&text);
+                    let value = value.strip_suffix('\r').unwrap_or(value);
+                    table.insert(secret.to_owned(), toml::Value::String(value.to_owned()));
+                }
+                Err(e) => problems.push((dotted, format!("{}: {e}", path.display()))),
+            }
+            continue;
+        }
+        match table.get_mut(&key) {
+            Some(toml::Value::Table(inner)) => secret_files(inner, &dotted, base_dir, problems),
+            Some(toml::Value::Array(items)) => {
+                for (i, item) in items.iter_mut().enumerate() {
+                    if let toml::Value::Table(inner) = item {
+                        secret_files(inner, &format!("{dotted}.{i}"), base_dir, problems);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 fn set_path(table: &mut toml::Table, path: &[String], raw: &str) -> Result<(), String> {

@@ -368,3 +368,70 @@ fn credentials_in_a_url_are_not_printed() {
         "{printed}"
     );
 }
+
+const PORTAL_WITH: &str = r#"
+[store]
+path = "store"
+[upstreams.portal.national]
+base_url = "https://portal.example"
+username = "u"
+agency_code = "A"
+"#;
+
+#[test]
+fn a_secret_can_come_from_a_file_named_by_its_file_key() {
+    let (dir, path) = write_config(&format!("{PORTAL_WITH}password_file = \"portal.pass\"\n"));
+    std::fs::write(dir.path().join("portal.pass"), "s3cret-from-file\n").expect("write");
+    let settings = load(&path, no_env()).expect("valid");
+    assert_eq!(
+        settings.upstreams.portal["national"]
+            .password
+            .expose_secret(),
+        "s3cret-from-file"
+    );
+    // Both forms at once, or a missing file, are errors naming the key.
+    let (_dir, both) = write_config(&format!(
+        "{PORTAL_WITH}password = \"x\"\npassword_file = \"portal.pass\"\n"
+    ));
+    let errors = load(&both, no_env()).expect_err("ambiguous");
+    assert!(
+        errors
+            .to_string()
+            .contains("upstreams.portal.national.password_file"),
+        "{errors}"
+    );
+    let (_dir, missing) = write_config(&format!("{PORTAL_WITH}password_file = \"nope.pass\"\n"));
+    let errors = load(&missing, no_env()).expect_err("missing file");
+    assert!(errors.to_string().contains("nope.pass"), "{errors}");
+}
+
+#[cfg(unix)]
+#[test]
+fn a_world_readable_file_with_secrets_is_warned_about_and_a_private_one_is_not() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_dir, path) = write_config(&format!("{PORTAL_WITH}password = \"in-the-file\"\n"));
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let source = Source::read(&path, no_env()).expect("read");
+    assert_eq!(source.warnings().len(), 1, "{:?}", source.warnings());
+    assert!(
+        !source.warnings()[0].contains("in-the-file"),
+        "the secret is not echoed"
+    );
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    assert!(
+        Source::read(&path, no_env())
+            .expect("read")
+            .warnings()
+            .is_empty()
+    );
+    // Secrets kept out of the file: no warning even when it is world-readable.
+    let (dir, path) = write_config(&format!("{PORTAL_WITH}password_file = \"p\"\n"));
+    std::fs::write(dir.path().join("p"), "x").expect("write");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    assert!(
+        Source::read(&path, no_env())
+            .expect("read")
+            .warnings()
+            .is_empty()
+    );
+}
