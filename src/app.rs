@@ -188,6 +188,7 @@ impl Application {
                         tokens,
                         metrics: Some(metrics.clone()),
                         flows: Some(flows),
+                        limiter: crate::api::auth::RateLimiter::new(settings.api.rate_limit),
                     },
                     settings.api.body_limit,
                 ),

@@ -74,14 +74,53 @@ impl FromRequestParts<Arc<ApiState>> for Caller {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        state
+        let caller = state
             .tokens
             .authenticate(authorization)
             .map(|t| Caller {
                 name: t.name.clone(),
                 scopes: t.scopes.clone(),
             })
-            .ok_or_else(|| ApiError::new(Code::Unauthorized, lang))
+            .ok_or_else(|| ApiError::new(Code::Unauthorized, lang))?;
+        if let Some(limiter) = &state.limiter
+            && let Err(wait) = limiter.check(&caller.name)
+        {
+            return Err(ApiError::rate_limited(wait, lang));
+        }
+        Ok(caller)
+    }
+}
+
+/// Requests per second per token, as a token bucket per token name.
+#[derive(Debug)]
+pub struct RateLimiter {
+    rate: f64,
+    buckets:
+        std::sync::Mutex<std::collections::HashMap<String, crate::queue::protection::TokenBucket>>,
+}
+
+impl RateLimiter {
+    /// None for 0 (no limit).
+    pub fn new(per_second: u32) -> Option<Self> {
+        (per_second > 0).then(|| Self {
+            rate: f64::from(per_second),
+            buckets: Default::default(),
+        })
+    }
+
+    /// Takes one request from `token`'s bucket, or answers how long until one is available.
+    pub fn check(&self, token: &str) -> Result<(), std::time::Duration> {
+        let now = tokio::time::Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let bucket = buckets.entry(token.to_owned()).or_insert_with(|| {
+            crate::queue::protection::TokenBucket::new(self.rate, self.rate, now)
+        });
+        if bucket.available(now) > 0 {
+            bucket.take(1, now);
+            Ok(())
+        } else {
+            Err(bucket.wait(now))
+        }
     }
 }
 

@@ -32,6 +32,8 @@ pub struct ApiState {
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
     /// The flows behind the portal's resources (None in tests of the admin API alone).
     pub flows: Option<crate::flows::Flows>,
+    /// Per-token request rate limit (None: no limit).
+    pub limiter: Option<auth::RateLimiter>,
 }
 
 pub(crate) use jobs::JobView;
@@ -206,6 +208,7 @@ mod tests {
                 tokens: Arc::new(tokens),
                 metrics: None,
                 flows: None,
+                limiter: None,
             },
             1024,
         );
@@ -297,6 +300,7 @@ agency_code = "A"
                 tokens: Arc::new(Tokens::new(settings.api.tokens.clone())),
                 metrics: None,
                 flows: Some(flows),
+                limiter: None,
             },
             1 << 20,
         );
@@ -325,5 +329,69 @@ agency_code = "A"
             None
         );
         assert!(queue.counts().await.expect("counts").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_token_over_its_rate_gets_429_with_retry_after_and_others_are_not_affected() {
+        crate::tls::install_crypto_provider();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let queue = Queue::new(
+            Arc::new(
+                KvJobStore::open(dir.path(), Backend::Redb, KvOptions::default()).expect("store"),
+            ),
+            Arc::new(TokioClock::new()),
+            RetryPolicies::default(),
+            Duration::from_secs(60),
+        );
+        let token = |name: &str, secret: &str| TokenSettings {
+            name: name.into(),
+            sha256: sha2::Sha256::digest(secret.as_bytes()).into(),
+            scopes: [Scope::Admin].into_iter().collect(),
+        };
+        let app = router(
+            ApiState {
+                queue,
+                tokens: Arc::new(Tokens::new(vec![token("a", "ta"), token("b", "tb")])),
+                metrics: None,
+                flows: None,
+                limiter: auth::RateLimiter::new(3),
+            },
+            1024,
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = reqwest::Client::new();
+        let call = |secret: &'static str| {
+            client
+                .get(format!("http://{addr}/v1/jobs"))
+                .bearer_auth(secret)
+                .send()
+        };
+        let mut statuses = Vec::new();
+        let mut limited = None;
+        for _ in 0..10 {
+            let r = call("ta").await.expect("request");
+            statuses.push(r.status().as_u16());
+            if r.status().as_u16() == 429 {
+                let retry = r
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                limited = Some((retry, r.json::<serde_json::Value>().await.expect("json")));
+            }
+        }
+        assert_eq!(
+            statuses.iter().filter(|s| **s == 200).count(),
+            3,
+            "{statuses:?}"
+        );
+        let (retry, body) = limited.expect("a 429");
+        assert_eq!(retry.as_deref(), Some("1"));
+        assert_eq!(body["code"], "rate_limited");
+        assert_eq!(call("tb").await.expect("request").status().as_u16(), 200);
     }
 }

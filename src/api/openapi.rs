@@ -37,6 +37,9 @@ fn problem_responses(codes: &[&str]) -> Value {
                 "Conflict: `idempotency_key_reused` (the key was used with another request), `wrong_state` (job), `shipment_final` (cancel)"
             }
             "413" => "The body is larger than the configured limit",
+            "429" => {
+                "The token exceeded its request rate (`rate_limited`); retry after `Retry-After` seconds"
+            }
             "415" => "The body is not application/json",
             "422" => {
                 "A field is not valid (`validation_failed`; `invalid_citizen_id` for a structurally impossible ID, with the fault in `errors[].code`). Nothing was accepted."
@@ -94,8 +97,10 @@ fn idempotency_key() -> Value {
 fn portal_paths() -> serde_json::Map<String, Value> {
     let id = |what: &str| json!({ "name": "id", "in": "path", "required": true, "description": what, "schema": { "type": "string" } });
     let code = json!({ "name": "code", "in": "path", "required": true, "description": "Dossier code (MaHoSo): 1–64 of A-Z a-z 0-9 . _ -", "schema": { "type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$" } });
-    let write = ["400", "401", "403", "409", "413", "415", "422", "503"];
-    let read = ["401", "403", "404", "503"];
+    let write = [
+        "400", "401", "403", "409", "413", "415", "422", "429", "503",
+    ];
+    let read = ["401", "403", "404", "429", "503"];
     let paths = json!({
         "/v1/identity/verifications": { "post": {
             "operationId": "verifyIdentity", "tags": ["identity"],

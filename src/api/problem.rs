@@ -71,6 +71,7 @@ pub enum Code {
     IdempotencyKeyReused,
     ShipmentFinal,
     UpstreamNotConfigured,
+    RateLimited,
 }
 
 impl Code {
@@ -95,6 +96,7 @@ impl Code {
             Code::IdempotencyKeyReused => "idempotency_key_reused",
             Code::ShipmentFinal => "shipment_final",
             Code::UpstreamNotConfigured => "upstream_not_configured",
+            Code::RateLimited => "rate_limited",
         }
     }
 
@@ -114,6 +116,7 @@ impl Code {
             Code::InvalidDossierCode | Code::InvalidIdempotencyKey => StatusCode::BAD_REQUEST,
             Code::IdempotencyKeyReused | Code::ShipmentFinal => StatusCode::CONFLICT,
             Code::UpstreamNotConfigured => StatusCode::SERVICE_UNAVAILABLE,
+            Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -259,6 +262,14 @@ impl Code {
                 "Upstream not configured",
                 "This connector has no configuration for the system this request needs.",
             ),
+            (Code::RateLimited, Lang::En) => (
+                "Too Many Requests",
+                "This token has exceeded its request rate; retry after the time in Retry-After.",
+            ),
+            (Code::RateLimited, Lang::Vi) => (
+                "Quá nhiều yêu cầu",
+                "Mã truy cập này đã vượt giới hạn số yêu cầu; hãy thử lại sau thời gian trong Retry-After.",
+            ),
             (Code::UpstreamNotConfigured, Lang::Vi) => (
                 "Chưa cấu hình hệ thống liên thông",
                 "Kết nối chưa được cấu hình cho hệ thống mà yêu cầu này cần.",
@@ -281,6 +292,8 @@ pub struct ApiError {
     pub code: Code,
     pub errors: Vec<FieldError>,
     pub lang: Lang,
+    /// Seconds for `Retry-After` (rate limiting).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -289,7 +302,14 @@ impl ApiError {
             code,
             errors: Vec::new(),
             lang,
+            retry_after: None,
         }
+    }
+
+    pub fn rate_limited(wait: std::time::Duration, lang: Lang) -> Self {
+        let mut e = Self::new(Code::RateLimited, lang);
+        e.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
+        e
     }
 
     pub fn field(
@@ -398,6 +418,11 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
         }
+        if let Some(secs) = self.retry_after
+            && let Ok(v) = header::HeaderValue::from_str(&secs.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
         response
     }
 }
@@ -462,6 +487,7 @@ mod tests {
             Code::IdempotencyKeyReused,
             Code::ShipmentFinal,
             Code::UpstreamNotConfigured,
+            Code::RateLimited,
         ] {
             let (en, _) = code.text(Lang::En);
             let (vi, _) = code.text(Lang::Vi);

@@ -82,6 +82,8 @@ pub struct ApiSettings {
     pub listen: SocketAddr,
     pub body_limit: usize,
     pub tokens: Vec<TokenSettings>,
+    /// Requests per second allowed to each token (bursts up to the same number); 0: no limit.
+    pub rate_limit: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

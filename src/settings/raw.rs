@@ -70,6 +70,7 @@ pub(crate) struct RawSender {
 pub(crate) struct RawApi {
     pub listen: Option<String>,
     pub body_limit: Option<toml::Value>,
+    pub rate_limit: Option<i64>,
     #[serde(default)]
     pub tokens: Vec<RawToken>,
 }

@@ -438,6 +438,7 @@ pub(super) fn settings(raw: RawSettings, base_dir: &Path, problems: &mut Problem
         listen,
         body_limit,
         tokens,
+        rate_limit: c.int("api.rate_limit", raw.api.rate_limit, 20_000, (0, 1_000_000)) as u32,
     };
 
     let ops = OpsSettings {
