@@ -60,6 +60,7 @@ pub(crate) fn router(state: ApiState, body_limit: usize) -> Router {
         .route("/v1/jobs/{id}/discard", post(jobs::discard))
         .fallback(not_found)
         .layer(axum::middleware::map_response(as_problem))
+        .layer(axum::middleware::from_fn(request_id))
         .layer(DefaultBodyLimit::max(body_limit))
         .route_layer(axum::middleware::from_fn(move |req, next| {
             count(metrics.clone(), req, next)
@@ -97,6 +98,27 @@ async fn count(
 /// The API's OpenAPI document, for any authenticated caller (no anonymous access, as everywhere).
 async fn openapi_document(_: auth::Caller) -> axum::Json<serde_json::Value> {
     axum::Json(openapi::document())
+}
+
+/// Every answer carries `X-Request-Id`: the caller's own (up to 128 of `A–Z a–z 0–9 . _ -`) or a fresh
+/// ULID, so support can find a request in the logs, where its handling runs in a span with that id.
+async fn request_id(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            (1..=128).contains(&v.len())
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        })
+        .map_or_else(|| ulid::Ulid::new().to_string(), str::to_owned);
+    let span = tracing::debug_span!("request", request_id = %id);
+    let mut response = tracing::Instrument::instrument(next.run(req), span).await;
+    if let Ok(v) = header::HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    response
 }
 
 /// The flows, or 503 when this API was built without them.

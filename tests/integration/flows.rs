@@ -653,6 +653,30 @@ fn the_api_checks_ids_before_any_upstream_call_scopes_tokens_and_replays_idempot
         "a structural fault must not reach the population DB"
     );
 
+    // Every answer carries a request id: the caller's, or a fresh one.
+    let (_, headers, _) = a.send(post.clone(), "/v1/shipments", None, None, Some(json!({})));
+    assert_eq!(
+        headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::len),
+        Some(26),
+        "a fresh ULID"
+    );
+    let echoed = w.rt.block_on(async {
+        reqwest::Client::new()
+            .get(format!("http://{api}/v1/jobs"))
+            .header("x-request-id", "portal-req-42")
+            .send()
+            .await
+            .expect("request")
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    });
+    assert_eq!(echoed.as_deref(), Some("portal-req-42"));
+
     // 401 without a token, 403 with the wrong scope (both ways).
     let (status, _, body) = a.send(post.clone(), "/v1/shipments", None, None, Some(json!({})));
     assert_eq!((status, body["code"].as_str()), (401, Some("unauthorized")));
