@@ -102,7 +102,27 @@ impl Application {
             Some(metrics.clone() as Arc<dyn dvc_upstream::Observer>),
         )
         .context("building the upstream clients")?;
-        let flows = crate::flows::Flows::new(queue.clone(), clients, settings.clone());
+        // The audit log is opened only where lookups can happen; a broken chain stops the start.
+        let audit = if settings.upstreams.population.is_some() {
+            let key = match &settings.audit.key_file {
+                Some(f) => Some(crate::settings::read_key(f).map_err(anyhow::Error::msg)?),
+                None => {
+                    tracing::warn!(
+                        "audit.key_file is not set: lookups are audited without a citizen hash, so the log cannot be searched by citizen"
+                    );
+                    None
+                }
+            };
+            let path = settings.audit.path.clone();
+            let log = tokio::task::spawn_blocking(move || crate::audit::AuditLog::open(&path, key))
+                .await?
+                .context("opening the audit log")?;
+            Some(Arc::new(log))
+        } else {
+            None
+        };
+        let flows =
+            crate::flows::Flows::with_audit(queue.clone(), clients, settings.clone(), audit);
         let mut wiring = flows.wiring();
         wiring.merge(extra);
 

@@ -42,6 +42,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Run an upstream simulator (no government access needed) until SIGTERM or SIGINT.
     Simulate(SimulateArgs),
+    /// The audit log of population-DB lookups: verify its hash chain, or find a citizen's lookups.
+    Audit(AuditArgs),
     /// One screen on a running daemon: store, lanes, depths, overdue time, retries, dead letters.
     Status {
         /// The daemon's ops listener.
@@ -154,6 +156,32 @@ pub enum SimTarget {
     Portal,
     /// All three, each on its default port (or each on a free port with --listen 127.0.0.1:0).
     All,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    pub command: AuditCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check that no line was altered, removed or reordered; exit 1 naming the first broken line.
+    Verify {
+        /// The audit log (`audit.path`, by default `audit.log` in the store directory).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// List the lookups of one citizen (needs the audit key: the log holds only keyed hashes).
+    Search {
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+        /// The audit key file (`audit.key_file`).
+        #[arg(long, value_name = "FILE")]
+        key_file: PathBuf,
+        #[arg(long)]
+        citizen_id: String,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -18,6 +18,7 @@
 //!   [`status`]: `dvc-connector status`, one screen from the ops listener.
 //! - [`bench`]: `dvc-connector bench …` measurements; [`qualify`]: the crash-qualification child;
 //!   [`simulate`]: `dvc-connector simulate …`, the upstream simulators from `adapters/` as a process.
+//! - [`audit`]: the hash-chained audit log of population-DB lookups, and `dvc-connector audit …`.
 //! - [`demo`]: `dvc-connector demo`, the simulators, the daemon and a day of traffic in one process.
 //! - [`upstreams`]: the upstream clients (`adapters/`) built from settings at start-up.
 //! - [`telemetry`]: logging; [`tls`]: the rustls crypto provider.
@@ -25,6 +26,7 @@
 
 pub mod api;
 pub mod app;
+pub mod audit;
 pub mod bench;
 pub mod cli;
 pub mod demo;

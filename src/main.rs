@@ -50,6 +50,14 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Audit(args) => match dvc_connector::audit::run(args) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(error) => {
+                eprintln!("dvc-connector: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Simulate(args) => exit(runtime().and_then(|rt| rt.block_on(simulate::run(args)))),
         Command::Bench(BenchCommand::Queue(args)) => {
             exit(runtime().and_then(|rt| rt.block_on(bench::queue(args))))

@@ -71,8 +71,9 @@ pub(crate) async fn create(
     {
         return Ok(replay);
     }
-    let checked = identity::check(&req, flows.ctx.settings.flows.identity.default_mode).map_err(
-        |faults| {
+    let checked = identity::check(&req, flows.ctx.settings.flows.identity.default_mode)
+        .map(|c| c.requested_by(&caller.name))
+        .map_err(|faults| {
             if let Some(m) = &state.metrics {
                 let mode = req.mode.as_deref().and_then(identity::Mode::parse);
                 let mode = mode.unwrap_or(flows.ctx.settings.flows.identity.default_mode);
@@ -84,8 +85,7 @@ pub(crate) async fn create(
                 Code::ValidationFailed
             };
             invalid_fields(code, &faults, lang)
-        },
-    )?;
+        })?;
     if let Some(hit) = identity::cached(flows, &checked)
         .await
         .map_err(|e| flow_error(e, lang))?

@@ -168,6 +168,11 @@ struct Ask {
     officer_id: String,
     legacy_id: String,
     mode: Mode,
+    /// The API token that asked (for the audit log).
+    #[serde(default)]
+    requested_by: String,
+    #[serde(default)]
+    dossier_code: Option<String>,
 }
 
 /// A request that passed the structural checks.
@@ -299,6 +304,8 @@ pub fn check(req: &Request, default_mode: Mode) -> Result<Checked, Vec<Invalid>>
             officer_id: req.officer_id.trim().to_owned(),
             legacy_id: legacy,
             mode,
+            requested_by: String::new(),
+            dossier_code: req.dossier_code.clone(),
         },
     })
 }
@@ -332,6 +339,12 @@ pub struct Outcome {
 impl Checked {
     pub fn id(&self) -> &str {
         &self.ask.id
+    }
+
+    /// Names the API token that asked, for the audit log.
+    pub fn requested_by(mut self, token: &str) -> Self {
+        self.ask.requested_by = token.to_owned();
+        self
     }
 }
 
@@ -459,9 +472,11 @@ impl JobHandler for Verify {
             if current.is_final() {
                 return Ok(());
             }
-            let (request_id, status, checks) = self.ask_upstream(&ask).await.map_err(|e| {
+            let answer = self.ask_upstream(&ask).await.map_err(|e| {
                 super::redacted(e, &[&ask.full_name, &ask.citizen_id, &ask.legacy_id])
-            })?;
+            });
+            self.audit(&ask, &answer)?;
+            let (request_id, status, checks) = answer?;
             let now = flows.ctx.queue.now();
             record_verdict(flows, &ask.id, |v| {
                 v.status = status;
@@ -491,6 +506,33 @@ impl JobHandler for Verify {
 }
 
 impl Verify {
+    /// Writes the lookup to the audit log before anything else happens with its answer; a lookup that
+    /// cannot be audited is not recorded either (the job retries).
+    fn audit(
+        &self,
+        ask: &Ask,
+        answer: &Result<(String, Status, Checks), JobError>,
+    ) -> Result<(), JobError> {
+        let Some(log) = &self.0.ctx.audit else {
+            return Ok(());
+        };
+        let (request_id, outcome) = match answer {
+            Ok((id, status, _)) => (id.clone(), status.as_str().to_owned()),
+            Err(e) => (String::new(), e.code.clone()),
+        };
+        let lookup = crate::audit::Lookup {
+            officer: ask.officer_id.clone(),
+            procedure: ask.procedure_code.clone(),
+            dossier: ask.dossier_code.clone(),
+            requested_by: ask.requested_by.clone(),
+            upstream_request_id: request_id,
+            mode: ask.mode.as_str().to_owned(),
+            outcome,
+        };
+        log.record(lookup, &ask.citizen_id, rfc3339(self.0.ctx.queue.now()))
+            .map_err(|e| JobError::retryable("audit_unavailable", e.to_string()))
+    }
+
     async fn ask_upstream(&self, ask: &Ask) -> Result<(String, Status, Checks), JobError> {
         let ctx = &self.0.ctx;
         let (Some(client), Some(settings)) =

@@ -44,6 +44,8 @@ pub struct Context {
     pub queue: Queue,
     pub clients: Clients,
     pub settings: Settings,
+    /// Every population-DB lookup is written here before its verdict is recorded.
+    pub audit: Option<Arc<crate::audit::AuditLog>>,
     /// API requests waiting for a verdict, by verification id.
     waiters: Mutex<HashMap<String, Arc<Notify>>>,
 }
@@ -56,11 +58,21 @@ pub struct Flows {
 
 impl Flows {
     pub fn new(queue: Queue, clients: Clients, settings: Settings) -> Self {
+        Self::with_audit(queue, clients, settings, None)
+    }
+
+    pub fn with_audit(
+        queue: Queue,
+        clients: Clients,
+        settings: Settings,
+        audit: Option<Arc<crate::audit::AuditLog>>,
+    ) -> Self {
         Self {
             ctx: Arc::new(Context {
                 queue,
                 clients,
                 settings,
+                audit,
                 waiters: Mutex::new(HashMap::new()),
             }),
         }

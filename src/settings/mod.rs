@@ -35,6 +35,15 @@ pub struct Settings {
     pub upstreams: Upstreams,
     pub callbacks: Option<CallbackSettings>,
     pub flows: FlowSettings,
+    pub audit: AuditSettings,
+}
+
+/// The audit log of population-DB lookups (`[audit]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditSettings {
+    pub path: PathBuf,
+    /// HMAC key for citizen IDs (64 hex digits); without it the log cannot be searched by citizen.
+    pub key_file: Option<PathBuf>,
 }
 
 /// How the business flows behave (`[flows]`).

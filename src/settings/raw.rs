@@ -24,6 +24,15 @@ pub(crate) struct RawSettings {
     pub callbacks: Option<RawCallbacks>,
     #[serde(default)]
     pub flows: RawFlows,
+    #[serde(default)]
+    pub audit: RawAudit,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAudit {
+    pub path: Option<String>,
+    pub key_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -842,6 +842,19 @@ pub(super) fn settings(raw: RawSettings, base_dir: &Path, problems: &mut Problem
     });
 
     let flows = flows(&mut c, &raw.flows);
+    let audit = AuditSettings {
+        path: raw
+            .audit
+            .path
+            .as_deref()
+            .map_or_else(|| store.path.join("audit.log"), |p| base_dir.join(p)),
+        key_file: raw.audit.key_file.as_deref().map(|p| base_dir.join(p)),
+    };
+    if let Some(file) = &audit.key_file
+        && let Err(message) = read_key(file)
+    {
+        c.fail("audit.key_file", message);
+    }
 
     Settings {
         api,
@@ -852,6 +865,7 @@ pub(super) fn settings(raw: RawSettings, base_dir: &Path, problems: &mut Problem
         upstreams,
         callbacks,
         flows,
+        audit,
     }
 }
 
