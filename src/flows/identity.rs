@@ -475,7 +475,7 @@ impl JobHandler for Verify {
             let answer = self.ask_upstream(&ask).await.map_err(|e| {
                 super::redacted(e, &[&ask.full_name, &ask.citizen_id, &ask.legacy_id])
             });
-            self.audit(&ask, &answer)?;
+            self.audit(&ask, &answer).await?;
             let (request_id, status, checks) = answer?;
             let now = flows.ctx.queue.now();
             record_verdict(flows, &ask.id, |v| {
@@ -508,12 +508,12 @@ impl JobHandler for Verify {
 impl Verify {
     /// Writes the lookup to the audit log before anything else happens with its answer; a lookup that
     /// cannot be audited is not recorded either (the job retries).
-    fn audit(
+    async fn audit(
         &self,
         ask: &Ask,
         answer: &Result<(String, Status, Checks), JobError>,
     ) -> Result<(), JobError> {
-        let Some(log) = &self.0.ctx.audit else {
+        let Some(log) = self.0.ctx.audit.clone() else {
             return Ok(());
         };
         let (request_id, outcome) = match answer {
@@ -529,7 +529,11 @@ impl Verify {
             mode: ask.mode.as_str().to_owned(),
             outcome,
         };
-        log.record(lookup, &ask.citizen_id, rfc3339(self.0.ctx.queue.now()))
+        let (citizen, at) = (ask.citizen_id.clone(), rfc3339(self.0.ctx.queue.now()));
+        // The append waits for the disk: off the async workers.
+        tokio::task::spawn_blocking(move || log.record(lookup, &citizen, at))
+            .await
+            .map_err(|e| JobError::retryable("audit_unavailable", e.to_string()))?
             .map_err(|e| JobError::retryable("audit_unavailable", e.to_string()))
     }
 
