@@ -58,6 +58,9 @@ pub enum Command {
         /// Read a stopped daemon's store directly (read-only; redb backend).
         #[arg(long, value_name = "DIR")]
         store: Option<PathBuf>,
+        /// With --store: the store's encryption key files (`store.encryption_key_files`), newest first.
+        #[arg(long, value_name = "FILE")]
+        key_file: Vec<PathBuf>,
     },
     /// Inspect and repair jobs through a running daemon's admin API (token in DVC_CONNECTOR_TOKEN).
     Jobs(JobsArgs),
@@ -93,6 +96,9 @@ pub struct JobsArgs {
     /// Read a stopped daemon's store directly (read-only; redb backend) instead of calling the API.
     #[arg(long, global = true, value_name = "DIR")]
     pub store: Option<PathBuf>,
+    /// With --store: the store's encryption key files (`store.encryption_key_files`), newest first.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub key_file: Vec<PathBuf>,
     #[command(subcommand)]
     pub command: JobsCommand,
 }

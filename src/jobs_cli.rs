@@ -67,9 +67,17 @@ fn filters(f: &JobFilterArgs) -> Vec<(&'static str, String)> {
 }
 
 /// A stopped daemon's store, opened read-only.
-pub fn open_stopped_store(dir: &std::path::Path) -> anyhow::Result<crate::queue::Queue> {
+pub fn open_stopped_store(
+    dir: &std::path::Path,
+    key_files: &[std::path::PathBuf],
+) -> anyhow::Result<crate::queue::Queue> {
     use std::sync::Arc;
-    let store = crate::queue::KvJobStore::open_read_only(dir, crate::queue::Backend::Redb)
+    let mut keys = Vec::new();
+    for f in key_files {
+        keys.push(crate::settings::read_key(f).map_err(anyhow::Error::msg)?);
+    }
+    let keyring = crate::queue::kv::Keyring::new(&keys).map(Arc::new);
+    let store = crate::queue::KvJobStore::open_read_only(dir, crate::queue::Backend::Redb, keyring)
         .map_err(|e| match e {
             crate::queue::StoreError::Locked(_) => anyhow::anyhow!(
                 "the store at {} is in use: the daemon is running; use the API (--api)",
@@ -87,7 +95,7 @@ pub fn open_stopped_store(dir: &std::path::Path) -> anyhow::Result<crate::queue:
 
 async fn run_offline(args: &JobsArgs, dir: &std::path::Path) -> anyhow::Result<()> {
     use crate::queue::{JobFilter, JobId, JobState};
-    let queue = open_stopped_store(dir)?;
+    let queue = open_stopped_store(dir, &args.key_file)?;
     let view = |j: &crate::queue::Job| {
         serde_json::to_value(crate::api::JobView::from(j)).unwrap_or(Value::Null)
     };

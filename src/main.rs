@@ -33,10 +33,15 @@ fn main() -> ExitCode {
                 })
             }))
         }
-        Command::Status { ops, output, store } => exit(runtime().and_then(|rt| {
+        Command::Status {
+            ops,
+            output,
+            store,
+            key_file,
+        } => exit(runtime().and_then(|rt| {
             rt.block_on(async {
                 match store {
-                    Some(dir) => status::run_offline(&dir, output).await,
+                    Some(dir) => status::run_offline(&dir, &key_file, output).await,
                     None => status::run(&ops, output).await,
                 }
             })

@@ -161,8 +161,12 @@ pub async fn run(ops: &str, output: Output) -> anyhow::Result<()> {
 }
 
 /// The same view from a stopped daemon's store (no lane workers, so no lane states).
-pub async fn run_offline(dir: &std::path::Path, output: Output) -> anyhow::Result<()> {
-    let queue = crate::jobs_cli::open_stopped_store(dir)?;
+pub async fn run_offline(
+    dir: &std::path::Path,
+    key_files: &[std::path::PathBuf],
+    output: Output,
+) -> anyhow::Result<()> {
+    let queue = crate::jobs_cli::open_stopped_store(dir, key_files)?;
     let mut lanes = BTreeMap::new();
     for c in queue.counts().await? {
         let overdue = queue.overdue(&c.lane).await?.as_secs_f64();

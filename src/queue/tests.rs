@@ -774,7 +774,8 @@ async fn a_stopped_store_can_be_read_but_not_written() {
     let h = open(tmp.path(), Backend::Redb, None);
     let id = h.queue.enqueue(job("l", "A", 1)).await.expect("enqueue").id;
     drop(h);
-    let store = KvJobStore::open_read_only(tmp.path(), Backend::Redb).expect("read-only open");
+    let store =
+        KvJobStore::open_read_only(tmp.path(), Backend::Redb, None).expect("read-only open");
     let q = Queue::new(
         Arc::new(store),
         Arc::new(ManualClock::new(START)),
@@ -790,7 +791,7 @@ async fn a_stopped_store_can_be_read_but_not_written() {
         q.enqueue(job("l", "B", 1)).await.is_err(),
         "nothing can be written"
     );
-    assert!(KvJobStore::open_read_only(&tmp.path().join("nothing"), Backend::Redb).is_err());
+    assert!(KvJobStore::open_read_only(&tmp.path().join("nothing"), Backend::Redb, None).is_err());
 }
 
 fn put(collection: &'static str, key: &str, expect: Expect, value: &str) -> RecordWrite {

@@ -1308,6 +1308,36 @@ fn with_a_key_configured_no_citizen_data_is_in_the_store_files_in_clear() {
                 "the daemon says it encrypts"
             );
         }
+        if encrypted {
+            // The stopped daemon's store, read offline: with the key, and refused without it.
+            let store = dir.path().join("store");
+            let jobs = |extra: &[&str]| {
+                let mut args = vec![
+                    "jobs",
+                    "--store",
+                    store.to_str().expect("path"),
+                    "--output",
+                    "json",
+                ];
+                args.extend_from_slice(extra);
+                args.push("list");
+                std::process::Command::new(super::helpers::binary())
+                    .args(&args)
+                    .output()
+                    .expect("run")
+            };
+            let with_key = jobs(&["--key-file", key.to_str().expect("path")]);
+            assert!(
+                with_key.status.success()
+                    && String::from_utf8_lossy(&with_key.stdout).contains("portal.step"),
+                "{}",
+                String::from_utf8_lossy(&with_key.stderr)
+            );
+            assert!(
+                !jobs(&[]).status.success(),
+                "an encrypted store does not read without its key"
+            );
+        }
         let secrets: Vec<String> = people
             .iter()
             .take(8)

@@ -294,7 +294,11 @@ impl KvJobStore {
 
     /// Opens an existing store for reading only — no writer, no lease recovery, nothing written — for
     /// operators' tools while the daemon is stopped. Only the redb backend can be opened this way.
-    pub fn open_read_only(dir: &Path, backend: Backend) -> Result<Self, StoreError> {
+    pub fn open_read_only(
+        dir: &Path,
+        backend: Backend,
+        keys: Option<Arc<Keyring>>,
+    ) -> Result<Self, StoreError> {
         let display = dir.display().to_string();
         if !dir.join(MARKER).is_file() {
             return Err(StoreError::Io(format!("{display}: no queue store here")));
@@ -308,6 +312,13 @@ impl KvJobStore {
                         .into(),
                 ));
             }
+        };
+        let engine: Arc<dyn KvEngine> = match keys {
+            Some(keys) => Arc::new(seal::SealedEngine {
+                inner: engine,
+                keys,
+            }),
+            None => engine,
         };
         let mut version = None;
         engine.read(&mut |tx| {
