@@ -124,6 +124,23 @@ impl RateLimiter {
     }
 }
 
+/// The authenticated caller, if it holds `scope` (401 without a valid token, 403 without the scope).
+async fn with_scope(
+    parts: &mut Parts,
+    state: &Arc<ApiState>,
+    scope: Scope,
+) -> Result<Caller, ApiError> {
+    let caller = Caller::from_request_parts(parts, state).await?;
+    let lang = Lang::from_header(
+        parts
+            .headers
+            .get(header::ACCEPT_LANGUAGE)
+            .and_then(|v| v.to_str().ok()),
+    );
+    caller.require(scope, lang)?;
+    Ok(caller)
+}
+
 /// A caller with the `admin` scope.
 #[derive(Debug, Clone)]
 pub struct Admin(pub Caller);
@@ -135,15 +152,7 @@ impl FromRequestParts<Arc<ApiState>> for Admin {
         parts: &mut Parts,
         state: &Arc<ApiState>,
     ) -> Result<Admin, ApiError> {
-        let caller = Caller::from_request_parts(parts, state).await?;
-        let lang = Lang::from_header(
-            parts
-                .headers
-                .get(header::ACCEPT_LANGUAGE)
-                .and_then(|v| v.to_str().ok()),
-        );
-        caller.require(Scope::Admin, lang)?;
-        Ok(Admin(caller))
+        with_scope(parts, state, Scope::Admin).await.map(Admin)
     }
 }
 
@@ -158,15 +167,7 @@ impl FromRequestParts<Arc<ApiState>> for Portal {
         parts: &mut Parts,
         state: &Arc<ApiState>,
     ) -> Result<Portal, ApiError> {
-        let caller = Caller::from_request_parts(parts, state).await?;
-        let lang = Lang::from_header(
-            parts
-                .headers
-                .get(header::ACCEPT_LANGUAGE)
-                .and_then(|v| v.to_str().ok()),
-        );
-        caller.require(Scope::Portal, lang)?;
-        Ok(Portal(caller))
+        with_scope(parts, state, Scope::Portal).await.map(Portal)
     }
 }
 

@@ -12,11 +12,11 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::auth::Portal;
-use super::idempotency::{self, Idem, Outcome};
+use super::idempotency::{self, Claim};
 use super::json::StrictJsonBytes;
 use super::problem::{ApiError, Code, Lang};
 use super::{ApiState, flow_error, flows_of, invalid_fields};
-use crate::flows::{MAX_ROUNDS, dossier};
+use crate::flows::dossier;
 
 fn code_of(code: &str, lang: Lang) -> Result<(), ApiError> {
     if dossier::valid_code(code) {
@@ -24,13 +24,6 @@ fn code_of(code: &str, lang: Lang) -> Result<(), ApiError> {
     } else {
         Err(ApiError::new(Code::InvalidDossierCode, lang))
     }
-}
-
-fn contended(lang: Lang) -> ApiError {
-    ApiError::store(
-        &crate::queue::StoreError::Io("dossier contended".into()),
-        lang,
-    )
 }
 
 pub(crate) async fn put_record(
@@ -47,35 +40,22 @@ pub(crate) async fn put_record(
         return Err(ApiError::new(Code::UpstreamNotConfigured, lang));
     }
     let route = format!("PUT /v1/dossiers/{code}");
-    let idem = Idem::from_request(&caller.name, &headers, &route, &raw, lang)?;
-    if let Some(idem) = &idem
-        && let Some(replay) = idem.replay(&state, lang).await?
-    {
-        return Ok(replay);
-    }
+    let idem = match idempotency::claim(&state, &caller.name, &headers, &route, &raw, lang).await? {
+        Claim::Replay(r) => return Ok(r),
+        Claim::Fresh(idem) => idem,
+    };
     let records = dossier::check_record(flows, &code, &input)
         .map_err(|faults| invalid_fields(Code::ValidationFailed, &faults, lang))?;
     let targets: Vec<&String> = records.keys().collect();
     let body = json!({ "dossier_code": code, "targets": targets, "status": "queued" });
-    for _ in 0..MAX_ROUNDS {
-        let change = dossier::plan_record(flows, &code, &records)
+    let (code, records, body) = (&code, &records, &body);
+    idempotency::commit_planned(&state, lang, idem.as_ref(), move || async move {
+        let change = dossier::plan_record(flows, code, records)
             .await
             .map_err(|e| flow_error(e, lang))?;
-        match idempotency::commit(
-            &state,
-            lang,
-            idem.as_ref(),
-            change,
-            StatusCode::ACCEPTED,
-            body.clone(),
-        )
-        .await?
-        {
-            Outcome::Applied(r) | Outcome::Replayed(r) => return Ok(r),
-            Outcome::Replan => continue,
-        }
-    }
-    Err(contended(lang))
+        Ok((change, StatusCode::ACCEPTED, body.clone()))
+    })
+    .await
 }
 
 pub(crate) async fn post_event(
@@ -92,35 +72,22 @@ pub(crate) async fn post_event(
         return Err(ApiError::new(Code::UpstreamNotConfigured, lang));
     }
     let route = format!("POST /v1/dossiers/{code}/events");
-    let idem = Idem::from_request(&caller.name, &headers, &route, &raw, lang)?;
-    if let Some(idem) = &idem
-        && let Some(replay) = idem.replay(&state, lang).await?
-    {
-        return Ok(replay);
-    }
+    let idem = match idempotency::claim(&state, &caller.name, &headers, &route, &raw, lang).await? {
+        Claim::Replay(r) => return Ok(r),
+        Claim::Fresh(idem) => idem,
+    };
     let steps = dossier::check_event(flows, &code, &input)
         .map_err(|faults| invalid_fields(Code::ValidationFailed, &faults, lang))?;
-    for _ in 0..MAX_ROUNDS {
+    let (code, steps) = (&code, &steps);
+    idempotency::commit_planned(&state, lang, idem.as_ref(), move || async move {
         let mut change = Default::default();
-        let (event_id, sequence) = dossier::plan_event(flows, &mut change, &code, &steps)
+        let (event_id, sequence) = dossier::plan_event(flows, &mut change, code, steps)
             .await
             .map_err(|e| flow_error(e, lang))?;
         let body = json!({ "event_id": event_id, "sequence": sequence });
-        match idempotency::commit(
-            &state,
-            lang,
-            idem.as_ref(),
-            change,
-            StatusCode::ACCEPTED,
-            body,
-        )
-        .await?
-        {
-            Outcome::Applied(r) | Outcome::Replayed(r) => return Ok(r),
-            Outcome::Replan => continue,
-        }
-    }
-    Err(contended(lang))
+        Ok((change, StatusCode::ACCEPTED, body))
+    })
+    .await
 }
 
 pub(crate) async fn show(

@@ -170,3 +170,51 @@ pub(crate) async fn commit(
         Committed::Conflict { .. } => Ok(Outcome::Replan),
     }
 }
+
+/// How a POST or PUT starts: with its claim (if it carries a key), or with the answer already given.
+pub(crate) enum Claim {
+    Fresh(Option<Idem>),
+    Replay(Response),
+}
+
+/// Reads the request's `Idempotency-Key` and looks for an earlier answer to it.
+pub(crate) async fn claim(
+    state: &ApiState,
+    caller: &str,
+    headers: &HeaderMap,
+    route: &str,
+    body: &[u8],
+    lang: Lang,
+) -> Result<Claim, ApiError> {
+    let idem = Idem::from_request(caller, headers, route, body, lang)?;
+    if let Some(idem) = &idem
+        && let Some(replay) = idem.replay(state, lang).await?
+    {
+        return Ok(Claim::Replay(replay));
+    }
+    Ok(Claim::Fresh(idem))
+}
+
+/// Plans and commits until a plan commits or an earlier answer under the key is replayed. A plan whose
+/// records keep changing under it (concurrent writers) gives up after `MAX_ROUNDS` with 503.
+pub(crate) async fn commit_planned<Fut>(
+    state: &ApiState,
+    lang: Lang,
+    idem: Option<&Idem>,
+    mut plan: impl FnMut() -> Fut,
+) -> Result<Response, ApiError>
+where
+    Fut: std::future::Future<Output = Result<(Change, StatusCode, Value), ApiError>>,
+{
+    for _ in 0..crate::flows::MAX_ROUNDS {
+        let (change, status, body) = plan().await?;
+        match commit(state, lang, idem, change, status, body).await? {
+            Outcome::Applied(r) | Outcome::Replayed(r) => return Ok(r),
+            Outcome::Replan => continue,
+        }
+    }
+    Err(ApiError::store(
+        &crate::queue::StoreError::Io("records contended".into()),
+        lang,
+    ))
+}

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::auth::Portal;
-use super::idempotency::{self, Idem, Outcome};
+use super::idempotency::{self, Claim, Outcome};
 use super::json::StrictJsonBytes;
 use super::problem::{ApiError, Code, Lang};
 use super::{ApiState, flow_error, flows_of, invalid_fields};
@@ -59,18 +59,19 @@ pub(crate) async fn create(
         return Err(ApiError::new(Code::UpstreamNotConfigured, lang));
     }
     let wait = wait_of(&query, lang)?;
-    let idem = Idem::from_request(
+    let idem = match idempotency::claim(
+        &state,
         &caller.name,
         &headers,
         "POST /v1/identity/verifications",
         &raw,
         lang,
-    )?;
-    if let Some(idem) = &idem
-        && let Some(replay) = idem.replay(&state, lang).await?
+    )
+    .await?
     {
-        return Ok(replay);
-    }
+        Claim::Replay(r) => return Ok(r),
+        Claim::Fresh(idem) => idem,
+    };
     let checked = identity::check(&req, flows.ctx.settings.flows.identity.default_mode)
         .map(|c| c.requested_by(&caller.name))
         .map_err(|faults| {

@@ -13,11 +13,11 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::auth::Portal;
-use super::idempotency::{self, Idem, Outcome};
+use super::idempotency::{self, Claim};
 use super::json::StrictJsonBytes;
 use super::problem::{ApiError, Code, Lang};
 use super::{ApiState, flow_error, flows_of, invalid_fields};
-use crate::flows::{MAX_ROUNDS, shipment};
+use crate::flows::shipment;
 
 pub(crate) async fn create(
     State(state): State<Arc<ApiState>>,
@@ -30,39 +30,40 @@ pub(crate) async fn create(
     if flows.ctx.clients.postal.is_none() {
         return Err(ApiError::new(Code::UpstreamNotConfigured, lang));
     }
-    let idem = Idem::from_request(&caller.name, &headers, "POST /v1/shipments", &raw, lang)?;
-    if let Some(idem) = &idem
-        && let Some(replay) = idem.replay(&state, lang).await?
+    let idem = match idempotency::claim(
+        &state,
+        &caller.name,
+        &headers,
+        "POST /v1/shipments",
+        &raw,
+        lang,
+    )
+    .await?
     {
-        return Ok(replay);
-    }
+        Claim::Replay(r) => return Ok(r),
+        Claim::Fresh(idem) => idem,
+    };
     let checked = shipment::check(flows, &req)
         .map_err(|faults| invalid_fields(Code::ValidationFailed, &faults, lang))?;
-    for _ in 0..MAX_ROUNDS {
-        let plan = shipment::plan(flows, &checked)
+    let checked = &checked;
+    idempotency::commit_planned(&state, lang, idem.as_ref(), move || async move {
+        let plan = shipment::plan(flows, checked)
             .await
             .map_err(|e| flow_error(e, lang))?;
-        let (status, body, change) = match plan {
+        Ok(match plan {
             shipment::Plan::Existing(s) => (
+                Default::default(),
                 StatusCode::OK,
                 serde_json::to_value(shipment::view(&s)).unwrap_or_default(),
-                Default::default(),
             ),
             shipment::Plan::New(s, change) => (
+                change,
                 StatusCode::ACCEPTED,
                 json!({ "id": s.id, "order_number": s.order_number, "status": s.status }),
-                change,
             ),
-        };
-        match idempotency::commit(&state, lang, idem.as_ref(), change, status, body).await? {
-            Outcome::Applied(r) | Outcome::Replayed(r) => return Ok(r),
-            Outcome::Replan => continue,
-        }
-    }
-    Err(ApiError::store(
-        &crate::queue::StoreError::Io("shipment key contended".into()),
-        lang,
-    ))
+        })
+    })
+    .await
 }
 
 pub(crate) async fn show(
@@ -90,14 +91,13 @@ pub(crate) async fn cancel(
 ) -> Result<Response, ApiError> {
     let flows = flows_of(&state, lang)?;
     let route = format!("POST /v1/shipments/{id}/cancel");
-    let idem = Idem::from_request(&caller.name, &headers, &route, b"", lang)?;
-    if let Some(idem) = &idem
-        && let Some(replay) = idem.replay(&state, lang).await?
-    {
-        return Ok(replay);
-    }
-    for _ in 0..MAX_ROUNDS {
-        let plan = shipment::plan_cancel(flows, &id)
+    let idem = match idempotency::claim(&state, &caller.name, &headers, &route, b"", lang).await? {
+        Claim::Replay(r) => return Ok(r),
+        Claim::Fresh(idem) => idem,
+    };
+    let id = &id;
+    idempotency::commit_planned(&state, lang, idem.as_ref(), move || async move {
+        let plan = shipment::plan_cancel(flows, id)
             .await
             .map_err(|e| flow_error(e, lang))?;
         let (s, change) = match plan {
@@ -111,22 +111,7 @@ pub(crate) async fn cancel(
             shipment::CancelPlan::Cancel(s, change) => (s, change),
         };
         let body = json!({ "id": s.id, "status": s.status, "cancel_requested": true });
-        match idempotency::commit(
-            &state,
-            lang,
-            idem.as_ref(),
-            change,
-            StatusCode::ACCEPTED,
-            body,
-        )
-        .await?
-        {
-            Outcome::Applied(r) | Outcome::Replayed(r) => return Ok(r),
-            Outcome::Replan => continue,
-        }
-    }
-    Err(ApiError::store(
-        &crate::queue::StoreError::Io("shipment contended".into()),
-        lang,
-    ))
+        Ok((change, StatusCode::ACCEPTED, body))
+    })
+    .await
 }

@@ -18,7 +18,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dvc_population::cccd::{CccdError, CitizenId, Sex};
+use dvc_population::cccd::{CitizenId, Sex};
 use dvc_population::client::{ExistenceQuery, RecordQuery};
 use dvc_population::matching::{self, BirthDate, FieldVerdict};
 use serde::{Deserialize, Serialize};
@@ -271,7 +271,7 @@ pub fn check(req: &Request, default_mode: Mode) -> Result<Checked, Vec<Invalid>>
     let id = match id {
         Ok(id) => Some(id),
         Err(e) => {
-            faults.push(invalid("citizen_id", cccd_code(&e), e.to_string()));
+            faults.push(invalid("citizen_id", e.code(), e.to_string()));
             None
         }
     };
@@ -308,10 +308,6 @@ pub fn check(req: &Request, default_mode: Mode) -> Result<Checked, Vec<Invalid>>
             dossier_code: req.dossier_code.clone(),
         },
     })
-}
-
-fn cccd_code(e: &CccdError) -> &'static str {
-    e.code()
 }
 
 fn cache_key(parts: &[&str]) -> String {

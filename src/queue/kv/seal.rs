@@ -168,6 +168,38 @@ impl super::KvEngine for SealedEngine {
     }
 }
 
+impl Keyring {
+    fn get_from(
+        &self,
+        inner: &dyn KvRead,
+        table: Table,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        inner
+            .get(table, key)?
+            .map(|v| self.open(table, key, v))
+            .transpose()
+    }
+
+    fn scan_from(
+        &self,
+        inner: &dyn KvRead,
+        table: Table,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, StoreError> {
+        inner
+            .scan(table, from, to, limit)?
+            .into_iter()
+            .map(|(k, v)| {
+                let v = self.open(table, &k, v)?;
+                Ok((k, v))
+            })
+            .collect()
+    }
+}
+
 /// Reads through the keyring.
 pub(crate) struct SealedRead<'a> {
     pub inner: &'a dyn KvRead,
@@ -176,10 +208,7 @@ pub(crate) struct SealedRead<'a> {
 
 impl KvRead for SealedRead<'_> {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner
-            .get(table, key)?
-            .map(|v| self.keys.open(table, key, v))
-            .transpose()
+        self.keys.get_from(self.inner, table, key)
     }
 
     fn scan(
@@ -189,14 +218,7 @@ impl KvRead for SealedRead<'_> {
         to: Option<&[u8]>,
         limit: usize,
     ) -> Result<Entries, StoreError> {
-        self.inner
-            .scan(table, from, to, limit)?
-            .into_iter()
-            .map(|(k, v)| {
-                let v = self.keys.open(table, &k, v)?;
-                Ok((k, v))
-            })
-            .collect()
+        self.keys.scan_from(self.inner, table, from, to, limit)
     }
 }
 
@@ -208,10 +230,7 @@ pub(crate) struct SealedWrite<'a> {
 
 impl KvRead for SealedWrite<'_> {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner
-            .get(table, key)?
-            .map(|v| self.keys.open(table, key, v))
-            .transpose()
+        self.keys.get_from(&*self.inner, table, key)
     }
 
     fn scan(
@@ -221,14 +240,7 @@ impl KvRead for SealedWrite<'_> {
         to: Option<&[u8]>,
         limit: usize,
     ) -> Result<Entries, StoreError> {
-        self.inner
-            .scan(table, from, to, limit)?
-            .into_iter()
-            .map(|(k, v)| {
-                let v = self.keys.open(table, &k, v)?;
-                Ok((k, v))
-            })
-            .collect()
+        self.keys.scan_from(&*self.inner, table, from, to, limit)
     }
 }
 
