@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use crate::queue::maintenance::{self, MaintenanceSettings};
 use crate::queue::worker::{self, Handlers, LaneBoard, LaneSpec, WorkerSettings};
 use crate::queue::{KvJobStore, KvOptions, Queue, TokioClock};
-use crate::settings::Settings;
+use crate::settings::{ServerTlsSettings, Settings};
 
 /// What the flows contribute: a handler per job kind and the lanes to run.
 #[derive(Debug, Default)]
@@ -202,6 +202,7 @@ impl Application {
         let servers = vec![
             serve(
                 api,
+                settings.api.tls.as_ref(),
                 crate::api::router(
                     crate::api::ApiState {
                         queue: queue.clone(),
@@ -213,8 +214,8 @@ impl Application {
                     settings.api.body_limit,
                 ),
                 stop.clone(),
-            ),
-            serve(ops, ops_router, stop),
+            )?,
+            serve(ops, settings.ops.tls.as_ref(), ops_router, stop)?,
         ];
         tracing::info!(%api_addr, %ops_addr, backend = backend.as_str(), "dvc-connector started");
         Ok(Self {
@@ -260,17 +261,32 @@ impl Application {
     }
 }
 
+/// Serves `router` on `listener`, over TLS when the listener has a `tls` section (its files were
+/// parsed at load; they are read again here, so a certificate replaced on disk takes effect on
+/// restart).
 fn serve(
     listener: TcpListener,
+    tls: Option<&ServerTlsSettings>,
     router: axum::Router,
     mut stop: watch::Receiver<bool>,
-) -> JoinHandle<std::io::Result<()>> {
-    tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|stopped| *stopped).await;
+) -> anyhow::Result<JoinHandle<std::io::Result<()>>> {
+    let stopped = async move {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    };
+    Ok(match tls {
+        None => tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stopped)
+                .await
+        }),
+        Some(tls) => {
+            let listener = crate::tls::TlsListener::new(listener, crate::tls::server_config(tls)?)?;
+            tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(stopped)
+                    .await
             })
-            .await
+        }
     })
 }
 

@@ -61,6 +61,8 @@ pub enum Command {
         /// With --store: the store's encryption key files (`store.encryption_key_files`), newest first.
         #[arg(long, value_name = "FILE")]
         key_file: Vec<PathBuf>,
+        #[command(flatten)]
+        tls: ClientTlsArgs,
     },
     /// Inspect and repair jobs through a running daemon's admin API (token in DVC_CONNECTOR_TOKEN).
     Jobs(JobsArgs),
@@ -99,8 +101,47 @@ pub struct JobsArgs {
     /// With --store: the store's encryption key files (`store.encryption_key_files`), newest first.
     #[arg(long, global = true, value_name = "FILE")]
     pub key_file: Vec<PathBuf>,
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
     #[command(subcommand)]
     pub command: JobsCommand,
+}
+
+/// How the CLI reaches a daemon whose listener serves TLS (`[api.tls]` / `[ops.tls]`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct ClientTlsArgs {
+    /// PEM file of the CA that signed the daemon's certificate (with an https:// address).
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "DVC_CONNECTOR_CA_FILE"
+    )]
+    pub ca_file: Option<PathBuf>,
+    /// PEM file with a client certificate and its key, for a listener that requires mTLS.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "DVC_CONNECTOR_CLIENT_CERT"
+    )]
+    pub client_cert: Option<PathBuf>,
+}
+
+impl ClientTlsArgs {
+    /// The CLI's HTTP client: the platform's roots plus `--ca-file`, and `--client-cert` for mTLS.
+    pub fn client(&self) -> anyhow::Result<reqwest::Client> {
+        use anyhow::Context as _;
+        let read = |path: &PathBuf| {
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+        };
+        let options = dvc_upstream::http::HttpOptions {
+            ca_bundle_pem: self.ca_file.as_ref().map(read).transpose()?,
+            identity_pem: self.client_cert.as_ref().map(read).transpose()?,
+            ..dvc_upstream::http::HttpOptions::default()
+        };
+        Ok(dvc_upstream::http::client(&options)?)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

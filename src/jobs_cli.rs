@@ -148,7 +148,7 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
     let api = Api {
         base: args.api.clone(),
         token,
-        http: reqwest::Client::new(),
+        http: args.tls.client()?,
     };
     match &args.command {
         JobsCommand::List {

@@ -38,11 +38,12 @@ fn main() -> ExitCode {
             output,
             store,
             key_file,
+            tls,
         } => exit(runtime().and_then(|rt| {
             rt.block_on(async {
                 match store {
                     Some(dir) => status::run_offline(&dir, &key_file, output).await,
-                    None => status::run(&ops, output).await,
+                    None => status::run(&ops, &tls, output).await,
                 }
             })
         })),

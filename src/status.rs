@@ -134,9 +134,9 @@ pub fn build(readyz: &Value, metrics: &str) -> StatusView {
     }
 }
 
-pub async fn run(ops: &str, output: Output) -> anyhow::Result<()> {
+pub async fn run(ops: &str, tls: &crate::cli::ClientTlsArgs, output: Output) -> anyhow::Result<()> {
     crate::tls::install_crypto_provider();
-    let http = reqwest::Client::new();
+    let http = tls.client()?;
     let base = ops.trim_end_matches('/');
     let readyz: Value = http
         .get(format!("{base}/readyz"))

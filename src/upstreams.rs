@@ -119,6 +119,7 @@ fn http_options(h: &HttpSettings) -> anyhow::Result<HttpOptions> {
         ca_bundle_pem: h.ca_bundle.as_deref().map(read).transpose()?,
         ca_bundle_only: h.ca_bundle_only,
         identity_pem: h.client_certificate.as_deref().map(read).transpose()?,
+        pin_sha256: h.pin_sha256.clone(),
         ..HttpOptions::default()
     })
 }

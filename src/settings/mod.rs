@@ -93,6 +93,17 @@ pub struct ApiSettings {
     pub tokens: Vec<TokenSettings>,
     /// Requests per second allowed to each token (bursts up to the same number); 0: no limit.
     pub rate_limit: u32,
+    /// Serve TLS (and mTLS when `client_ca` is set) instead of plain HTTP.
+    pub tls: Option<ServerTlsSettings>,
+}
+
+/// A listener's own TLS: files checked readable and parsed at load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTlsSettings {
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+    /// Client certificates must chain to one of these CAs (mTLS); `None`: no client certificate asked.
+    pub client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -112,6 +123,7 @@ pub struct TokenSettings {
 #[derive(Debug, Clone)]
 pub struct OpsSettings {
     pub listen: SocketAddr,
+    pub tls: Option<ServerTlsSettings>,
 }
 
 #[derive(Debug, Clone)]
@@ -200,6 +212,8 @@ pub struct HttpSettings {
     pub ca_bundle_only: bool,
     /// Client certificate and key (PEM file) for mTLS.
     pub client_certificate: Option<PathBuf>,
+    /// SHA-256 digests of the public keys the upstream's certificate may carry; empty: no pinning.
+    pub pin_sha256: Vec<[u8; 32]>,
 }
 
 #[derive(Debug, Clone)]

@@ -82,6 +82,20 @@ pub(crate) struct RawApi {
     pub rate_limit: Option<i64>,
     #[serde(default)]
     pub tokens: Vec<RawToken>,
+    pub tls: Option<RawServerTls>,
+}
+
+/// `[api.tls]` / `[ops.tls]`: the listener serves TLS itself.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawServerTls {
+    /// PEM file: the server certificate, then its chain.
+    pub certificate: Option<String>,
+    /// PEM file: the certificate's private key.
+    pub private_key: Option<String>,
+    /// PEM file of the CAs that client certificates must chain to; when set, every client must
+    /// present one (mTLS).
+    pub client_ca: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -96,6 +110,7 @@ pub(crate) struct RawToken {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawOps {
     pub listen: Option<String>,
+    pub tls: Option<RawServerTls>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -205,6 +220,9 @@ pub(crate) struct RawPopulation {
     pub ca_bundle_only: Option<bool>,
     /// PEM file with the client certificate and its private key, for mTLS.
     pub client_certificate: Option<String>,
+    /// SHA-256 pins of the upstream's public key (base64, optionally `sha256//`-prefixed): the
+    /// certificate must also match one of them.
+    pub pin_sha256: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -237,6 +255,9 @@ pub(crate) struct RawPostal {
     pub ca_bundle_only: Option<bool>,
     /// PEM file with the client certificate and its private key, for mTLS.
     pub client_certificate: Option<String>,
+    /// SHA-256 pins of the upstream's public key (base64, optionally `sha256//`-prefixed): the
+    /// certificate must also match one of them.
+    pub pin_sha256: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -263,6 +284,9 @@ pub(crate) struct RawPortalTarget {
     pub ca_bundle_only: Option<bool>,
     /// PEM file with the client certificate and its private key, for mTLS.
     pub client_certificate: Option<String>,
+    /// SHA-256 pins of the upstream's public key (base64, optionally `sha256//`-prefixed): the
+    /// certificate must also match one of them.
+    pub pin_sha256: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

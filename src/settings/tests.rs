@@ -240,6 +240,26 @@ da_tra = 10
 }
 
 #[test]
+fn pins_are_read_in_curl_form_and_reach_the_http_settings() {
+    let (_dir, path) = write_config(
+        r#"
+[store]
+path = "s"
+[upstreams.portal.national]
+base_url = "https://dvc.example.vn"
+username = "u"
+password = "p"
+agency_code = "A"
+pin_sha256 = ["sha256//47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="]
+"#,
+    );
+    let s = load(&path, no_env()).expect("pins load");
+    let pins = &s.upstreams.portal["national"].http.pin_sha256;
+    assert_eq!(pins.len(), 1);
+    assert_eq!(pins[0][..4], [0xe3, 0xb0, 0xc4, 0x42], "sha256 of nothing");
+}
+
+#[test]
 fn profile_mistakes_are_reported_with_their_keys() {
     let (_dir, path) = write_config(
         r#"
@@ -252,6 +272,7 @@ customer_key = "K"
 secret_key = "S"
 order_path = "order/post"
 ca_bundle = "missing-ca.pem"
+pin_sha256 = ["47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=", "AAAA"]
 [upstreams.postal.status_codes]
 x = "accepted"
 4 = "arrived"
@@ -270,6 +291,7 @@ done = 11
     for key in [
         "upstreams.postal.order_path",
         "upstreams.postal.ca_bundle",
+        "upstreams.postal.pin_sha256[1]",
         "upstreams.postal.status_codes.x",
         "upstreams.postal.status_codes.4",
         "upstreams.portal.national.base_url",

@@ -290,6 +290,7 @@ impl Checker<'_> {
         ca_bundle: Option<&str>,
         ca_bundle_only: Option<bool>,
         client_certificate: Option<&str>,
+        pins: Option<&[String]>,
         base_dir: &Path,
     ) -> HttpSettings {
         let connect_timeout = self.duration(
@@ -325,13 +326,71 @@ impl Checker<'_> {
         if ca_bundle_only == Some(true) && ca_bundle.is_none() {
             self.fail(&format!("{section}.ca_bundle_only"), "needs ca_bundle");
         }
+        let mut pin_sha256 = Vec::new();
+        for (i, pin) in pins.unwrap_or_default().iter().enumerate() {
+            match dvc_upstream::http::parse_pin(pin) {
+                Ok(digest) => pin_sha256.push(digest),
+                Err(message) => self.fail(&format!("{section}.pin_sha256[{i}]"), message),
+            }
+        }
+        if pins.is_some_and(<[String]>::is_empty) {
+            self.fail(
+                &format!("{section}.pin_sha256"),
+                "an empty list would pin nothing; remove the key or list the pins",
+            );
+        }
         HttpSettings {
             connect_timeout,
             timeout,
             ca_bundle,
             ca_bundle_only: ca_bundle_only.unwrap_or(false),
             client_certificate,
+            pin_sha256,
         }
+    }
+
+    /// `[api.tls]` / `[ops.tls]`: both files required, and the certificate, key and client CAs must
+    /// parse into a working server configuration (so `check-config` finds what `run` would).
+    fn server_tls(
+        &mut self,
+        section: &str,
+        raw: Option<&super::raw::RawServerTls>,
+        base_dir: &Path,
+    ) -> Option<ServerTlsSettings> {
+        let raw = raw?;
+        let file = |c: &mut Self, key: &str, value: Option<&str>, required: bool| {
+            let Some(value) = value else {
+                if required {
+                    c.fail(&format!("{section}.{key}"), "missing; expected a PEM file");
+                }
+                return None;
+            };
+            let path = base_dir.join(value);
+            if !path.is_file() {
+                c.fail(
+                    &format!("{section}.{key}"),
+                    format!("`{}` is not a readable file", path.display()),
+                );
+                return None;
+            }
+            Some(path)
+        };
+        let certificate = file(self, "certificate", raw.certificate.as_deref(), true);
+        let private_key = file(self, "private_key", raw.private_key.as_deref(), true);
+        let client_ca = match &raw.client_ca {
+            None => None,
+            Some(value) => Some(file(self, "client_ca", Some(value), true)?),
+        };
+        let settings = ServerTlsSettings {
+            certificate: certificate?,
+            private_key: private_key?,
+            client_ca,
+        };
+        if let Err(e) = crate::tls::server_config(&settings) {
+            self.fail(section, format!("{e:#}"));
+            return None;
+        }
+        Some(settings)
     }
 
     fn path_value(&mut self, key: &str, value: Option<&String>, default: &str) -> String {
@@ -439,10 +498,12 @@ pub(super) fn settings(raw: RawSettings, base_dir: &Path, problems: &mut Problem
         body_limit,
         tokens,
         rate_limit: c.int("api.rate_limit", raw.api.rate_limit, 20_000, (0, 1_000_000)) as u32,
+        tls: c.server_tls("api.tls", raw.api.tls.as_ref(), base_dir),
     };
 
     let ops = OpsSettings {
         listen: c.addr("ops.listen", raw.ops.listen.as_deref(), "127.0.0.1:9090"),
+        tls: c.server_tls("ops.tls", raw.ops.tls.as_ref(), base_dir),
     };
     if ops.listen == api.listen && api.listen.port() != 0 {
         c.fail("ops.listen", "must differ from api.listen");
@@ -648,6 +709,7 @@ pub(super) fn settings(raw: RawSettings, base_dir: &Path, problems: &mut Problem
             p.ca_bundle.as_deref(),
             p.ca_bundle_only,
             p.client_certificate.as_deref(),
+            p.pin_sha256.as_deref(),
             base_dir,
         );
         if let (Some(service_url), Some(token_url), Some(client_id), Some(client_secret)) =
@@ -728,6 +790,7 @@ pub(super) fn settings(raw: RawSettings, base_dir: &Path, problems: &mut Problem
             p.ca_bundle.as_deref(),
             p.ca_bundle_only,
             p.client_certificate.as_deref(),
+            p.pin_sha256.as_deref(),
             base_dir,
         );
         if let (Some(base_url), Some(customer_code), Some(customer_key), Some(secret_key)) =
@@ -811,6 +874,7 @@ pub(super) fn settings(raw: RawSettings, base_dir: &Path, problems: &mut Problem
             t.ca_bundle.as_deref(),
             t.ca_bundle_only,
             t.client_certificate.as_deref(),
+            t.pin_sha256.as_deref(),
             base_dir,
         );
         if let (Some(base_url), Some(username), Some(password), Some(agency_code)) =

@@ -11,4 +11,5 @@ mod helpers;
 mod jobs_api;
 mod metrics;
 mod simulate;
+mod tls;
 mod upstreams;

@@ -17,6 +17,9 @@ pub struct HttpOptions {
     pub identity_pem: Option<Vec<u8>>,
     /// At most this many idle connections kept per host.
     pub pool_max_idle_per_host: usize,
+    /// SHA-256 digests of the public keys (SubjectPublicKeyInfo) the upstream's certificate may
+    /// carry. When not empty, the certificate must pass the usual checks *and* match one pin.
+    pub pin_sha256: Vec<[u8; 32]>,
 }
 
 impl Default for HttpOptions {
@@ -28,6 +31,7 @@ impl Default for HttpOptions {
             ca_bundle_only: false,
             identity_pem: None,
             pool_max_idle_per_host: 32,
+            pin_sha256: Vec::new(),
         }
     }
 }
@@ -50,6 +54,12 @@ pub fn client(options: &HttpOptions) -> Result<reqwest::Client, ClientBuildError
         .pool_max_idle_per_host(options.pool_max_idle_per_host)
         .tls_version_min(reqwest::tls::Version::TLS_1_2)
         .user_agent(concat!("dvc-connector/", env!("CARGO_PKG_VERSION")));
+    if !options.pin_sha256.is_empty() {
+        builder = builder.use_preconfigured_tls(pinned::config(options)?);
+        return builder
+            .build()
+            .map_err(|e| ClientBuildError::Build(e.to_string()));
+    }
     if let Some(pem) = &options.ca_bundle_pem {
         let certs = reqwest::Certificate::from_pem_bundle(pem)
             .map_err(|e| ClientBuildError::CaBundle(e.to_string()))?;
@@ -74,9 +84,181 @@ pub fn client(options: &HttpOptions) -> Result<reqwest::Client, ClientBuildError
         .map_err(|e| ClientBuildError::Build(e.to_string()))
 }
 
+/// Reads one pin as operators write it: the base64 SHA-256 of the certificate's public key, with or
+/// without curl's `sha256//` prefix. `openssl x509 -in cert.pem -pubkey -noout | openssl pkey -pubin
+/// -outform der | openssl dgst -sha256 -binary | base64` prints it.
+pub fn parse_pin(text: &str) -> Result<[u8; 32], String> {
+    use base64::Engine as _;
+    let b64 = text.trim().strip_prefix("sha256//").unwrap_or(text.trim());
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|_| "expected the base64 SHA-256 of a public key (44 characters)".to_owned())?;
+    <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
+        format!(
+            "a SHA-256 digest is 32 bytes, this one is {} bytes; expected the base64 SHA-256 of a public key",
+            bytes.len()
+        )
+    })
+}
+
+/// The TLS configuration of a pinned upstream, built here because reqwest has no pinning of its own:
+/// the same trust as the unpinned client (the platform's roots plus the CA bundle, or the bundle
+/// only), TLS 1.2+, the client certificate, and then the pin check on top.
+mod pinned {
+    use std::sync::Arc;
+
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+    use rustls::{CertificateError, DigitallySignedStruct, OtherError, SignatureScheme};
+    use sha2::{Digest, Sha256};
+
+    use super::{ClientBuildError, HttpOptions};
+
+    pub(super) fn config(options: &HttpOptions) -> Result<rustls::ClientConfig, ClientBuildError> {
+        let provider = rustls::crypto::CryptoProvider::get_default()
+            .cloned()
+            .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
+        let bundle = match &options.ca_bundle_pem {
+            None => Vec::new(),
+            Some(pem) => CertificateDer::pem_slice_iter(pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ClientBuildError::CaBundle(e.to_string()))?,
+        };
+        if options.ca_bundle_pem.is_some() && bundle.is_empty() {
+            return Err(ClientBuildError::CaBundle(
+                "no certificate in the bundle".into(),
+            ));
+        }
+        let inner: Arc<dyn ServerCertVerifier> = if options.ca_bundle_only {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in bundle {
+                roots
+                    .add(cert)
+                    .map_err(|e| ClientBuildError::CaBundle(e.to_string()))?;
+            }
+            rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider.clone(),
+            )
+            .build()
+            .map_err(|e| ClientBuildError::CaBundle(e.to_string()))?
+        } else {
+            Arc::new(
+                rustls_platform_verifier::Verifier::new_with_extra_roots(bundle, provider.clone())
+                    .map_err(|e| ClientBuildError::CaBundle(e.to_string()))?,
+            )
+        };
+        let verifier = Arc::new(Pinned {
+            inner,
+            pins: options.pin_sha256.clone(),
+        });
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| ClientBuildError::Build(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier);
+        let mut config = match &options.identity_pem {
+            None => builder.with_no_client_auth(),
+            Some(pem) => {
+                let chain = CertificateDer::pem_slice_iter(pem)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| ClientBuildError::Identity(e.to_string()))?;
+                let key = PrivateKeyDer::from_pem_slice(pem)
+                    .map_err(|e| ClientBuildError::Identity(e.to_string()))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| ClientBuildError::Identity(e.to_string()))?
+            }
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(config)
+    }
+
+    /// The usual verification, then the pin: a certificate from a trusted CA whose key is not pinned
+    /// (a mis-issued or intercepting certificate) is refused.
+    #[derive(Debug)]
+    struct Pinned {
+        inner: Arc<dyn ServerCertVerifier>,
+        pins: Vec<[u8; 32]>,
+    }
+
+    #[derive(Debug)]
+    struct PinMismatch;
+
+    impl std::fmt::Display for PinMismatch {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("the certificate's public key matches no pin_sha256")
+        }
+    }
+
+    impl std::error::Error for PinMismatch {}
+
+    impl ServerCertVerifier for Pinned {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            intermediates: &[CertificateDer<'_>],
+            server_name: &ServerName<'_>,
+            ocsp_response: &[u8],
+            now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            self.inner.verify_server_cert(
+                end_entity,
+                intermediates,
+                server_name,
+                ocsp_response,
+                now,
+            )?;
+            let cert = webpki::EndEntityCert::try_from(end_entity)
+                .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+            let digest: [u8; 32] = Sha256::digest(cert.subject_public_key_info().as_ref()).into();
+            if self.pins.contains(&digest) {
+                Ok(ServerCertVerified::assertion())
+            } else {
+                Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                    OtherError(Arc::new(PinMismatch)),
+                )))
+            }
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.inner.verify_tls12_signature(message, cert, dss)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.inner.verify_tls13_signature(message, cert, dss)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.inner.supported_verify_schemes()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pins_are_read_with_or_without_the_curl_prefix_and_wrong_lengths_refused() {
+        let pin = "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=";
+        let digest = parse_pin(pin).expect("valid");
+        assert_eq!(parse_pin(&format!("sha256//{pin}")), Ok(digest));
+        assert_eq!(digest[0], 0xe3, "sha256 of the empty string");
+        assert!(parse_pin("AAAA").expect_err("short").contains("3 bytes"));
+        assert!(parse_pin("not base64!").is_err());
+    }
 
     #[test]
     fn a_bundle_without_certificates_is_refused() {

@@ -88,6 +88,14 @@ impl UpstreamError {
         let mut source: Option<&dyn std::error::Error> = Some(&error);
         while let Some(e) = source {
             let text = e.to_string();
+            // rustls shows a verifier's own error by its Debug name.
+            if text.contains("PinMismatch") {
+                return Self::auth(
+                    "tls_pin_mismatch",
+                    "TLS: the certificate chains to a trusted CA, but its public key matches no \
+                     pin_sha256",
+                );
+            }
             if text.contains("certificate")
                 || text.contains("UnknownIssuer")
                 || text.contains("NotValidForName")

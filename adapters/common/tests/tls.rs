@@ -9,9 +9,10 @@ use dvc_upstream::http::{HttpOptions, client};
 use dvc_upstream::{ErrorClass, UpstreamError};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
+    KeyPair, KeyUsagePurpose, PublicKeyData as _,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use sha2::Digest as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Pki {
@@ -21,6 +22,8 @@ struct Pki {
     server_key: Vec<u8>,
     /// Client certificate followed by its key, as `client_certificate` holds them.
     client_pem: String,
+    /// SHA-256 of the server certificate's SubjectPublicKeyInfo: what `pin_sha256` holds.
+    server_pin: [u8; 32],
 }
 
 fn pki() -> Pki {
@@ -53,6 +56,7 @@ fn pki() -> Pki {
         server_cert: server_cert.der().clone(),
         server_key: server_key.serialize_der(),
         client_pem: format!("{}{}", client_cert.pem(), client_key.serialize_pem()),
+        server_pin: sha2::Sha256::digest(server_key.subject_public_key_info()).into(),
     }
 }
 
@@ -174,4 +178,54 @@ async fn mutual_tls_presents_the_configured_client_certificate() {
         ..trusted
     };
     assert_eq!(get(&with_identity, addr).await.expect("mTLS"), "ok");
+}
+
+#[tokio::test]
+async fn a_pinned_upstream_must_present_the_pinned_key_as_well_as_a_trusted_chain() {
+    setup();
+    let pki = pki();
+    let addr = tls_server(&pki, true).await;
+    let trusted = HttpOptions {
+        ca_bundle_pem: Some(pki.ca_pem.clone().into_bytes()),
+        ca_bundle_only: true,
+        identity_pem: Some(pki.client_pem.clone().into_bytes()),
+        ..HttpOptions::default()
+    };
+    let pinned = HttpOptions {
+        pin_sha256: vec![[7; 32], pki.server_pin],
+        ..trusted.clone()
+    };
+    assert_eq!(
+        get(&pinned, addr)
+            .await
+            .expect("pinned key, trusted chain, mTLS"),
+        "ok"
+    );
+
+    // A certificate from the trusted CA, but not the pinned key: what a mis-issued or intercepting
+    // certificate looks like. Refused, and classified so that the lane pauses.
+    let other_key = HttpOptions {
+        pin_sha256: vec![self::pki().server_pin],
+        ..trusted.clone()
+    };
+    let error = get(&other_key, addr).await.expect_err("pin mismatch");
+    assert_eq!(
+        (error.class, error.code.as_str()),
+        (ErrorClass::Auth, "tls_pin_mismatch"),
+        "{error:?}"
+    );
+
+    // The pin adds to the chain check, it does not replace it.
+    let untrusted_but_pinned = HttpOptions {
+        ca_bundle_pem: Some(self::pki().ca_pem.into_bytes()),
+        ..pinned
+    };
+    let error = get(&untrusted_but_pinned, addr)
+        .await
+        .expect_err("untrusted chain");
+    assert_eq!(
+        (error.class, error.code.as_str()),
+        (ErrorClass::Auth, "tls_certificate"),
+        "{error:?}"
+    );
 }
