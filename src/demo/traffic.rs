@@ -154,12 +154,12 @@ pub async fn dossier(
     if i % 10 < 8 {
         let mut id = person.citizen_id.clone();
         let mut name = person.full_name();
-        if i % 13 == 0 {
+        if i.is_multiple_of(13) {
             id.replace_range(0..3, "003"); // no such province code
-        } else if i % 11 == 0 {
+        } else if i.is_multiple_of(11) {
             let serial: u32 = id[6..].parse().unwrap_or(0);
             id.replace_range(6.., &format!("{:06}", (serial + 500_000) % 1_000_000));
-        } else if i % 7 == 0 {
+        } else if i.is_multiple_of(7) {
             name = strip(&name);
         }
         let body = json!({
@@ -190,7 +190,7 @@ pub async fn dossier(
             "owner_name": person.full_name(), "applicant_type": 1, "status": status,
             "received_at": "2026-11-27T08:00:00+07:00", "due_at": "2026-12-04T17:00:00+07:00",
             "summary": format!("{proc_name} — hồ sơ {i}"), "channel": "online",
-            "result_by_post": i % 3 == 0,
+            "result_by_post": i.is_multiple_of(3),
         })
     };
     let step = |k: usize, status: &str| {
@@ -204,7 +204,7 @@ pub async fn dossier(
     let events = format!("{path}/events");
     let mut k = 0;
     // Some portals send the first step before the record: it must wait for the record.
-    if i % 17 == 0 {
+    if i.is_multiple_of(17) {
         k += 1;
         let a = d
             .send(
@@ -254,7 +254,7 @@ pub async fn dossier(
         json!({ "dossier_code": code, "kind": kind, "recipient": recipient,
                 "description": format!("{proc_name}: hồ sơ {code}") })
     };
-    if i % 5 == 0 {
+    if i.is_multiple_of(5) {
         let a = d
             .send(
                 reqwest::Method::POST,
@@ -294,7 +294,7 @@ pub async fn dossier(
         rep.steps
             .push(format!("{STEP_PREFIX} {k} của hồ sơ {code}"));
     }
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         // The portal asks twice (a retry of its own): one order, the second answer is the same shipment.
         for _ in 0..2 {
             let a = d

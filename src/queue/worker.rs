@@ -524,11 +524,11 @@ async fn run_job(
                     Some((Instant::now() + auth_pause, error.code.clone()));
             }
             let end = fail(queue, &job, &error).await;
-            if let (RunEnd::Dead, Some(handler)) = (&end, handler_for_dead) {
-                if let Err(e) = handler.dead(&job, &error).await {
-                    tracing::warn!(job_id = %job.id, kind = %job.kind, code = %e.code,
+            if let (RunEnd::Dead, Some(handler)) = (&end, handler_for_dead)
+                && let Err(e) = handler.dead(&job, &error).await
+            {
+                tracing::warn!(job_id = %job.id, kind = %job.kind, code = %e.code,
                         "could not record a dead-lettered job in its flow");
-                }
             }
             match end {
                 RunEnd::Dead => RunEnd::Failed(error.class),

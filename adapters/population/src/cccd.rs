@@ -193,7 +193,7 @@ impl CitizenId {
     }
 
     pub fn sex(&self) -> Sex {
-        if self.digit(3) % 2 == 0 {
+        if self.digit(3).is_multiple_of(2) {
             Sex::Male
         } else {
             Sex::Female
