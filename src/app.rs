@@ -114,13 +114,17 @@ impl Application {
                 }
             };
             let path = settings.audit.path.clone();
-            let log = tokio::task::spawn_blocking(move || crate::audit::AuditLog::open(&path, key))
-                .await?
-                .context("opening the audit log")?;
+            let policy = settings.audit.policy;
+            let log = tokio::task::spawn_blocking(move || {
+                crate::audit::AuditLog::open_with(&path, key, policy)
+            })
+            .await?
+            .context("opening the audit log")?;
             Some(Arc::new(log))
         } else {
             None
         };
+        let audit_log = audit.clone();
         let flows =
             crate::flows::Flows::with_audit(queue.clone(), clients, settings.clone(), audit);
         let mut wiring = flows.wiring();
@@ -181,6 +185,13 @@ impl Application {
 
         if let Some(tracker) = crate::flows::shipment::spawn_tracker(flows.clone(), stop.clone()) {
             workers.push(tracker);
+        }
+        if let Some(log) = audit_log {
+            workers.push(spawn_audit_maintenance(
+                log,
+                settings.audit.policy,
+                stop.clone(),
+            ));
         }
         let tokens = Arc::new(crate::api::auth::Tokens::new(settings.api.tokens.clone()));
         let history = Arc::new(crate::ops::dashboard::History::default());
@@ -286,6 +297,38 @@ fn serve(
                     .with_graceful_shutdown(stopped)
                     .await
             })
+        }
+    })
+}
+
+/// Seals and prunes the audit log's segments: at start, then every eighth of `rotate_every` (between
+/// a minute and an hour). A failure is logged and tried again next time; lookups go on being recorded.
+fn spawn_audit_maintenance(
+    log: Arc<crate::audit::AuditLog>,
+    policy: crate::audit::Policy,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let every = (policy.rotate_every / 8).clamp(
+        std::time::Duration::from_secs(60),
+        std::time::Duration::from_secs(3600),
+    );
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.wait_for(|stopped| *stopped) => return,
+            }
+            let log = log.clone();
+            let now = time::OffsetDateTime::now_utc();
+            match tokio::task::spawn_blocking(move || log.maintain(now)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(removed)) => {
+                    tracing::info!(removed, "audit log: segments past audit.retention removed");
+                }
+                Ok(Err(e)) => tracing::error!(error = %e, "audit log maintenance"),
+                Err(e) => tracing::error!(error = %e, "audit log maintenance task"),
+            }
         }
     })
 }

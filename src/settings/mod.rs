@@ -44,6 +44,8 @@ pub struct AuditSettings {
     pub path: PathBuf,
     /// HMAC key for citizen IDs (64 hex digits); without it the log cannot be searched by citizen.
     pub key_file: Option<PathBuf>,
+    /// Segment length and retention.
+    pub policy: crate::audit::Policy,
 }
 
 /// How the business flows behave (`[flows]`).

@@ -33,6 +33,10 @@ pub(crate) struct RawSettings {
 pub(crate) struct RawAudit {
     pub path: Option<String>,
     pub key_file: Option<String>,
+    /// Seal the current file into a segment this often.
+    pub rotate_every: Option<String>,
+    /// Remove segments whose newest line is older than this; unset: keep them.
+    pub retention: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -457,3 +457,21 @@ fn a_world_readable_file_with_secrets_is_warned_about_and_a_private_one_is_not()
             .is_empty()
     );
 }
+
+#[test]
+fn audit_retention_is_read_and_must_cover_a_whole_segment() {
+    let (_dir, path) = write_config(
+        "[store]\npath = \"s\"\n[audit]\nrotate_every = \"7d\"\nretention = \"1825d\"\n",
+    );
+    let s = load(&path, no_env()).expect("loads");
+    assert_eq!(s.audit.policy.rotate_every, Duration::from_secs(7 * 86_400));
+    assert_eq!(
+        s.audit.policy.retention,
+        Some(Duration::from_secs(1825 * 86_400))
+    );
+    let (_dir, path) = write_config(
+        "[store]\npath = \"s\"\n[audit]\nrotate_every = \"30d\"\nretention = \"1d\"\n",
+    );
+    let errors = load(&path, no_env()).expect_err("shorter than a segment");
+    assert_eq!(errors.0[0].key, "audit.retention");
+}

@@ -913,7 +913,31 @@ pub(super) fn settings(raw: RawSettings, base_dir: &Path, problems: &mut Problem
             .as_deref()
             .map_or_else(|| store.path.join("audit.log"), |p| base_dir.join(p)),
         key_file: raw.audit.key_file.as_deref().map(|p| base_dir.join(p)),
+        policy: crate::audit::Policy {
+            rotate_every: c.duration(
+                "audit.rotate_every",
+                raw.audit.rotate_every.as_deref(),
+                Duration::from_secs(30 * 86_400),
+                Duration::from_secs(60),
+            ),
+            retention: raw.audit.retention.as_deref().map(|r| {
+                c.duration(
+                    "audit.retention",
+                    Some(r),
+                    Duration::from_secs(365 * 86_400),
+                    Duration::from_secs(60),
+                )
+            }),
+        },
     };
+    if let Some(retention) = audit.policy.retention
+        && retention < audit.policy.rotate_every
+    {
+        c.fail(
+            "audit.retention",
+            "must not be shorter than audit.rotate_every (a segment is removed whole)",
+        );
+    }
     if let Some(file) = &audit.key_file
         && let Err(message) = read_key(file)
     {
