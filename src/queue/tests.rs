@@ -629,6 +629,17 @@ fn a_store_of_another_format_version_is_refused() {
 }
 
 #[test]
+fn a_version_1_store_from_before_the_write_ahead_log_is_upgraded_in_place() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    drop(KvJobStore::open(tmp.path(), Backend::Redb, KvOptions::default()).expect("create"));
+    let marker = tmp.path().join("STORE");
+    std::fs::write(&marker, "backend = \"redb\"\nformat_version = 1\n").expect("write marker");
+    drop(KvJobStore::open(tmp.path(), Backend::Redb, KvOptions::default()).expect("opens v1"));
+    let text = std::fs::read_to_string(&marker).expect("marker");
+    assert!(text.contains("format_version = 2"), "{text}");
+}
+
+#[test]
 fn a_store_of_another_backend_is_refused() {
     let tmp = tempfile::tempdir().expect("tempdir");
     drop(KvJobStore::open(tmp.path(), Backend::Sled, KvOptions::default()).expect("create"));

@@ -3,7 +3,7 @@
 //!
 //! # Layout on disk
 //! `<store dir>/STORE` names the backend and the format version; the engine's files sit beside it
-//! (`queue.redb`, or `sled/`). The tables and their key layout are described in [`keys`]. `Meta` holds
+//! (`queue.redb`, or `sled/`), and so does the write-ahead log (`queue.wal`). The tables and their key layout are described in [`keys`]. `Meta` holds
 //! `format_version`, the next commit sequence number and a counter per (lane, state).
 //!
 //! # Invariants
@@ -15,15 +15,17 @@
 //!
 //! # Group commit
 //! One writer thread owns all writes. It takes every operation waiting in its channel (up to
-//! [`MAX_BATCH`]), applies them in one engine transaction, makes that transaction durable with one fsync,
-//! and only then answers each caller. Concurrent callers therefore share fsyncs, and no caller hears "ok"
-//! before its change is on disk. A storage failure fails the whole batch and nothing of it is applied.
+//! [`MAX_BATCH`]), applies them in one engine transaction, makes that transaction durable with one
+//! fdatasync of its write-ahead log record ([`wal`]), and only then answers each caller. Concurrent
+//! callers therefore share fsyncs, and no caller hears "ok" before its change is on disk. A storage
+//! failure fails the whole batch and nothing of it is applied.
 
 mod keys;
 mod ops;
 mod redb;
 mod seal;
 mod sled;
+mod wal;
 
 pub use self::seal::Keyring;
 
@@ -43,8 +45,15 @@ use super::store::{
     Leased, Record, StoreError, StoreFuture, Transition,
 };
 
-/// The on-disk format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The on-disk format this build writes. Version 2 added the write-ahead log (`queue.wal`); a version 1
+/// store (no log) is upgraded in place when opened for writing. A build that knows only version 1 refuses
+/// a version 2 store, so it cannot ignore a log it does not know about.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// Versions this build opens.
+fn readable(version: &str) -> bool {
+    version == "1" || version == FORMAT_VERSION.to_string()
+}
 
 /// Page cache of either engine (both default to 1 GiB). The daemon must stay within 64 MiB idle and
 /// 256 MiB holding a million jobs; jobs live on disk and only hot index pages need caching.
@@ -211,11 +220,13 @@ impl KvJobStore {
     pub fn open(dir: &Path, backend: Backend, options: KvOptions) -> Result<Self, StoreError> {
         let io = |e: std::io::Error| StoreError::Io(format!("{}: {e}", dir.display()));
         std::fs::create_dir_all(dir).map_err(io)?;
-        check_or_write_marker(dir, backend)?;
+        check_or_write_marker(dir, backend, true)?;
         let engine: Arc<dyn KvEngine> = match backend {
             Backend::Redb => Arc::new(redb::RedbEngine::open(&dir.join("queue.redb"))?),
             Backend::Sled => Arc::new(sled::SledEngine::open(&dir.join("sled"))?),
         };
+        // Below the sealing layer, so the log holds sealed values only.
+        let engine: Arc<dyn KvEngine> = Arc::new(wal::WalEngine::open(engine, dir)?);
         let engine: Arc<dyn KvEngine> = match &options.keys {
             Some(keys) => Arc::new(seal::SealedEngine {
                 inner: engine,
@@ -228,6 +239,11 @@ impl KvJobStore {
         engine.write(true, &mut |tx| {
             match tx.get(Table::Meta, keys::FORMAT_VERSION_KEY)? {
                 Some(v) if v == FORMAT_VERSION.to_string().as_bytes() => {}
+                Some(v) if readable(&String::from_utf8_lossy(&v)) => tx.put(
+                    Table::Meta,
+                    keys::FORMAT_VERSION_KEY,
+                    FORMAT_VERSION.to_string().as_bytes(),
+                )?,
                 Some(v) => {
                     return Err(StoreError::UnsupportedVersion {
                         path: display.clone(),
@@ -303,7 +319,7 @@ impl KvJobStore {
         if !dir.join(MARKER).is_file() {
             return Err(StoreError::Io(format!("{display}: no queue store here")));
         }
-        check_or_write_marker(dir, backend)?;
+        check_or_write_marker(dir, backend, false)?;
         let engine: Arc<dyn KvEngine> = match backend {
             Backend::Redb => Arc::new(redb::RedbEngine::open_read_only(&dir.join("queue.redb"))?),
             Backend::Sled => {
@@ -325,7 +341,10 @@ impl KvJobStore {
             version = tx.get(Table::Meta, keys::FORMAT_VERSION_KEY)?;
             Ok(())
         })?;
-        if version.as_deref() != Some(FORMAT_VERSION.to_string().as_bytes()) {
+        if !version
+            .as_deref()
+            .is_some_and(|v| readable(&String::from_utf8_lossy(v)))
+        {
             return Err(StoreError::UnsupportedVersion {
                 path: display,
                 found: version
@@ -333,6 +352,13 @@ impl KvJobStore {
                     .unwrap_or_default(),
                 supported: FORMAT_VERSION,
             });
+        }
+        let pending = wal::pending(dir, engine.as_ref())?;
+        if pending > 0 {
+            tracing::warn!(
+                batches = pending,
+                "the daemon stopped without a clean close: its last {pending} batch(es) are in the write-ahead log, which only the daemon replays; start it once to see them here"
+            );
         }
         Ok(Self {
             backend,
@@ -412,7 +438,7 @@ impl Drop for KvJobStore {
     }
 }
 
-fn check_or_write_marker(dir: &Path, backend: Backend) -> Result<(), StoreError> {
+fn check_or_write_marker(dir: &Path, backend: Backend, upgrade: bool) -> Result<(), StoreError> {
     let path = dir.join(MARKER);
     let display = dir.display().to_string();
     let io = |e: std::io::Error| StoreError::Io(format!("{}: {e}", path.display()));
@@ -424,7 +450,7 @@ fn check_or_write_marker(dir: &Path, backend: Backend) -> Result<(), StoreError>
                     .map(|v| v.trim().trim_matches('"').to_owned())
             };
             let version = field("format_version").unwrap_or_default();
-            if version != FORMAT_VERSION.to_string() {
+            if !readable(&version) {
                 return Err(StoreError::UnsupportedVersion {
                     path: display,
                     found: version,
@@ -439,29 +465,36 @@ fn check_or_write_marker(dir: &Path, backend: Backend) -> Result<(), StoreError>
                     configured: backend.as_str().to_owned(),
                 });
             }
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let tmp = dir.join(format!("{MARKER}.tmp"));
-            let text = format!(
-                "# dvc-connector queue store; do not edit\nbackend = \"{}\"\nformat_version = {}\n",
-                backend.as_str(),
-                FORMAT_VERSION
-            );
-            {
-                use std::io::Write;
-                let mut file = std::fs::File::create(&tmp).map_err(io)?;
-                file.write_all(text.as_bytes()).map_err(io)?;
-                file.sync_all().map_err(io)?;
+            if upgrade && version != FORMAT_VERSION.to_string() {
+                write_marker(dir, backend)?;
             }
-            std::fs::rename(&tmp, &path).map_err(io)?;
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io)?;
             Ok(())
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => write_marker(dir, backend),
         Err(e) => Err(io(e)),
     }
+}
+
+/// Writes `STORE` atomically (temporary file, fsync, rename, fsync of the directory).
+fn write_marker(dir: &Path, backend: Backend) -> Result<(), StoreError> {
+    use std::io::Write;
+    let path = dir.join(MARKER);
+    let io = |e: std::io::Error| StoreError::Io(format!("{}: {e}", path.display()));
+    let tmp = dir.join(format!("{MARKER}.tmp"));
+    let text = format!(
+        "# dvc-connector queue store; do not edit\nbackend = \"{}\"\nformat_version = {}\n",
+        backend.as_str(),
+        FORMAT_VERSION
+    );
+    {
+        let mut file = std::fs::File::create(&tmp).map_err(io)?;
+        file.write_all(text.as_bytes()).map_err(io)?;
+        file.sync_all().map_err(io)?;
+    }
+    std::fs::rename(&tmp, &path).map_err(io)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)
 }
 
 fn run_writer(
