@@ -344,7 +344,12 @@ async fn run_lane(
         }
         tokio::select! {
             Some(joined) = running.join_next(), if !running.is_empty() => {
-                if let Ok((id, end)) = joined {
+                // Reap every job that has ended, not just this one: the next lease then fills all
+                // the free slots in one round trip to the store instead of one slot per round trip
+                // (which held a 32-wide lane to about one job in flight).
+                let mut joined = Some(joined);
+                while let Some(result) = joined.take().or_else(|| running.try_join_next()) {
+                    let Ok((id, end)) = result else { continue };
                     in_flight.remove(&id);
                     match end {
                         RunEnd::Delivered | RunEnd::Failed(ErrorClass::Permanent) => breaker.success(),
