@@ -38,6 +38,10 @@ pub(crate) const WAL_FILE: &str = "queue.wal";
 pub(crate) const WAL_LSN_KEY: &[u8] = b"wal_lsn";
 /// Size of the log: a checkpoint comes when it is full. Bounds replay at open to this many bytes.
 pub(crate) const CAPACITY: u64 = 8 << 20;
+/// A durable batch this long after the last checkpoint checkpoints instead of syncing the log. The
+/// engine's durable commit then writes the pages dirtied since — a few milliseconds' worth — rather than
+/// those of a whole full log, which stalled every caller for hundreds of milliseconds at once.
+pub(crate) const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 const HEADER: usize = 8;
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
@@ -55,6 +59,8 @@ struct Log {
     buf: Vec<u8>,
     /// Set after a failed write or sync of the log.
     failed: Option<String>,
+    last_checkpoint: std::time::Instant,
+    checkpoint_every: std::time::Duration,
 }
 
 #[derive(Debug)]
@@ -242,13 +248,14 @@ impl WalEngine {
     /// Opens (creating and preallocating) the log in `dir`, replays what the engine lacks, and
     /// checkpoints.
     pub(crate) fn open(inner: Arc<dyn KvEngine>, dir: &Path) -> Result<Self, StoreError> {
-        Self::open_with_capacity(inner, dir, CAPACITY)
+        Self::open_with(inner, dir, CAPACITY, CHECKPOINT_EVERY)
     }
 
-    pub(crate) fn open_with_capacity(
+    pub(crate) fn open_with(
         inner: Arc<dyn KvEngine>,
         dir: &Path,
         capacity: u64,
+        checkpoint_every: std::time::Duration,
     ) -> Result<Self, StoreError> {
         let path = dir.join(WAL_FILE);
         let err = io(&path);
@@ -315,6 +322,8 @@ impl WalEngine {
                 capacity,
                 buf: Vec::with_capacity(64 << 10),
                 failed: None,
+                last_checkpoint: std::time::Instant::now(),
+                checkpoint_every,
             }),
         })
     }
@@ -325,6 +334,7 @@ impl WalEngine {
             tx.put(Table::Meta, WAL_LSN_KEY, &lsn.to_be_bytes())
         })?;
         log.offset = 0;
+        log.last_checkpoint = std::time::Instant::now();
         Ok(())
     }
 }
@@ -367,8 +377,11 @@ impl KvEngine for WalEngine {
         let log = &mut *log;
         encode(&mut log.buf, lsn, &writes);
         let len = log.buf.len() as u64;
-        if log.offset + len > log.capacity {
-            // No room: a durable engine commit holds this batch and every earlier one.
+        if log.offset + len > log.capacity
+            || (durable && log.last_checkpoint.elapsed() >= log.checkpoint_every)
+        {
+            // No room, or time for a small checkpoint: a durable engine commit holds this batch and
+            // every earlier one, so its record need not be written.
             return self.checkpoint(log);
         }
         let written = log.file.write_all_at(&log.buf, log.offset).and_then(|()| {
@@ -417,6 +430,10 @@ mod tests {
     use super::*;
 
     type Tables = BTreeMap<(u8, Vec<u8>), Vec<u8>>;
+
+    /// Tests that need records in the log turn the timed checkpoint off (a slow machine would
+    /// otherwise checkpoint them away).
+    const NEVER: std::time::Duration = std::time::Duration::from_secs(3600);
 
     /// An engine that forgets non-durable commits at a "crash": `durable` is what a power cut or
     /// kill -9 leaves (redb's behaviour), `live` what readers see.
@@ -527,7 +544,7 @@ mod tests {
     fn what_the_engine_lost_in_a_crash_comes_back_from_the_log_in_order() {
         let dir = tempfile::tempdir().expect("tempdir");
         let engine = Arc::new(Volatile::default());
-        let wal = WalEngine::open(engine.clone(), dir.path()).expect("open");
+        let wal = WalEngine::open_with(engine.clone(), dir.path(), CAPACITY, NEVER).expect("open");
         put(&wal, true, "a", "1");
         put(&wal, true, "b", "1");
         put(&wal, false, "a", "2");
@@ -540,7 +557,8 @@ mod tests {
         );
 
         let survivor = crash(wal, &engine);
-        let wal = WalEngine::open(survivor.clone(), dir.path()).expect("recover");
+        let wal =
+            WalEngine::open_with(survivor.clone(), dir.path(), CAPACITY, NEVER).expect("recover");
         assert_eq!(value(&survivor, "a").as_deref(), Some("2"));
         assert_eq!(
             value(&survivor, "b"),
@@ -552,7 +570,7 @@ mod tests {
         // After the recovery's checkpoint, a second crash loses nothing either.
         put(&wal, true, "d", "1");
         let survivor = crash(wal, &survivor);
-        WalEngine::open(survivor.clone(), dir.path()).expect("recover again");
+        WalEngine::open_with(survivor.clone(), dir.path(), CAPACITY, NEVER).expect("recover again");
         for (key, expected) in [
             ("a", Some("2")),
             ("b", None),
@@ -568,12 +586,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let engine = Arc::new(Volatile::default());
         // Room for a few records only: writes wrap around many times.
-        let wal = WalEngine::open_with_capacity(engine.clone(), dir.path(), 256).expect("open");
+        let wal = WalEngine::open_with(engine.clone(), dir.path(), 256, NEVER).expect("open");
         for i in 0..100 {
             put(&wal, true, &format!("k{}", i % 7), &format!("v{i}"));
         }
         let survivor = crash(wal, &engine);
-        WalEngine::open_with_capacity(survivor.clone(), dir.path(), 256).expect("recover");
+        WalEngine::open_with(survivor.clone(), dir.path(), 256, NEVER).expect("recover");
         for k in 0..7 {
             let last = (0..100).rev().find(|i| i % 7 == k).expect("some");
             assert_eq!(
@@ -588,7 +606,7 @@ mod tests {
     fn a_torn_or_corrupt_tail_ends_the_replay_and_earlier_records_still_count() {
         let dir = tempfile::tempdir().expect("tempdir");
         let engine = Arc::new(Volatile::default());
-        let wal = WalEngine::open(engine.clone(), dir.path()).expect("open");
+        let wal = WalEngine::open_with(engine.clone(), dir.path(), CAPACITY, NEVER).expect("open");
         put(&wal, true, "a", "1");
         put(&wal, true, "b", "1");
         let second = {
@@ -602,7 +620,7 @@ mod tests {
         let mut bytes = std::fs::read(&path).expect("read");
         bytes[second as usize + 20] ^= 0xff;
         std::fs::write(&path, &bytes).expect("write");
-        WalEngine::open(survivor.clone(), dir.path()).expect("recover");
+        WalEngine::open_with(survivor.clone(), dir.path(), CAPACITY, NEVER).expect("recover");
         assert_eq!(value(&survivor, "a").as_deref(), Some("1"));
         assert_eq!(value(&survivor, "b").as_deref(), Some("1"));
         assert_eq!(
@@ -633,5 +651,25 @@ mod tests {
         assert!(unapplied(&file, 7).is_empty());
         assert!(decode(&file[..buf.len() - 1]).is_none(), "truncated");
         assert!(decode(&[0; 64]).is_none(), "zeros");
+    }
+}
+
+#[cfg(test)]
+mod checkpoint_tests {
+    use super::*;
+
+    #[test]
+    fn a_durable_batch_after_the_interval_checkpoints_instead_of_logging() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine: Arc<dyn KvEngine> = Arc::new(
+            super::super::redb::RedbEngine::open(&dir.path().join("queue.redb")).expect("redb"),
+        );
+        let wal = WalEngine::open_with(engine, dir.path(), CAPACITY, std::time::Duration::ZERO)
+            .expect("open");
+        wal.write(true, &mut |tx| tx.put(Table::Jobs, b"k", b"v"))
+            .expect("write");
+        let log = wal.log.lock().expect("lock");
+        assert_eq!(log.offset, 0, "checkpointed: nothing left in the log");
+        assert_eq!(log.lsn, 1);
     }
 }
