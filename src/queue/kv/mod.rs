@@ -227,7 +227,7 @@ impl KvJobStore {
             Backend::Sled => Arc::new(sled::SledEngine::open(&dir.join("sled"))?),
         };
         // redb's durable commit rewrites scattered pages, so redb gets the write-ahead log; sled is
-        // log-structured already and syncs its own log (with ours too it ran at half the speed).
+        // log-structured already and syncs its own log (with ours too it was slower: docs/STORE.md).
         // Below the sealing layer, so the log holds sealed values only.
         let engine: Arc<dyn KvEngine> = match backend {
             Backend::Redb => Arc::new(wal::WalEngine::open(engine, dir)?),
