@@ -118,17 +118,42 @@ fn complete_many(
     change: &Change,
     now: Millis,
 ) -> Result<Completed, StoreError> {
+    // Each job is read once: the lease check and the finish share it (the change cannot touch these
+    // jobs: it writes records and adds new jobs).
+    let mut loaded = Vec::with_capacity(leases.len());
     let mut held = true;
     for (id, token) in leases {
         let job = load(tx, *id)?;
-        held &= job.is_some_and(|j| j.state == JobState::Leased && j.lease_token == Some(*token));
+        held &= job
+            .as_ref()
+            .is_some_and(|j| j.state == JobState::Leased && j.lease_token == Some(*token));
+        loaded.push(job);
     }
     let change_applied = held
         && (change.writes.is_empty() && change.jobs.is_empty()
             || matches!(commit(tx, d, seq, change, now)?, Committed::Applied { .. }));
     let mut transitions = Vec::with_capacity(leases.len());
-    for (id, token) in leases {
-        transitions.push(finish(tx, d, *id, *token, &Disposition::Done, now)?);
+    let mut jobs = loaded.into_iter().zip(leases).peekable();
+    while let Some((job, (_, token))) = jobs.next() {
+        // When the next job of the batch is the next of the same key and still leased, promoting
+        // after this one would only read it and find it leased: skip that read.
+        let promote = !matches!(
+            (&job, jobs.peek()),
+            (Some(this), Some((Some(next), _)))
+                if next.state == JobState::Leased
+                    && next.lane == this.lane
+                    && next.ordering_key == this.ordering_key
+                    && next.seq > this.seq
+        );
+        transitions.push(finish_loaded(
+            tx,
+            d,
+            job,
+            *token,
+            &Disposition::Done,
+            now,
+            promote,
+        )?);
     }
     Ok(Completed {
         transitions,
@@ -452,9 +477,25 @@ fn finish(
     disposition: &Disposition,
     now: Millis,
 ) -> Result<Transition, StoreError> {
-    let Some(mut job) = load(tx, id)? else {
+    let job = load(tx, id)?;
+    finish_loaded(tx, d, job, token, disposition, now, true)
+}
+
+/// [`finish`] of a job already read in this transaction; `promote`: make the key's next job runnable
+/// (callers skip it only when that next job is known to be leased).
+fn finish_loaded(
+    tx: &mut dyn KvWrite,
+    d: &mut Deltas,
+    job: Option<Job>,
+    token: u64,
+    disposition: &Disposition,
+    now: Millis,
+    promote: bool,
+) -> Result<Transition, StoreError> {
+    let Some(mut job) = job else {
         return Ok(Transition::LeaseLost);
     };
+    let id = job.id;
     if job.state != JobState::Leased || job.lease_token != Some(token) {
         return Ok(Transition::LeaseLost);
     }
@@ -473,7 +514,9 @@ fn finish(
                 &keys::keys_key(&job.lane, &job.ordering_key, job.seq),
             )?;
             tx.put(Table::Finished, &keys::time_id_key(now, id), &[])?;
-            promote_next(tx, &job.lane, &job.ordering_key)?;
+            if promote {
+                promote_next(tx, &job.lane, &job.ordering_key)?;
+            }
         }
         Disposition::RetryAt { at, error } => {
             set_state(tx, d, &mut job, JobState::Ready)?;
