@@ -1015,6 +1015,40 @@ each_backend!(
 );
 
 each_backend!(
+    completing_a_batch_makes_the_next_job_of_its_key_runnable_and_nothing_in_between,
+    |h, dir, backend| {
+        for n in 1..=4 {
+            h.queue.enqueue(job("l", "A", n)).await.expect("enqueue");
+        }
+        h.queue
+            .enqueue(NewJob::new("other.kind", "l", "A", b"A#5".to_vec()))
+            .await
+            .expect("enqueue");
+        let head = lease_payloads(&h.queue, "l").await;
+        let followers = h
+            .queue
+            .lease_followers(&head[0], 2)
+            .await
+            .expect("followers");
+        assert_eq!(followers.len(), 2, "A#2 and A#3 behind A#1");
+        let mut batch = head.clone();
+        batch.extend(followers);
+        assert!(
+            h.queue
+                .complete_all(&batch, Change::default())
+                .await
+                .expect("complete")
+        );
+        // Promotion skipped inside the run must still leave the key's next job runnable once.
+        let next = lease_payloads(&h.queue, "l").await;
+        assert_eq!(next.iter().map(payload).collect::<Vec<_>>(), vec!["A#4"]);
+        h.queue.complete(&next[0]).await.expect("complete");
+        let last = lease_payloads(&h.queue, "l").await;
+        assert_eq!(last.iter().map(payload).collect::<Vec<_>>(), vec!["A#5"]);
+    }
+);
+
+each_backend!(
     a_flow_change_is_written_with_the_completion_only_while_the_lease_is_held,
     |h, dir, backend| {
         h.queue.enqueue(job("l", "A", 1)).await.expect("enqueue");
