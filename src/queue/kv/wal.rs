@@ -582,6 +582,19 @@ mod tests {
     }
 
     #[test]
+    fn a_reader_that_does_not_replay_is_told_how_many_batches_it_cannot_see() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = Arc::new(Volatile::default());
+        let wal = WalEngine::open_with(engine.clone(), dir.path(), CAPACITY, NEVER).expect("open");
+        put(&wal, true, "a", "1");
+        put(&wal, true, "b", "1");
+        let survivor = crash(wal, &engine);
+        assert_eq!(pending(dir.path(), survivor.as_ref()).expect("pending"), 2);
+        WalEngine::open_with(survivor.clone(), dir.path(), CAPACITY, NEVER).expect("recover");
+        assert_eq!(pending(dir.path(), survivor.as_ref()).expect("pending"), 0);
+    }
+
+    #[test]
     fn a_full_log_checkpoints_and_starts_again_and_recovery_ignores_the_older_cycle() {
         let dir = tempfile::tempdir().expect("tempdir");
         let engine = Arc::new(Volatile::default());
