@@ -15,11 +15,15 @@
 //!
 //! # Group commit
 //! One writer thread owns all writes. It takes every operation waiting in its channel (up to
-//! [`MAX_BATCH`]), applies them in one engine transaction, makes that transaction durable with one
-//! fsync (redb: of its write-ahead log record, [`wal`]; sled: of sled's own log), and only then answers
-//! each caller. Concurrent
-//! callers therefore share fsyncs, and no caller hears "ok" before its change is on disk. A storage
-//! failure fails the whole batch and nothing of it is applied.
+//! [`MAX_BATCH`]), applies them in one engine transaction, and hands the batch's answers to the
+//! *syncer* thread together with what the commit still needs to be durable (redb: an `fdatasync` of
+//! its write-ahead log record, [`wal`]; sled syncs its own log inside the commit, so nothing). The
+//! writer goes on with the next batch while the disk syncs this one; the syncer takes every batch
+//! waiting, covers them with one sync, and only then answers their callers, in commit order. Concurrent
+//! callers therefore share fsyncs, no caller hears "ok" before its change is on disk, and nobody hears
+//! of a change before every change committed ahead of it is on disk too (a lease of a job is never
+//! answered before the job's enqueue is durable). A storage failure fails the whole batch and nothing
+//! of it is applied; a failed sync fails every batch waiting on it, and the store takes no more writes.
 
 mod keys;
 mod ops;
@@ -29,6 +33,8 @@ mod sled;
 mod wal;
 
 pub use self::seal::Keyring;
+
+use self::wal::Flush;
 
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
@@ -94,6 +100,12 @@ pub(crate) trait KvEngine: Send + Sync + Debug + 'static {
     /// commit is on disk (fsync) when this returns, together with every earlier commit; a non-durable
     /// one becomes durable with the next durable commit (and is lost if the process dies first).
     fn write(&self, durable: bool, f: &mut WriteFn<'_>) -> Result<(), StoreError>;
+    /// Like [`KvEngine::write`], except that a durable commit may return before it is on disk: the
+    /// returned [`Flush`] finishes it. Readers may see the commit before then; nobody may be told it
+    /// happened until its flush is finished. An engine that cannot defer finishes it before returning.
+    fn write_deferred(&self, durable: bool, f: &mut WriteFn<'_>) -> Result<Flush, StoreError> {
+        self.write(durable, f).map(|()| Flush::done())
+    }
     /// Runs `f` over a consistent snapshot.
     fn read(&self, f: &mut ReadFn<'_>) -> Result<(), StoreError>;
     fn size_on_disk(&self) -> u64;
@@ -199,7 +211,8 @@ pub struct KvJobStore {
     path: PathBuf,
     engine: Arc<dyn KvEngine>,
     sender: Mutex<Option<mpsc::Sender<Pending>>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    /// The writer, then the syncer.
+    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Debug for KvJobStore {
@@ -299,18 +312,23 @@ impl KvJobStore {
             );
         }
         let (sender, receiver) = mpsc::channel();
+        let (answers, inbox) = mpsc::channel();
+        let syncer = std::thread::Builder::new()
+            .name(format!("queue-syncer-{}", backend.as_str()))
+            .spawn(move || run_syncer(inbox))
+            .map_err(io)?;
         let writer_engine = Arc::clone(&engine);
         let crash = options.crash;
         let writer = std::thread::Builder::new()
             .name(format!("queue-writer-{}", backend.as_str()))
-            .spawn(move || run_writer(writer_engine, receiver, seq, crash))
+            .spawn(move || run_writer(writer_engine, receiver, answers, seq, crash))
             .map_err(io)?;
         Ok(Self {
             backend,
             path: dir.to_owned(),
             engine,
             sender: Mutex::new(Some(sender)),
-            writer: Mutex::new(Some(writer)),
+            threads: Mutex::new(vec![writer, syncer]),
         })
     }
 
@@ -371,7 +389,7 @@ impl KvJobStore {
             path: dir.to_owned(),
             engine,
             sender: Mutex::new(None),
-            writer: Mutex::new(None),
+            threads: Mutex::new(Vec::new()),
         })
     }
 
@@ -430,10 +448,11 @@ impl KvJobStore {
         if let Ok(mut sender) = self.sender.lock() {
             sender.take();
         }
-        if let Ok(mut writer) = self.writer.lock()
-            && let Some(handle) = writer.take()
-        {
-            let _ = handle.join();
+        // The writer ends when its channel closes and drops the syncer's, which then ends in turn.
+        if let Ok(mut threads) = self.threads.lock() {
+            for handle in threads.drain(..) {
+                let _ = handle.join();
+            }
         }
     }
 }
@@ -503,9 +522,20 @@ fn write_marker(dir: &Path, backend: Backend) -> Result<(), StoreError> {
         .map_err(io)
 }
 
+type Reply = oneshot::Sender<Result<OpResult, StoreError>>;
+
+/// A batch's answers, on their way from the writer to the syncer.
+struct Answers {
+    flush: Flush,
+    replies: Vec<(Reply, Result<OpResult, StoreError>)>,
+}
+
+/// Applies batches in order. A batch's answers go to the syncer with what its commit still needs to be
+/// durable, and the writer goes on with the next batch while the disk syncs this one.
 fn run_writer(
     engine: Arc<dyn KvEngine>,
     receiver: mpsc::Receiver<Pending>,
+    answers: mpsc::Sender<Answers>,
     mut seq: u64,
     crash: Option<CrashPlan>,
 ) {
@@ -520,7 +550,7 @@ fn run_writer(
         // Leasing alone need not wait for the disk: a lease lost in a crash leaves the job ready,
         // exactly as recovery at open would (it returns every lease). Anything else is fsynced.
         let durable = batch.iter().any(|p| p.op.needs_durability());
-        let outcome = engine.write(durable, &mut |tx| {
+        let outcome = engine.write_deferred(durable, &mut |tx| {
             results.clear();
             next_seq = seq;
             let mut deltas = ops::Deltas::default();
@@ -533,15 +563,20 @@ fn run_writer(
             }
             Ok(())
         });
-        match outcome {
-            Ok(()) => {
+        let answer = match outcome {
+            Ok(flush) => {
                 seq = next_seq;
                 if crashed(CrashPoint::AfterCommit) {
                     halt(batch, receiver);
                     return;
                 }
-                for (pending, result) in batch.into_iter().zip(results) {
-                    let _ = pending.reply.send(Ok(result));
+                Answers {
+                    flush,
+                    replies: batch
+                        .into_iter()
+                        .zip(results.drain(..))
+                        .map(|(pending, result)| (pending.reply, Ok(result)))
+                        .collect(),
                 }
             }
             Err(StoreError::Closed) => {
@@ -550,10 +585,41 @@ fn run_writer(
             }
             Err(error) => {
                 tracing::error!(%error, operations = batch.len(), "queue store write failed");
-                for pending in batch {
-                    let _ = pending.reply.send(Err(error.clone()));
+                Answers {
+                    flush: Flush::done(),
+                    replies: batch
+                        .into_iter()
+                        .map(|pending| (pending.reply, Err(error.clone())))
+                        .collect(),
                 }
             }
+        };
+        // Answers leave in commit order, even those that need no sync, so nobody hears of a change
+        // that depends on an earlier one before that one is durable.
+        if answers.send(answer).is_err() {
+            return;
+        }
+    }
+}
+
+/// Finishes the flushes of what the writer sends, in order, then answers. Everything waiting is taken
+/// at once and covered by one sync: the last flush covers all before it.
+fn run_syncer(inbox: mpsc::Receiver<Answers>) {
+    while let Ok(first) = inbox.recv() {
+        let mut group = vec![first];
+        group.extend(inbox.try_iter());
+        let flush = group
+            .iter_mut()
+            .map(|answers| std::mem::take(&mut answers.flush))
+            .filter(|flush| !flush.is_done())
+            .last();
+        let synced = flush.map_or(Ok(()), Flush::finish);
+        for (reply, result) in group.into_iter().flat_map(|answers| answers.replies) {
+            let result = match &synced {
+                Ok(()) => result,
+                Err(error) => Err(error.clone()),
+            };
+            let _ = reply.send(result);
         }
     }
 }
@@ -842,5 +908,78 @@ pub(crate) fn disk_usage(path: &Path) -> u64 {
             .unwrap_or(0),
         Ok(meta) => meta.len(),
         Err(_) => 0,
+    }
+}
+
+#[cfg(test)]
+mod syncer_tests {
+    use super::*;
+
+    type Answer = oneshot::Receiver<Result<OpResult, StoreError>>;
+
+    fn answers(flush: Flush, n: usize) -> (Answers, Answer) {
+        let (reply, answer) = oneshot::channel();
+        let answers = Answers {
+            flush,
+            replies: vec![(reply, Ok(OpResult::Count(n)))],
+        };
+        (answers, answer)
+    }
+
+    fn heard(answer: Answer) -> Result<usize, StoreError> {
+        match answer.blocking_recv().expect("answered") {
+            Ok(OpResult::Count(n)) => Ok(n),
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(e) => Err(e),
+        }
+    }
+
+    #[test]
+    fn answers_are_given_once_the_log_holds_them_and_one_sync_serves_all_waiting() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log");
+        let file = std::fs::File::create(&path).expect("file");
+        let (first, sync) = wal::Flush::over(file.try_clone().expect("clone"), &path, 2);
+        let (inbox_tx, inbox) = mpsc::channel();
+        let (a, ra) = answers(Flush::done(), 1);
+        let (b, rb) = answers(first, 2);
+        let (c, rc) = answers(Flush::done(), 3);
+        for x in [a, b, c] {
+            inbox_tx.send(x).expect("send");
+        }
+        drop(inbox_tx);
+        run_syncer(inbox);
+        assert_eq!(heard(ra).expect("ok"), 1);
+        assert_eq!(heard(rb).expect("ok"), 2);
+        assert_eq!(heard(rc).expect("ok"), 3);
+        assert!(
+            sync.sync_through(2).is_ok(),
+            "synced through the flush's LSN"
+        );
+    }
+
+    #[test]
+    fn a_failed_sync_fails_every_answer_behind_it_and_stops_the_log() {
+        // fdatasync of a character device fails (EINVAL): a stand-in for a disk that stopped syncing.
+        let null = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/null")
+            .expect("/dev/null");
+        let (failing, sync) = wal::Flush::over(null, Path::new("/dev/null"), 1);
+        let (inbox_tx, inbox) = mpsc::channel();
+        let (a, ra) = answers(failing, 1);
+        // Committed after it and needing no sync of its own — but it must not be heard of as done
+        // while the commit before it is not durable.
+        let (b, rb) = answers(Flush::done(), 2);
+        inbox_tx.send(a).expect("send");
+        inbox_tx.send(b).expect("send");
+        drop(inbox_tx);
+        run_syncer(inbox);
+        assert!(matches!(heard(ra), Err(StoreError::Io(_))));
+        assert!(matches!(heard(rb), Err(StoreError::Io(_))));
+        assert!(
+            sync.sync_through(1).is_err(),
+            "the log stays failed (fail-stop)"
+        );
     }
 }

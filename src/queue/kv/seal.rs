@@ -157,6 +157,16 @@ impl super::KvEngine for SealedEngine {
             .write(durable, &mut |tx| f(&mut SealedWrite { inner: tx, keys }))
     }
 
+    fn write_deferred(
+        &self,
+        durable: bool,
+        f: &mut super::WriteFn<'_>,
+    ) -> Result<super::Flush, StoreError> {
+        let keys = &self.keys;
+        self.inner
+            .write_deferred(durable, &mut |tx| f(&mut SealedWrite { inner: tx, keys }))
+    }
+
     fn read(&self, f: &mut super::ReadFn<'_>) -> Result<(), StoreError> {
         let keys = &self.keys;
         self.inner

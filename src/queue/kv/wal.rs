@@ -4,8 +4,9 @@
 //! sequential append to a preallocated file and one `fdatasync` cost a fifth of that. So every batch
 //! is applied to the engine *without* waiting for its disk, and the keys and values it wrote are
 //! appended to `queue.wal` as one checksummed record; a batch that needs durability is answered after
-//! that record's `fdatasync`. Every so often (when the log is full, and at close) the engine commits
-//! durably — a *checkpoint* — and the log starts again from its beginning.
+//! that record's `fdatasync`, which the store's syncer thread runs ([`Flush`]) while the writer applies
+//! the next batch. Every so often (every [`CHECKPOINT_EVERY`] under load, when the log is full, and at
+//! close) the engine commits durably — a *checkpoint* — and the log starts again from its beginning.
 //!
 //! # Invariants
 //! - Each batch's engine transaction also writes its log sequence number (LSN) under `wal_lsn` in
@@ -28,6 +29,7 @@ use std::fs::File;
 use std::io::Write as _;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::keys::Table;
@@ -57,8 +59,6 @@ struct Log {
     lsn: u64,
     capacity: u64,
     buf: Vec<u8>,
-    /// Set after a failed write or sync of the log.
-    failed: Option<String>,
     last_checkpoint: std::time::Instant,
     checkpoint_every: std::time::Duration,
 }
@@ -66,17 +66,114 @@ struct Log {
 #[derive(Debug)]
 pub(crate) struct WalEngine {
     inner: Arc<dyn KvEngine>,
-    path: PathBuf,
     log: Mutex<Log>,
+    sync: Arc<LogSync>,
 }
 
-/// One write of a batch, as logged.
-type Logged = (Table, Vec<u8>, Option<Vec<u8>>);
+/// The log's durability, shared between the writer, which appends records, and whoever finishes a
+/// [`Flush`] — the store's syncer thread, so that the writer applies the next batch while the disk
+/// syncs the previous one.
+#[derive(Debug)]
+pub(crate) struct LogSync {
+    /// A second handle on the log file.
+    file: File,
+    path: PathBuf,
+    /// LSN of the last record written to the file, or held durably by the engine after a checkpoint.
+    appended: AtomicU64,
+    /// Every batch through this LSN is durable.
+    synced: AtomicU64,
+    /// One `fdatasync` at a time: a caller waiting here usually finds its LSN covered by the one ahead.
+    syncing: Mutex<()>,
+    /// Set after a failed write or sync of the log: the store takes no more writes (fail-stop).
+    failed: Mutex<Option<String>>,
+}
 
-/// Records the writes of a transaction on their way to the engine.
+impl LogSync {
+    fn check(&self) -> Result<(), StoreError> {
+        match self.failed.lock().map_err(|_| StoreError::Closed)?.as_ref() {
+            Some(reason) => Err(StoreError::Io(format!(
+                "the write-ahead log failed earlier ({reason}); restart to recover"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn fail(&self, error: std::io::Error) -> StoreError {
+        if let Ok(mut failed) = self.failed.lock() {
+            failed.get_or_insert_with(|| error.to_string());
+        }
+        io(&self.path)(error)
+    }
+
+    /// Makes every batch through `lsn` durable. One `fdatasync` covers every record written before
+    /// it starts, so concurrent and later callers share it.
+    pub(crate) fn sync_through(&self, lsn: u64) -> Result<(), StoreError> {
+        if self.synced.load(Ordering::Acquire) >= lsn {
+            return Ok(());
+        }
+        let _one = self.syncing.lock().map_err(|_| StoreError::Closed)?;
+        if self.synced.load(Ordering::Acquire) >= lsn {
+            return Ok(());
+        }
+        self.check()?;
+        let through = self.appended.load(Ordering::Acquire);
+        self.file.sync_data().map_err(|e| self.fail(e))?;
+        self.synced.fetch_max(through, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// The engine committed durably everything through `lsn` (a checkpoint).
+    fn held_by_engine(&self, lsn: u64) {
+        self.appended.fetch_max(lsn, Ordering::AcqRel);
+        self.synced.fetch_max(lsn, Ordering::AcqRel);
+    }
+}
+
+/// What a commit still needs before it is durable. Flushes of one store are finished in commit order;
+/// finishing a later one finishes every earlier one too.
+#[derive(Debug, Default)]
+#[must_use]
+pub(crate) struct Flush(Option<(Arc<LogSync>, u64)>);
+
+impl Flush {
+    /// Nothing left to do: the commit is durable, or was not asked to be.
+    pub(crate) fn done() -> Self {
+        Self(None)
+    }
+
+    pub(crate) fn is_done(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// A flush through `lsn` over `file`, as if every record through `lsn` had been written to it.
+    #[cfg(test)]
+    pub(crate) fn over(file: File, path: &Path, lsn: u64) -> (Self, Arc<LogSync>) {
+        let sync = Arc::new(LogSync {
+            file,
+            path: path.to_owned(),
+            appended: AtomicU64::new(lsn),
+            synced: AtomicU64::new(0),
+            syncing: Mutex::new(()),
+            failed: Mutex::new(None),
+        });
+        (Self(Some((Arc::clone(&sync), lsn))), sync)
+    }
+
+    /// Waits until the commit is durable (an `fdatasync` of the log, unless one already covered it).
+    pub(crate) fn finish(self) -> Result<(), StoreError> {
+        match self.0 {
+            Some((sync, lsn)) => sync.sync_through(lsn),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Records the writes of a transaction on their way to the engine, encoding each straight into the
+/// log record.
 struct Recorder<'a> {
     tx: &'a mut dyn KvWrite,
-    writes: &'a mut Vec<Logged>,
+    record: &'a mut Vec<u8>,
+    count: &'a mut u32,
 }
 
 impl KvRead for Recorder<'_> {
@@ -98,14 +195,15 @@ impl KvRead for Recorder<'_> {
 impl KvWrite for Recorder<'_> {
     fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         self.tx.put(table, key, value)?;
-        self.writes
-            .push((table, key.to_vec(), Some(value.to_vec())));
+        encode_write(self.record, table, key, Some(value));
+        *self.count += 1;
         Ok(())
     }
 
     fn delete(&mut self, table: Table, key: &[u8]) -> Result<(), StoreError> {
         self.tx.delete(table, key)?;
-        self.writes.push((table, key.to_vec(), None));
+        encode_write(self.record, table, key, None);
+        *self.count += 1;
         Ok(())
     }
 }
@@ -114,25 +212,43 @@ fn table_index(table: Table) -> u8 {
     Table::ALL.iter().position(|t| *t == table).unwrap_or(0) as u8
 }
 
-fn encode(buf: &mut Vec<u8>, lsn: u64, writes: &[Logged]) {
+/// One write of a batch, as read back from the log.
+type Logged = (Table, Vec<u8>, Option<Vec<u8>>);
+
+/// Starts a record in `buf`: header and count are filled in by [`end_record`].
+fn begin_record(buf: &mut Vec<u8>, lsn: u64) {
     buf.clear();
     buf.extend_from_slice(&[0; HEADER]);
     buf.extend_from_slice(&lsn.to_le_bytes());
-    buf.extend_from_slice(&(writes.len() as u32).to_le_bytes());
-    for (table, key, value) in writes {
-        buf.push(table_index(*table));
-        buf.push(u8::from(value.is_none()));
-        buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
-        buf.extend_from_slice(key);
-        if let Some(value) = value {
-            buf.extend_from_slice(&(value.len() as u32).to_le_bytes());
-            buf.extend_from_slice(value);
-        }
+    buf.extend_from_slice(&0u32.to_le_bytes());
+}
+
+fn encode_write(buf: &mut Vec<u8>, table: Table, key: &[u8], value: Option<&[u8]>) {
+    buf.push(table_index(table));
+    buf.push(u8::from(value.is_none()));
+    buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    buf.extend_from_slice(key);
+    if let Some(value) = value {
+        buf.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        buf.extend_from_slice(value);
     }
+}
+
+fn end_record(buf: &mut [u8], count: u32) {
+    buf[HEADER + 8..HEADER + 12].copy_from_slice(&count.to_le_bytes());
     let body_len = (buf.len() - HEADER) as u32;
     let crc = crc32fast::hash(&buf[HEADER..]);
     buf[..4].copy_from_slice(&body_len.to_le_bytes());
     buf[4..8].copy_from_slice(&crc.to_le_bytes());
+}
+
+#[cfg(test)]
+fn encode(buf: &mut Vec<u8>, lsn: u64, writes: &[Logged]) {
+    begin_record(buf, lsn);
+    for (table, key, value) in writes {
+        encode_write(buf, *table, key, value.as_deref());
+    }
+    end_record(buf, writes.len() as u32);
 }
 
 /// A record read back: its LSN, writes, and length in the file.
@@ -311,20 +427,27 @@ impl WalEngine {
                 let _ = d.sync_all();
             }
         }
+        let sync = Arc::new(LogSync {
+            file: file.try_clone().map_err(&err)?,
+            path: path.clone(),
+            appended: AtomicU64::new(lsn),
+            synced: AtomicU64::new(lsn),
+            syncing: Mutex::new(()),
+            failed: Mutex::new(None),
+        });
         drop(err);
         Ok(Self {
             inner,
-            path,
             log: Mutex::new(Log {
                 file,
                 offset: 0,
                 lsn,
                 capacity,
                 buf: Vec::with_capacity(64 << 10),
-                failed: None,
                 last_checkpoint: std::time::Instant::now(),
                 checkpoint_every,
             }),
+            sync,
         })
     }
 
@@ -333,6 +456,7 @@ impl WalEngine {
         self.inner.write(true, &mut |tx| {
             tx.put(Table::Meta, WAL_LSN_KEY, &lsn.to_be_bytes())
         })?;
+        self.sync.held_by_engine(lsn);
         log.offset = 0;
         log.last_checkpoint = std::time::Instant::now();
         Ok(())
@@ -341,62 +465,61 @@ impl WalEngine {
 
 impl KvEngine for WalEngine {
     fn write(&self, durable: bool, f: &mut WriteFn<'_>) -> Result<(), StoreError> {
+        self.write_deferred(durable, f)?.finish()
+    }
+
+    /// Applies the batch to the engine and writes its record, without waiting for the disk: a
+    /// durable batch comes back with the [`Flush`] that syncs the log through its LSN.
+    fn write_deferred(&self, durable: bool, f: &mut WriteFn<'_>) -> Result<Flush, StoreError> {
         let mut log = self.log.lock().map_err(|_| StoreError::Closed)?;
-        if let Some(reason) = &log.failed {
-            return Err(StoreError::Io(format!(
-                "the write-ahead log failed earlier ({reason}); restart to recover"
-            )));
-        }
+        self.sync.check()?;
+        let log = &mut *log;
         let lsn = log.lsn + 1;
-        let mut writes: Vec<Logged> = Vec::new();
+        let mut count = 0u32;
+        let record = &mut log.buf;
         self.inner.write(false, &mut |tx| {
-            writes.clear();
+            begin_record(record, lsn);
+            count = 0;
             let mut recorder = Recorder {
                 tx,
-                writes: &mut writes,
+                record,
+                count: &mut count,
             };
             f(&mut recorder)?;
-            if !writes.is_empty() {
+            if count > 0 {
                 tx.put(Table::Meta, WAL_LSN_KEY, &lsn.to_be_bytes())?;
             }
             Ok(())
         })?;
-        if writes.is_empty() {
+        let through = |lsn| {
+            if durable {
+                Flush(Some((Arc::clone(&self.sync), lsn)))
+            } else {
+                Flush::done()
+            }
+        };
+        if count == 0 {
             // Nothing of its own; a durable answer must still cover earlier non-durable batches,
             // which are in the log already.
-            if durable && log.offset > 0 {
-                let log = &mut *log;
-                if let Err(e) = log.file.sync_data() {
-                    log.failed = Some(e.to_string());
-                    return Err(io(&self.path)(e));
-                }
-            }
-            return Ok(());
+            return Ok(through(log.lsn));
         }
         log.lsn = lsn;
-        let log = &mut *log;
-        encode(&mut log.buf, lsn, &writes);
+        end_record(&mut log.buf, count);
         let len = log.buf.len() as u64;
         if log.offset + len > log.capacity
             || (durable && log.last_checkpoint.elapsed() >= log.checkpoint_every)
         {
             // No room, or time for a small checkpoint: a durable engine commit holds this batch and
             // every earlier one, so its record need not be written.
-            return self.checkpoint(log);
+            self.checkpoint(log)?;
+            return Ok(Flush::done());
         }
-        let written = log.file.write_all_at(&log.buf, log.offset).and_then(|()| {
-            if durable {
-                log.file.sync_data()
-            } else {
-                Ok(())
-            }
-        });
-        if let Err(e) = written {
-            log.failed = Some(e.to_string());
-            return Err(io(&self.path)(e));
+        if let Err(e) = log.file.write_all_at(&log.buf, log.offset) {
+            return Err(self.sync.fail(e));
         }
         log.offset += len;
-        Ok(())
+        self.sync.appended.store(lsn, Ordering::Release);
+        Ok(through(lsn))
     }
 
     fn read(&self, f: &mut ReadFn<'_>) -> Result<(), StoreError> {
@@ -404,7 +527,7 @@ impl KvEngine for WalEngine {
     }
 
     fn size_on_disk(&self) -> u64 {
-        self.inner.size_on_disk() + std::fs::metadata(&self.path).map_or(0, |m| m.len())
+        self.inner.size_on_disk() + std::fs::metadata(&self.sync.path).map_or(0, |m| m.len())
     }
 }
 
@@ -412,7 +535,7 @@ impl Drop for WalEngine {
     /// A clean close leaves nothing to replay.
     fn drop(&mut self) {
         if let Ok(mut log) = self.log.lock()
-            && log.failed.is_none()
+            && self.sync.check().is_ok()
             && log.offset > 0
         {
             let log = &mut *log;
@@ -684,5 +807,54 @@ mod checkpoint_tests {
         let log = wal.log.lock().expect("lock");
         assert_eq!(log.offset, 0, "checkpointed: nothing left in the log");
         assert_eq!(log.lsn, 1);
+        assert_eq!(
+            wal.sync.synced.load(Ordering::Acquire),
+            1,
+            "the checkpoint made it durable"
+        );
+    }
+
+    fn open_never(dir: &Path) -> WalEngine {
+        let engine: Arc<dyn KvEngine> =
+            Arc::new(super::super::redb::RedbEngine::open(&dir.join("queue.redb")).expect("redb"));
+        WalEngine::open_with(engine, dir, CAPACITY, std::time::Duration::from_secs(3600))
+            .expect("open")
+    }
+
+    #[test]
+    fn a_durable_batch_is_durable_only_once_its_flush_is_finished() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = open_never(dir.path());
+        let lazy = wal
+            .write_deferred(false, &mut |tx| tx.put(Table::Jobs, b"a", b"1"))
+            .expect("write");
+        assert!(
+            lazy.is_done(),
+            "a non-durable batch has nothing to wait for"
+        );
+        let flush = wal
+            .write_deferred(true, &mut |tx| tx.put(Table::Jobs, b"b", b"2"))
+            .expect("write");
+        assert!(!flush.is_done());
+        assert_eq!(wal.sync.appended.load(Ordering::Acquire), 2);
+        assert_eq!(wal.sync.synced.load(Ordering::Acquire), 0, "not synced yet");
+        // A batch with no writes of its own still waits for the ones before it.
+        let empty = wal.write_deferred(true, &mut |_| Ok(())).expect("write");
+        assert!(!empty.is_done());
+        flush.finish().expect("sync");
+        assert_eq!(wal.sync.synced.load(Ordering::Acquire), 2);
+        empty.finish().expect("already covered");
+    }
+
+    #[test]
+    fn after_a_failed_log_the_store_takes_no_more_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = open_never(dir.path());
+        let _ = wal.sync.fail(std::io::Error::other("disk gone"));
+        let refused = wal.write_deferred(true, &mut |tx| tx.put(Table::Jobs, b"a", b"1"));
+        assert!(
+            matches!(&refused, Err(StoreError::Io(m)) if m.contains("disk gone")),
+            "{refused:?}"
+        );
     }
 }
