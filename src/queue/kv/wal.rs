@@ -42,8 +42,10 @@ pub(crate) const WAL_LSN_KEY: &[u8] = b"wal_lsn";
 pub(crate) const CAPACITY: u64 = 8 << 20;
 /// A durable batch this long after the last checkpoint checkpoints instead of syncing the log. The
 /// engine's durable commit then writes the pages dirtied since — a few milliseconds' worth — rather than
-/// those of a whole full log, which stalled every caller for hundreds of milliseconds at once.
-pub(crate) const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+/// those of a whole full log, which stalled every caller for hundreds of milliseconds at once. Measured
+/// with 64 producers (docs/BENCHMARKS.md): 100 ms rewrote the same hot index pages ten times a second;
+/// 400 ms gave more throughput and a lower p99; 1 s gave neither more.
+pub(crate) const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(400);
 const HEADER: usize = 8;
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
