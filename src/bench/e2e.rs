@@ -182,21 +182,17 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Requests of one dossier: the record, then `events` steps.
-fn requests(
-    run: &str,
-    i: usize,
-    events: usize,
-) -> Vec<(reqwest::Method, String, serde_json::Value)> {
+fn requests(run: &str, i: usize, events: usize) -> Vec<(http::Method, String, serde_json::Value)> {
     let code = format!("{run}-{i:06}");
     let mut out = vec![(
-        reqwest::Method::PUT,
+        http::Method::PUT,
         format!("/v1/dossiers/{code}"),
         json!({"procedure_code": "1.001612", "status": "new", "owner_name": "Bench",
                "received_at": "2026-11-27T08:00:00+07:00"}),
     )];
     for k in 1..=events {
         out.push((
-            reqwest::Method::POST,
+            http::Method::POST,
             format!("/v1/dossiers/{code}/events"),
             json!({"status": "processing", "occurred_at": "2026-11-27T09:00:00+07:00",
                    "handler": "Cán bộ", "content": format!("step {k}")}),
@@ -211,6 +207,57 @@ struct Drive {
     latencies_ms: Vec<f64>,
 }
 
+/// One keep-alive HTTP/1.1 connection of the load generator: hyper's client connection with nothing
+/// on top (no pool, no URL parsing, no redirect or proxy logic), so that the generator takes as little
+/// of the two cores as it can from the daemon it measures.
+struct Connection {
+    sender: hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    host: http::HeaderValue,
+}
+
+impl Connection {
+    async fn open(base: &str) -> anyhow::Result<Self> {
+        let authority = base
+            .strip_prefix("http://")
+            .with_context(|| format!("{base}: the benchmark speaks plain HTTP"))?;
+        let stream = tokio::net::TcpStream::connect(authority).await?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        Ok(Self {
+            sender,
+            host: http::HeaderValue::from_str(authority)?,
+        })
+    }
+
+    /// Sends one request and reads the whole answer; returns its status.
+    async fn send(
+        &mut self,
+        method: http::Method,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> anyhow::Result<u16> {
+        use http_body_util::BodyExt as _;
+        let request = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, self.host.clone())
+            .header(http::header::AUTHORIZATION, BEARER)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                serde_json::to_vec(body)?,
+            )))?;
+        self.sender.ready().await?;
+        let response = self.sender.send_request(request).await?;
+        let status = response.status().as_u16();
+        response.into_body().collect().await?;
+        Ok(status)
+    }
+}
+
+const BEARER: &str = "Bearer bench-token";
+
 /// Sends every dossier's requests (in order within a dossier) over `connections` concurrent workers.
 async fn drive(
     base: &str,
@@ -221,20 +268,15 @@ async fn drive(
     expect: u16,
     bar: Option<ProgressBar>,
 ) -> anyhow::Result<Drive> {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(connections)
-        .build()?;
     let next = Arc::new(AtomicUsize::new(0));
+    let mut connected = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        connected.push(Connection::open(base).await?);
+    }
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..connections {
-        let (client, next, base, run, bar) = (
-            client.clone(),
-            next.clone(),
-            base.to_owned(),
-            run.to_owned(),
-            bar.clone(),
-        );
+    for mut connection in connected {
+        let (next, run, bar) = (next.clone(), run.to_owned(), bar.clone());
         tasks.spawn(async move {
             let mut lat = Vec::new();
             loop {
@@ -244,14 +286,7 @@ async fn drive(
                 }
                 for (method, path, body) in requests(&run, i, events) {
                     let t = Instant::now();
-                    let r = client
-                        .request(method, format!("{base}{path}"))
-                        .bearer_auth(TOKEN)
-                        .json(&body)
-                        .send()
-                        .await?;
-                    let status = r.status().as_u16();
-                    let _ = r.bytes().await;
+                    let status = connection.send(method, &path, &body).await?;
                     lat.push(t.elapsed().as_secs_f64() * 1000.0);
                     if status != expect {
                         bail!("{path} answered {status}");
