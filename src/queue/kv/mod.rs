@@ -106,6 +106,12 @@ pub(crate) trait KvEngine: Send + Sync + Debug + 'static {
     fn write_deferred(&self, durable: bool, f: &mut WriteFn<'_>) -> Result<Flush, StoreError> {
         self.write(durable, f).map(|()| Flush::done())
     }
+    /// True when [`KvEngine::write_deferred`] really leaves the sync to the flush. The writer then
+    /// has no reason to hold a batch open for stragglers: the syncer covers consecutive batches with
+    /// one sync anyway.
+    fn defers_sync(&self) -> bool {
+        false
+    }
     /// Runs `f` over a consistent snapshot.
     fn read(&self, f: &mut ReadFn<'_>) -> Result<(), StoreError>;
     fn size_on_disk(&self) -> u64;
@@ -540,10 +546,15 @@ fn run_writer(
     crash: Option<CrashPlan>,
 ) {
     let crashed = |point| crash.as_ref().is_some_and(|plan| plan.hit(point));
+    let window = if engine.defers_sync() {
+        std::time::Duration::ZERO
+    } else {
+        GATHER_WINDOW
+    };
     let mut last_batch = 1;
     while let Ok(first) = receiver.recv() {
         let mut batch = vec![first];
-        gather(&receiver, &mut batch, last_batch);
+        gather(&receiver, &mut batch, last_batch, window);
         last_batch = batch.len();
         let mut results = Vec::with_capacity(batch.len());
         let mut next_seq = seq;
@@ -625,7 +636,9 @@ fn run_syncer(inbox: mpsc::Receiver<Answers>) {
 }
 
 /// Under concurrent load, the writer keeps collecting until no operation has arrived for `GATHER_QUIET`,
-/// for at most `GATHER_WINDOW` in all.
+/// for at most `GATHER_WINDOW` in all — when each commit syncs the disk itself (sled). In front of the
+/// write-ahead log (redb) it takes only what is waiting: waiting for more bought nothing once the
+/// syncer shared the fsyncs, and cost the writer a sixth of its time (docs/BENCHMARKS.md).
 const GATHER_QUIET: std::time::Duration = std::time::Duration::from_micros(40);
 const GATHER_WINDOW: std::time::Duration = std::time::Duration::from_micros(400);
 
@@ -633,8 +646,13 @@ const GATHER_WINDOW: std::time::Duration = std::time::Duration::from_micros(400)
 /// rest of them to come back, so concurrent callers share one commit instead of splitting into several
 /// half-full ones; a lone caller never waits (the idea of PostgreSQL's `commit_delay` with
 /// `commit_siblings`).
-fn gather(receiver: &mpsc::Receiver<Pending>, batch: &mut Vec<Pending>, last_batch: usize) {
-    let deadline = std::time::Instant::now() + GATHER_WINDOW;
+fn gather(
+    receiver: &mpsc::Receiver<Pending>,
+    batch: &mut Vec<Pending>,
+    last_batch: usize,
+    window: std::time::Duration,
+) {
+    let deadline = std::time::Instant::now() + window;
     while batch.len() < MAX_BATCH {
         match receiver.try_recv() {
             Ok(next) => batch.push(next),

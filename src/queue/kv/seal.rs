@@ -157,6 +157,10 @@ impl super::KvEngine for SealedEngine {
             .write(durable, &mut |tx| f(&mut SealedWrite { inner: tx, keys }))
     }
 
+    fn defers_sync(&self) -> bool {
+        self.inner.defers_sync()
+    }
+
     fn write_deferred(
         &self,
         durable: bool,

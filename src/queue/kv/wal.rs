@@ -470,6 +470,10 @@ impl KvEngine for WalEngine {
         self.write_deferred(durable, f)?.finish()
     }
 
+    fn defers_sync(&self) -> bool {
+        true
+    }
+
     /// Applies the batch to the engine and writes its record, without waiting for the disk: a
     /// durable batch comes back with the [`Flush`] that syncs the log through its LSN.
     fn write_deferred(&self, durable: bool, f: &mut WriteFn<'_>) -> Result<Flush, StoreError> {
