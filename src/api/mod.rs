@@ -264,11 +264,36 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_portal_request_the_store_cannot_write_answers_503_and_leaves_nothing_behind() {
+    fn open_queue(dir: &std::path::Path, crash: Option<CrashPlan>) -> Queue {
+        Queue::new(
+            Arc::new(
+                KvJobStore::open(
+                    dir,
+                    Backend::Redb,
+                    KvOptions {
+                        crash,
+                        ..Default::default()
+                    },
+                )
+                .expect("store"),
+            ),
+            Arc::new(TokioClock::new()),
+            RetryPolicies::default(),
+            Duration::from_secs(60),
+        )
+    }
+
+    /// The API with the flows over `queue`, one portal target that is never reached (no workers run),
+    /// and the portal token "test". Answers the address it serves on.
+    async fn serve_portal_api(
+        dir: &std::path::Path,
+        queue: &Queue,
+    ) -> (
+        std::net::SocketAddr,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ) {
         crate::tls::install_crypto_provider();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = dir.path().join("c.toml");
+        let config = dir.join("c.toml");
         std::fs::write(
             &config,
             r#"
@@ -289,31 +314,6 @@ agency_code = "A"
         )
         .expect("config");
         let settings = crate::settings::load(&config, std::iter::empty()).expect("settings");
-        let store_dir = dir.path().join("store");
-        let open = |crash| {
-            Queue::new(
-                Arc::new(
-                    KvJobStore::open(
-                        &store_dir,
-                        Backend::Redb,
-                        KvOptions {
-                            crash,
-                            ..Default::default()
-                        },
-                    )
-                    .expect("store"),
-                ),
-                Arc::new(TokioClock::new()),
-                RetryPolicies::default(),
-                Duration::from_secs(60),
-            )
-        };
-        // The first commit fails as a failing disk would.
-        let queue = open(Some(CrashPlan::new(
-            CrashPoint::BeforeCommit,
-            1,
-            CrashAction::Halt,
-        )));
         let clients = crate::upstreams::build(&settings.upstreams).expect("clients");
         let flows = crate::flows::Flows::new(queue.clone(), clients, settings.clone());
         let app = router(
@@ -331,6 +331,23 @@ agency_code = "A"
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        (addr, server)
+    }
+
+    #[tokio::test]
+    async fn a_portal_request_the_store_cannot_write_answers_503_and_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store_dir = dir.path().join("store");
+        // The first commit fails as a failing disk would.
+        let queue = open_queue(
+            &store_dir,
+            Some(CrashPlan::new(
+                CrashPoint::BeforeCommit,
+                1,
+                CrashAction::Halt,
+            )),
+        );
+        let (addr, server) = serve_portal_api(dir.path(), &queue).await;
         let response = reqwest::Client::new()
             .put(format!("http://{addr}/v1/dossiers/H56-0001"))
             .bearer_auth("test")
@@ -345,12 +362,43 @@ agency_code = "A"
         let _ = server.await;
         drop(queue);
         // Reopened: no dossier record, no job.
-        let queue = open(None);
+        let queue = open_queue(&store_dir, None);
         assert_eq!(
             queue.record("dossier", "H56-0001").await.expect("read"),
             None
         );
         assert!(queue.counts().await.expect("counts").is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_idempotent_replay_is_answered_only_once_the_store_can_vouch_it_is_durable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The first commit succeeds; the store's next batch fails as a failing disk would. The replay
+        // reads the stored 202 fine, but must not repeat it without the durability barrier.
+        let queue = open_queue(
+            &dir.path().join("store"),
+            Some(CrashPlan::new(
+                CrashPoint::BeforeCommit,
+                2,
+                CrashAction::Halt,
+            )),
+        );
+        let (addr, server) = serve_portal_api(dir.path(), &queue).await;
+        let put = || {
+            reqwest::Client::new()
+                .put(format!("http://{addr}/v1/dossiers/H56-0001"))
+                .bearer_auth("test")
+                .header("idempotency-key", "replay-1")
+                .json(&serde_json::json!({"procedure_code": "1.1", "status": "new"}))
+                .send()
+        };
+        assert_eq!(put().await.expect("request").status().as_u16(), 202);
+        let replay = put().await.expect("request");
+        assert_eq!(replay.status().as_u16(), 503);
+        let body: serde_json::Value = replay.json().await.expect("json");
+        assert_eq!(body["code"], "store_unavailable");
+        server.abort();
+        let _ = server.await;
     }
 
     #[tokio::test]

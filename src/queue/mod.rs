@@ -209,6 +209,11 @@ impl Queue {
             .await
     }
 
+    /// Waits until everything committed so far is durable ([`JobStore::barrier`]).
+    pub async fn barrier(&self) -> Result<(), StoreError> {
+        self.inner.store.barrier().await
+    }
+
     pub async fn records(
         &self,
         collection: &'static str,

@@ -338,4 +338,13 @@ pub trait JobStore: Send + Sync + Debug {
 
     /// Bytes the store occupies on disk.
     fn size_on_disk(&self) -> u64;
+
+    /// Returns once every change committed before the call is durable. The embedded stores let
+    /// readers see a batch while its log record is still being synced; a caller about to repeat an
+    /// acknowledgement it *read* (an idempotent replay) waits here first, so that it never acknowledges
+    /// what a crash could still take back. A store whose readers see only durable changes has nothing
+    /// to wait for.
+    fn barrier(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
 }

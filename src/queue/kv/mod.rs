@@ -911,6 +911,10 @@ impl JobStore for KvJobStore {
     fn size_on_disk(&self) -> u64 {
         self.engine.size_on_disk()
     }
+
+    fn barrier(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async move { self.submit(Op::Barrier).await.map(|_| ()) })
+    }
 }
 
 /// Total size of the files under `path` (a file or a directory).

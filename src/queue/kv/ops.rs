@@ -76,6 +76,8 @@ pub(crate) enum Op {
         now: Millis,
         limit: usize,
     },
+    /// Writes nothing; answered once everything committed before it is durable.
+    Barrier,
 }
 
 impl Op {
@@ -233,6 +235,7 @@ pub(crate) fn apply(
         }),
         Op::Commit { change, now } => OpResult::Committed(commit(tx, d, seq, change, *now)?),
         Op::PurgeRecords { now, limit } => OpResult::Count(purge_records(tx, *now, *limit)?),
+        Op::Barrier => OpResult::Count(0),
     })
 }
 
