@@ -35,6 +35,12 @@ pub enum StoreError {
     },
     #[error("store at {0} is in use by another process")]
     Locked(String),
+    /// Only a writer may recover a store its last writer did not close (it was killed or crashed);
+    /// a read-only opener cannot.
+    #[error(
+        "store at {0} was not closed cleanly (its daemon was killed or crashed); the daemon recovers it when it starts"
+    )]
+    Unclean(String),
     #[error("store record is corrupt: {0}")]
     Corrupt(String),
 }

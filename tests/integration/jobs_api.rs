@@ -420,23 +420,64 @@ fn the_served_openapi_document_is_the_repository_copy_and_every_operation_is_rou
     );
 }
 
+/// Runs the binary to completion: exit code, stdout, stderr.
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(crate::helpers::binary())
+        .args(args)
+        .output()
+        .expect("run");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn after_a_kill_the_offline_tools_say_to_start_the_daemon_and_read_the_store_after_a_clean_stop() {
+    dvc_connector::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (mut daemon, _, _) = start(dir.path(), &rt);
+    daemon.sigkill();
+    let store = dir.path().join("store");
+    let store_arg = store.to_str().expect("path");
+    for args in [
+        vec!["status", "--store", store_arg],
+        vec!["jobs", "--store", store_arg, "list"],
+    ] {
+        let (code, _, err) = run(&args);
+        assert_ne!(code, 0, "{args:?}");
+        assert!(
+            err.contains("was not closed cleanly") && err.contains("Start the daemon"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("repair aborted"), "no engine jargon: {err}");
+    }
+    // Started once (it recovers the store) and stopped cleanly, the store reads offline again.
+    let config = dir.path().join("connector.toml");
+    let mut again = Proc::spawn(&["run", "--config", config.to_str().expect("path")]);
+    again.listen_addr("api_addr");
+    again.sigterm();
+    assert!(
+        again
+            .wait_exit(Duration::from_secs(10))
+            .expect("exits")
+            .success()
+    );
+    let (code, out, err) = run(&["status", "--store", store_arg, "--output", "json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("warning"), "nothing left unreplayed: {err}");
+    let view: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(view["lanes"]["portal:national"]["dead"], 2);
+}
+
 #[test]
 fn with_the_daemon_stopped_jobs_and_status_read_the_store_directly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = dir.path().join("store");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(prepare(&store));
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(crate::helpers::binary())
-            .args(args)
-            .output()
-            .expect("run");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
     let store_arg = store.to_str().expect("path");
     let (code, out, err) = run(&[
         "jobs", "--store", store_arg, "list", "--state", "dead", "--output", "json",

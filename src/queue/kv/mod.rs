@@ -219,6 +219,7 @@ pub struct KvJobStore {
     sender: Mutex<Option<mpsc::Sender<Pending>>>,
     /// The writer, then the syncer.
     threads: Mutex<Vec<JoinHandle<()>>>,
+    unreplayed: usize,
 }
 
 impl Debug for KvJobStore {
@@ -335,6 +336,7 @@ impl KvJobStore {
             engine,
             sender: Mutex::new(Some(sender)),
             threads: Mutex::new(vec![writer, syncer]),
+            unreplayed: 0,
         })
     }
 
@@ -383,20 +385,21 @@ impl KvJobStore {
                 supported: FORMAT_VERSION,
             });
         }
-        let pending = wal::pending(dir, engine.as_ref())?;
-        if pending > 0 {
-            tracing::warn!(
-                batches = pending,
-                "the daemon stopped without a clean close: its last {pending} batch(es) are in the write-ahead log, which only the daemon replays; start it once to see them here"
-            );
-        }
+        let unreplayed = wal::pending(dir, engine.as_ref())?;
         Ok(Self {
             backend,
             path: dir.to_owned(),
             engine,
             sender: Mutex::new(None),
             threads: Mutex::new(Vec::new()),
+            unreplayed,
         })
+    }
+
+    /// Batches in the write-ahead log that a read-only store cannot see (only the daemon replays the
+    /// log); 0 for a store opened for writing, which replays it at open.
+    pub fn unreplayed_batches(&self) -> usize {
+        self.unreplayed
     }
 
     async fn submit(&self, op: Op) -> Result<OpResult, StoreError> {

@@ -68,6 +68,8 @@ impl RedbEngine {
             redb::DatabaseError::DatabaseAlreadyOpen => {
                 StoreError::Locked(path.display().to_string())
             }
+            // The file needs the repair that opening it for writing does.
+            redb::DatabaseError::RepairAborted => StoreError::Unclean(path.display().to_string()),
             other => err(other),
         })?;
         Ok(Self {
