@@ -299,12 +299,7 @@ fn jobs_cmd(api: &str, token: Option<&str>, args: &[&str]) -> (i32, String, Stri
     if let Some(t) = token {
         cmd.env("DVC_CONNECTOR_TOKEN", t);
     }
-    let out = cmd.output().expect("run jobs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    outcome(cmd)
 }
 
 #[test]
@@ -422,10 +417,14 @@ fn the_served_openapi_document_is_the_repository_copy_and_every_operation_is_rou
 
 /// Runs the binary to completion: exit code, stdout, stderr.
 fn run(args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(crate::helpers::binary())
-        .args(args)
-        .output()
-        .expect("run");
+    let mut cmd = std::process::Command::new(crate::helpers::binary());
+    cmd.args(args);
+    outcome(cmd)
+}
+
+/// Runs `cmd` to completion: exit code, stdout, stderr.
+fn outcome(mut cmd: std::process::Command) -> (i32, String, String) {
+    let out = cmd.output().expect("run");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
