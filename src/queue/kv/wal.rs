@@ -124,6 +124,12 @@ impl LogSync {
         Ok(())
     }
 
+    /// Every batch through this LSN is known durable.
+    #[cfg(test)]
+    pub(crate) fn synced_through(&self) -> u64 {
+        self.synced.load(Ordering::Acquire)
+    }
+
     /// The engine committed durably everything through `lsn` (a checkpoint).
     fn held_by_engine(&self, lsn: u64) {
         self.appended.fetch_max(lsn, Ordering::AcqRel);
