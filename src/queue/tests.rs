@@ -629,14 +629,23 @@ fn a_store_of_another_format_version_is_refused() {
 }
 
 #[test]
-fn a_version_1_store_from_before_the_write_ahead_log_is_upgraded_in_place() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    drop(KvJobStore::open(tmp.path(), Backend::Redb, KvOptions::default()).expect("create"));
-    let marker = tmp.path().join("STORE");
-    std::fs::write(&marker, "backend = \"redb\"\nformat_version = 1\n").expect("write marker");
-    drop(KvJobStore::open(tmp.path(), Backend::Redb, KvOptions::default()).expect("opens v1"));
-    let text = std::fs::read_to_string(&marker).expect("marker");
-    assert!(text.contains("format_version = 2"), "{text}");
+fn an_older_store_from_before_the_log_or_its_second_file_is_upgraded_in_place() {
+    for old in ["1", "2"] {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        drop(KvJobStore::open(tmp.path(), Backend::Redb, KvOptions::default()).expect("create"));
+        let marker = tmp.path().join("STORE");
+        std::fs::write(
+            &marker,
+            format!("backend = \"redb\"\nformat_version = {old}\n"),
+        )
+        .expect("write marker");
+        drop(KvJobStore::open(tmp.path(), Backend::Redb, KvOptions::default()).expect("opens"));
+        let text = std::fs::read_to_string(&marker).expect("marker");
+        assert!(
+            text.contains(&format!("format_version = {}", super::kv::FORMAT_VERSION)),
+            "version {old}: {text}"
+        );
+    }
 }
 
 #[test]

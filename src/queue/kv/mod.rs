@@ -3,7 +3,7 @@
 //!
 //! # Layout on disk
 //! `<store dir>/STORE` names the backend and the format version; the engine's files sit beside it
-//! (`queue.redb`, or `sled/`), and for redb so does the write-ahead log (`queue.wal`). The tables and their key layout are described in [`keys`]. `Meta` holds
+//! (`queue.redb`, or `sled/`), and for redb so does the write-ahead log (`queue.wal`, `queue.1.wal`). The tables and their key layout are described in [`keys`]. `Meta` holds
 //! `format_version`, the next commit sequence number and a counter per (lane, state).
 //!
 //! # Invariants
@@ -17,7 +17,8 @@
 //! One writer thread owns all writes. It takes every operation waiting in its channel (up to
 //! [`MAX_BATCH`]), applies them in one engine transaction, and hands the batch's answers to the
 //! *syncer* thread together with what the commit still needs to be durable (redb: an `fdatasync` of
-//! its write-ahead log record, [`wal`]; sled syncs its own log inside the commit, so nothing). The
+//! its write-ahead log record, [`wal`] — the batch itself lands in memory, [`memtable`], and reaches
+//! redb at the next checkpoint; sled syncs its own log inside the commit, so nothing). The
 //! writer goes on with the next batch while the disk syncs this one; the syncer takes every batch
 //! waiting, covers them with one sync, and only then answers their callers, in commit order. Concurrent
 //! callers therefore share fsyncs, no caller hears "ok" before its change is on disk, and nobody hears
@@ -26,6 +27,7 @@
 //! of it is applied; a failed sync fails every batch waiting on it, and the store takes no more writes.
 
 mod keys;
+mod memtable;
 mod ops;
 mod redb;
 mod seal;
@@ -52,14 +54,16 @@ use super::store::{
     Leased, Record, StoreError, StoreFuture, Transition,
 };
 
-/// The on-disk format this build writes. Version 2 added the write-ahead log (`queue.wal`); a version 1
-/// store (no log) is upgraded in place when opened for writing. A build that knows only version 1 refuses
-/// a version 2 store, so it cannot ignore a log it does not know about.
-pub const FORMAT_VERSION: u32 = 2;
+/// The on-disk format this build writes. Version 2 added the write-ahead log (`queue.wal`); version 3 its
+/// second file (`queue.1.wal`), which holds acknowledged batches the engine does not have yet just as
+/// the first does. An older store (version 1: no log; version 2: one file) is upgraded in place when
+/// opened for writing. A build that knows only older versions refuses a newer store, so it cannot
+/// ignore a log file it does not know about.
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Versions this build opens.
 fn readable(version: &str) -> bool {
-    version == "1" || version == FORMAT_VERSION.to_string()
+    matches!(version, "1" | "2") || version == FORMAT_VERSION.to_string()
 }
 
 /// Page cache of either engine (both default to 1 GiB). The daemon must stay within 64 MiB idle and

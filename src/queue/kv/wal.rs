@@ -1,51 +1,65 @@
 //! The write-ahead log in front of the engine: what makes an acknowledged write durable.
 //!
-//! A durable engine commit costs redb several scattered page writes and fsyncs (about 1 ms here); a
-//! sequential append to a preallocated file and one `fdatasync` cost a fifth of that. So every batch
-//! is applied to the engine *without* waiting for its disk, and the keys and values it wrote are
-//! appended to `queue.wal` as one checksummed record; a batch that needs durability is answered after
-//! that record's `fdatasync`, which the store's syncer thread runs ([`Flush`]) while the writer applies
-//! the next batch. Every so often (every [`CHECKPOINT_EVERY`] under load, when the log is full, and at
-//! close) the engine commits durably — a *checkpoint* — and the log starts again from its beginning.
+//! A durable engine commit costs redb several scattered page writes and fsyncs (about 1 ms here), and
+//! even a non-durable one copies and checksums every B-tree page it touches; a sequential append to a
+//! preallocated file and one `fdatasync` cost a fraction of that. So a batch is not applied to the
+//! engine at all: its keys and values are appended to the log as one checksummed record and merged
+//! into the in-memory layer of [`memtable`](super::memtable), where readers see them; a batch that
+//! needs durability is answered after that record's `fdatasync`, which the store's syncer thread runs
+//! ([`Flush`]) while the writer goes on. Every [`CHECKPOINT_EVERY`] (or when a log file is half full)
+//! the writer *freezes* the layer and moves to the other of the two log files; the checkpointer thread
+//! commits the frozen layer to the engine durably — a *checkpoint* — and drops it.
 //!
 //! # Invariants
-//! - Each batch's engine transaction also writes its log sequence number (LSN) under `wal_lsn` in
-//!   `Meta`, so the engine always knows which batches it holds, whatever prefix of its own
-//!   non-durable commits survived a crash (redb keeps the last durable commit; sled a prefix).
+//! - A checkpoint writes, with the layer, the LSN of its last batch under `wal_lsn` in `Meta`, in the
+//!   same durable commit: the engine always knows which batches it holds.
 //! - A record is a batch's *absolute* writes (put key = value, delete key), in order: replaying it
 //!   over a state that already holds it changes nothing, so recovery may replay from any earlier point.
-//! - Records of the current cycle are contiguous from offset 0 with LSNs `checkpoint + 1, + 2, …`;
-//!   anything after them is older (LSN ≤ the checkpoint) or a torn tail (bad checksum): reading stops
-//!   at the first record that is neither the next LSN nor already applied.
+//! - Each log file holds, from offset 0, records with consecutive LSNs; anything after them is older
+//!   (an earlier use of the file) or a torn tail (bad checksum). The writer moves to the other file only
+//!   after every record in this one is synced and the other file's records are in the engine (the
+//!   previous checkpoint finished), so the records the engine lacks are always in the two files, and
+//!   recovery takes them in LSN order from the engine's `wal_lsn + 1` while they are consecutive.
 //! - Opening replays every record with an LSN above the engine's, then checkpoints; only then is the
-//!   store usable. After a write error on the log the store refuses further writes (fail-stop), since
-//!   whether the disk holds the record is unknown.
+//!   store usable. After a write error on the log, or a failed checkpoint, the store refuses further
+//!   writes (fail-stop), since what the disk holds is unknown.
 //!
 //! Record layout: `[len u32][crc32 u32][lsn u64][count u32]` then per write
 //! `[table u8][op u8 (0 put, 1 delete)][key len u32][key]([value len u32][value])`, little-endian; `len`
 //! and the checksum cover everything after the checksum.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write as _;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::thread::JoinHandle;
 
 use super::keys::Table;
-use super::{Entries, KvEngine, KvRead, KvWrite, ReadFn, StoreError, WriteFn};
+use super::memtable::{Layer, Memtable};
+use super::{KvEngine, ReadFn, StoreError, WriteFn};
 
-pub(crate) const WAL_FILE: &str = "queue.wal";
+/// The two log files; the writer moves from one to the other at each checkpoint.
+pub(crate) const WAL_FILES: [&str; 2] = ["queue.wal", "queue.1.wal"];
+#[cfg(test)]
+pub(crate) const WAL_FILE: &str = WAL_FILES[0];
 /// Where the engine keeps the LSN of the last batch it holds.
 pub(crate) const WAL_LSN_KEY: &[u8] = b"wal_lsn";
-/// Size of the log: a checkpoint comes when it is full. Bounds replay at open to this many bytes.
+/// Size of each log file. A checkpoint starts when the current one is half full, at the latest, and
+/// the writer waits for it only if the file fills before it ends. Bounds replay at open.
 pub(crate) const CAPACITY: u64 = 8 << 20;
-/// A durable batch this long after the last checkpoint checkpoints instead of syncing the log. The
-/// engine's durable commit then writes the pages dirtied since — a few milliseconds' worth — rather than
-/// those of a whole full log, which stalled every caller for hundreds of milliseconds at once. Measured
-/// with 64 producers (docs/BENCHMARKS.md): 100 ms rewrote the same hot index pages ten times a second;
-/// 400 ms gave more throughput and a lower p99; 1 s gave neither more.
+/// How often the writes in memory go to the engine. Each checkpoint rewrites the engine pages the
+/// writes since the last one touched; more often rewrites the same hot index pages more times, less
+/// often holds more in memory and in the log. Measured with 64 producers (docs/BENCHMARKS.md).
 pub(crate) const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(400);
+/// A checkpoint comes sooner when the writes in memory delete this many keys the engine has: every
+/// scan over such a key reads it from the engine and steps over it (leasing from a drained backlog
+/// would otherwise read thousands of them per lease).
+const HIDING_PER_CHECKPOINT: usize = 2048;
+/// The checkpointer looks for writes left in memory at most this often.
+const IDLE_CHECK: std::time::Duration = std::time::Duration::from_millis(10);
 const HEADER: usize = 8;
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
@@ -54,22 +68,43 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
 
 #[derive(Debug)]
 struct Log {
-    file: File,
+    files: [File; 2],
+    /// The file records go to.
+    current: usize,
     /// Where the next record goes.
     offset: u64,
-    /// LSN of the last batch applied to the engine.
+    /// LSN of the last batch.
     lsn: u64,
     capacity: u64,
     buf: Vec<u8>,
-    last_checkpoint: std::time::Instant,
+    last_freeze: std::time::Instant,
+}
+
+/// The checkpointer's work: a frozen layer and the LSN of its last batch.
+#[derive(Debug, Default)]
+struct Checkpoints {
+    pending: Option<(Arc<RwLock<Layer>>, u64)>,
+    /// A layer is frozen and not yet in the engine.
+    busy: bool,
+    stop: bool,
+}
+
+#[derive(Debug)]
+struct Shared {
+    inner: Arc<dyn KvEngine>,
+    log: Mutex<Log>,
+    sync: Arc<LogSync>,
+    memtable: Memtable,
+    /// Lock order: `log` before `checkpoints`.
+    checkpoints: Mutex<Checkpoints>,
+    changed: Condvar,
     checkpoint_every: std::time::Duration,
 }
 
 #[derive(Debug)]
 pub(crate) struct WalEngine {
-    inner: Arc<dyn KvEngine>,
-    log: Mutex<Log>,
-    sync: Arc<LogSync>,
+    shared: Arc<Shared>,
+    checkpointer: Option<JoinHandle<()>>,
 }
 
 /// The log's durability, shared between the writer, which appends records, and whoever finishes a
@@ -77,20 +112,30 @@ pub(crate) struct WalEngine {
 /// syncs the previous one.
 #[derive(Debug)]
 pub(crate) struct LogSync {
-    /// A second handle on the log file.
-    file: File,
     path: PathBuf,
-    /// LSN of the last record written to the file, or held durably by the engine after a checkpoint.
+    /// LSN of the last record written to the log, or held durably by the engine after a checkpoint.
     appended: AtomicU64,
     /// Every batch through this LSN is durable.
     synced: AtomicU64,
-    /// One `fdatasync` at a time: a caller waiting here usually finds its LSN covered by the one ahead.
-    syncing: Mutex<()>,
-    /// Set after a failed write or sync of the log: the store takes no more writes (fail-stop).
+    /// The file records go to. One `fdatasync` at a time: a caller waiting here usually finds its LSN
+    /// covered by the one ahead.
+    syncing: Mutex<File>,
+    /// Set after a failed write or sync of the log, or a failed checkpoint: the store takes no more
+    /// writes (fail-stop).
     failed: Mutex<Option<String>>,
 }
 
 impl LogSync {
+    fn new(file: File, path: PathBuf, lsn: u64) -> Self {
+        Self {
+            path,
+            appended: AtomicU64::new(lsn),
+            synced: AtomicU64::new(lsn),
+            syncing: Mutex::new(file),
+            failed: Mutex::new(None),
+        }
+    }
+
     fn check(&self) -> Result<(), StoreError> {
         match self.failed.lock().map_err(|_| StoreError::Closed)?.as_ref() {
             Some(reason) => Err(StoreError::Io(format!(
@@ -101,10 +146,14 @@ impl LogSync {
     }
 
     fn fail(&self, error: std::io::Error) -> StoreError {
-        if let Ok(mut failed) = self.failed.lock() {
-            failed.get_or_insert_with(|| error.to_string());
-        }
+        self.fail_with(error.to_string());
         io(&self.path)(error)
+    }
+
+    fn fail_with(&self, reason: String) {
+        if let Ok(mut failed) = self.failed.lock() {
+            failed.get_or_insert(reason);
+        }
     }
 
     /// Makes every batch through `lsn` durable. One `fdatasync` covers every record written before
@@ -113,14 +162,27 @@ impl LogSync {
         if self.synced.load(Ordering::Acquire) >= lsn {
             return Ok(());
         }
-        let _one = self.syncing.lock().map_err(|_| StoreError::Closed)?;
+        let file = self.syncing.lock().map_err(|_| StoreError::Closed)?;
         if self.synced.load(Ordering::Acquire) >= lsn {
             return Ok(());
         }
         self.check()?;
         let through = self.appended.load(Ordering::Acquire);
-        self.file.sync_data().map_err(|e| self.fail(e))?;
+        file.sync_data().map_err(|e| self.fail(e))?;
         self.synced.fetch_max(through, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Syncs what the current file holds, then makes `next` the file records go to.
+    fn switch_to(&self, next: &File) -> Result<(), StoreError> {
+        let mut file = self.syncing.lock().map_err(|_| StoreError::Closed)?;
+        self.check()?;
+        let through = self.appended.load(Ordering::Acquire);
+        if self.synced.load(Ordering::Acquire) < through {
+            file.sync_data().map_err(|e| self.fail(e))?;
+            self.synced.fetch_max(through, Ordering::AcqRel);
+        }
+        *file = next.try_clone().map_err(|e| self.fail(e))?;
         Ok(())
     }
 
@@ -156,14 +218,8 @@ impl Flush {
     /// A flush through `lsn` over `file`, as if every record through `lsn` had been written to it.
     #[cfg(test)]
     pub(crate) fn over(file: File, path: &Path, lsn: u64) -> (Self, Arc<LogSync>) {
-        let sync = Arc::new(LogSync {
-            file,
-            path: path.to_owned(),
-            appended: AtomicU64::new(lsn),
-            synced: AtomicU64::new(0),
-            syncing: Mutex::new(()),
-            failed: Mutex::new(None),
-        });
+        let sync = Arc::new(LogSync::new(file, path.to_owned(), 0));
+        sync.appended.store(lsn, Ordering::Release);
         (Self(Some((Arc::clone(&sync), lsn))), sync)
     }
 
@@ -175,47 +231,6 @@ impl Flush {
         }
     }
 }
-
-/// Records the writes of a transaction on their way to the engine, encoding each straight into the
-/// log record.
-struct Recorder<'a> {
-    tx: &'a mut dyn KvWrite,
-    record: &'a mut Vec<u8>,
-    count: &'a mut u32,
-}
-
-impl KvRead for Recorder<'_> {
-    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.tx.get(table, key)
-    }
-
-    fn scan(
-        &self,
-        table: Table,
-        from: &[u8],
-        to: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Entries, StoreError> {
-        self.tx.scan(table, from, to, limit)
-    }
-}
-
-impl KvWrite for Recorder<'_> {
-    fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.tx.put(table, key, value)?;
-        encode_write(self.record, table, key, Some(value));
-        *self.count += 1;
-        Ok(())
-    }
-
-    fn delete(&mut self, table: Table, key: &[u8]) -> Result<(), StoreError> {
-        self.tx.delete(table, key)?;
-        encode_write(self.record, table, key, None);
-        *self.count += 1;
-        Ok(())
-    }
-}
-
 fn table_index(table: Table) -> u8 {
     Table::ALL.iter().position(|t| *t == table).unwrap_or(0) as u8
 }
@@ -337,35 +352,82 @@ fn engine_lsn(engine: &dyn KvEngine) -> Result<u64, StoreError> {
     Ok(lsn)
 }
 
-/// The records of the current cycle the engine does not hold yet, in order.
-fn unapplied(bytes: &[u8], applied: u64) -> Vec<Decoded> {
+/// Each file's records from offset 0 while their LSNs are consecutive.
+fn runs<'a>(files: impl IntoIterator<Item = &'a [u8]>) -> impl Iterator<Item = Decoded> {
+    files.into_iter().flat_map(|bytes| {
+        let mut pos = 0usize;
+        let mut previous: Option<u64> = None;
+        std::iter::from_fn(move || {
+            let record = bytes.get(pos..).and_then(decode)?;
+            if previous.is_some_and(|p| record.lsn != p + 1) {
+                return None;
+            }
+            previous = Some(record.lsn);
+            pos += record.len as usize;
+            Some(record)
+        })
+    })
+}
+
+/// The records the engine does not hold yet, in order: from `applied + 1`, while consecutive.
+fn unapplied<'a>(files: impl IntoIterator<Item = &'a [u8]>, applied: u64) -> Vec<Decoded> {
+    let mut by_lsn: BTreeMap<u64, Decoded> = runs(files)
+        .filter(|record| record.lsn > applied)
+        .map(|record| (record.lsn, record))
+        .collect();
     let mut out = Vec::new();
-    let mut pos = 0usize;
     let mut expected = applied + 1;
-    while let Some(record) = bytes.get(pos..).and_then(decode) {
-        pos += record.len as usize;
-        if record.lsn <= applied {
-            continue;
-        }
-        if record.lsn != expected {
-            break;
-        }
-        expected += 1;
+    while let Some(record) = by_lsn.remove(&expected) {
         out.push(record);
+        expected += 1;
     }
     out
+}
+
+fn read_logs(dir: &Path) -> Result<[Vec<u8>; 2], StoreError> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(io(&path)(e)),
+        }
+    };
+    Ok([read(WAL_FILES[0])?, read(WAL_FILES[1])?])
 }
 
 /// How many logged batches a stopped store's engine does not hold yet (for read-only tools, which do
 /// not replay).
 pub(crate) fn pending(dir: &Path, engine: &dyn KvEngine) -> Result<usize, StoreError> {
-    let path = dir.join(WAL_FILE);
-    let bytes = match std::fs::read(&path) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(io(&path)(e)),
-    };
-    Ok(unapplied(&bytes, engine_lsn(engine)?).len())
+    let logs = read_logs(dir)?;
+    Ok(unapplied(logs.iter().map(Vec::as_slice), engine_lsn(engine)?).len())
+}
+
+/// Opens a log file, creating it preallocated with written zeros (not a sparse file: overwriting
+/// allocated blocks keeps `fdatasync` to the data).
+fn open_log(path: &Path, capacity: u64) -> Result<(File, bool), StoreError> {
+    let err = io(path);
+    let created = !path.exists();
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(&err)?;
+    let len = file.metadata().map_err(&err)?.len();
+    if len < capacity {
+        file.set_len(0).map_err(&err)?;
+        let zeros = vec![0u8; 1 << 20];
+        let mut left = capacity;
+        while left > 0 {
+            let n = left.min(zeros.len() as u64) as usize;
+            file.write_all(&zeros[..n]).map_err(&err)?;
+            left -= n as u64;
+        }
+        file.sync_all().map_err(&err)?;
+    }
+    Ok((file, created))
 }
 
 impl WalEngine {
@@ -381,19 +443,10 @@ impl WalEngine {
         capacity: u64,
         checkpoint_every: std::time::Duration,
     ) -> Result<Self, StoreError> {
-        let path = dir.join(WAL_FILE);
-        let err = io(&path);
-        let existed = path.exists();
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(&err)?;
         let applied = engine_lsn(inner.as_ref())?;
-        let bytes = std::fs::read(&path).map_err(&err)?;
-        let replay = unapplied(&bytes, applied);
+        let logs = read_logs(dir)?;
+        let replay = unapplied(logs.iter().map(Vec::as_slice), applied);
+        drop(logs);
         let mut lsn = applied;
         if !replay.is_empty() {
             let records = replay.len();
@@ -415,59 +468,152 @@ impl WalEngine {
                 "replayed the write-ahead log into the store"
             );
         }
-        // Checkpoint: the engine holds everything durably, the log can start again from offset 0.
+        drop(replay);
+        // Checkpoint: the engine holds everything durably; both files hold only what it has.
         inner.write(true, &mut |tx| {
             tx.put(Table::Meta, WAL_LSN_KEY, &lsn.to_be_bytes())
         })?;
-        // Written zeros, not a sparse file: overwriting allocated blocks keeps `fdatasync` to the data.
-        let len = file.metadata().map_err(&err)?.len();
-        if len < capacity {
-            file.set_len(0).map_err(&err)?;
-            let zeros = vec![0u8; 1 << 20];
-            let mut left = capacity;
-            while left > 0 {
-                let n = left.min(zeros.len() as u64) as usize;
-                file.write_all(&zeros[..n]).map_err(&err)?;
-                left -= n as u64;
-            }
-            file.sync_all().map_err(&err)?;
-            if !existed && let Ok(d) = File::open(dir) {
-                let _ = d.sync_all();
-            }
+        let paths = WAL_FILES.map(|name| dir.join(name));
+        let (first, created_first) = open_log(&paths[0], capacity)?;
+        let (second, created_second) = open_log(&paths[1], capacity)?;
+        if (created_first || created_second)
+            && let Ok(d) = File::open(dir)
+        {
+            let _ = d.sync_all();
         }
-        let sync = Arc::new(LogSync {
-            file: file.try_clone().map_err(&err)?,
-            path: path.clone(),
-            appended: AtomicU64::new(lsn),
-            synced: AtomicU64::new(lsn),
-            syncing: Mutex::new(()),
-            failed: Mutex::new(None),
-        });
-        drop(err);
-        Ok(Self {
+        let sync = Arc::new(LogSync::new(
+            first.try_clone().map_err(io(&paths[0]))?,
+            paths[0].clone(),
+            lsn,
+        ));
+        let shared = Arc::new(Shared {
             inner,
             log: Mutex::new(Log {
-                file,
+                files: [first, second],
+                current: 0,
                 offset: 0,
                 lsn,
                 capacity,
                 buf: Vec::with_capacity(64 << 10),
-                last_checkpoint: std::time::Instant::now(),
-                checkpoint_every,
+                last_freeze: std::time::Instant::now(),
             }),
             sync,
+            memtable: Memtable::new(lsn),
+            checkpoints: Mutex::new(Checkpoints::default()),
+            changed: Condvar::new(),
+            checkpoint_every,
+        });
+        let checkpointer = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("queue-checkpoint".into())
+                .spawn(move || shared.run_checkpointer())
+                .map_err(|e| StoreError::Io(format!("checkpointer thread: {e}")))?
+        };
+        Ok(Self {
+            shared,
+            checkpointer: Some(checkpointer),
         })
     }
 
-    fn checkpoint(&self, log: &mut Log) -> Result<(), StoreError> {
-        let lsn = log.lsn;
-        self.inner.write(true, &mut |tx| {
-            tx.put(Table::Meta, WAL_LSN_KEY, &lsn.to_be_bytes())
-        })?;
-        self.sync.held_by_engine(lsn);
+    /// Waits until no checkpoint is running (tests).
+    #[cfg(test)]
+    fn settle(&self) -> Result<(), StoreError> {
+        self.shared.wait_for_checkpoint()
+    }
+}
+
+impl Shared {
+    fn checkpoints(&self) -> MutexGuard<'_, Checkpoints> {
+        self.checkpoints
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits until the frozen layer, if any, is in the engine.
+    fn wait_for_checkpoint(&self) -> Result<(), StoreError> {
+        let mut checkpoints = self.checkpoints();
+        while checkpoints.busy {
+            checkpoints = self
+                .changed
+                .wait(checkpoints)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        drop(checkpoints);
+        self.sync.check()
+    }
+
+    /// Freezes the active layer for the checkpointer and moves the log to the other file. The
+    /// previous checkpoint must have ended.
+    fn freeze(&self, log: &mut Log) -> Result<(), StoreError> {
+        let next = 1 - log.current;
+        self.sync.switch_to(&log.files[next])?;
+        if let Some(layer) = self.memtable.freeze()? {
+            let mut checkpoints = self.checkpoints();
+            checkpoints.pending = Some((layer, log.lsn));
+            checkpoints.busy = true;
+            self.changed.notify_all();
+        }
+        log.current = next;
         log.offset = 0;
-        log.last_checkpoint = std::time::Instant::now();
+        log.last_freeze = std::time::Instant::now();
         Ok(())
+    }
+
+    /// Commits a frozen layer to the engine durably, with the LSN of its last batch.
+    fn checkpoint(&self, layer: &RwLock<Layer>, through: u64) -> Result<(), StoreError> {
+        self.inner.write(true, &mut |tx| {
+            layer.read().map_err(|_| StoreError::Closed)?.write_to(tx)?;
+            tx.put(Table::Meta, WAL_LSN_KEY, &through.to_be_bytes())
+        })?;
+        self.sync.held_by_engine(through);
+        self.memtable.release()
+    }
+
+    /// Checkpoints what the writer freezes; when the writer has been quiet for a checkpoint interval,
+    /// freezes what it left itself, so memory is given back when the daemon is idle.
+    fn run_checkpointer(&self) {
+        loop {
+            let work = {
+                let mut checkpoints = self.checkpoints();
+                loop {
+                    if let Some(work) = checkpoints.pending.take() {
+                        break Some(work);
+                    }
+                    if checkpoints.stop {
+                        return;
+                    }
+                    let (next, waited) = self
+                        .changed
+                        .wait_timeout(checkpoints, self.checkpoint_every.max(IDLE_CHECK))
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    checkpoints = next;
+                    if waited.timed_out() && checkpoints.pending.is_none() && !checkpoints.busy {
+                        break None;
+                    }
+                }
+            };
+            match work {
+                Some((layer, through)) => {
+                    if let Err(error) = self.checkpoint(&layer, through) {
+                        tracing::error!(%error, "checkpoint failed; the store takes no more writes");
+                        self.sync.fail_with(format!("checkpoint: {error}"));
+                    }
+                    self.checkpoints().busy = false;
+                    self.changed.notify_all();
+                }
+                None => {
+                    if let Ok(mut log) = self.log.lock()
+                        && log.offset > 0
+                        && log.last_freeze.elapsed() >= self.checkpoint_every
+                        && self.sync.check().is_ok()
+                        && let Err(error) = self.freeze(&mut log)
+                    {
+                        tracing::error!(%error, "freezing the writes in memory failed");
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -480,32 +626,30 @@ impl KvEngine for WalEngine {
         true
     }
 
-    /// Applies the batch to the engine and writes its record, without waiting for the disk: a
+    /// Logs the batch and merges it into the layer readers see, without waiting for the disk: a
     /// durable batch comes back with the [`Flush`] that syncs the log through its LSN.
     fn write_deferred(&self, durable: bool, f: &mut WriteFn<'_>) -> Result<Flush, StoreError> {
-        let mut log = self.log.lock().map_err(|_| StoreError::Closed)?;
-        self.sync.check()?;
+        let shared = &*self.shared;
+        let mut log = shared.log.lock().map_err(|_| StoreError::Closed)?;
+        shared.sync.check()?;
         let log = &mut *log;
         let lsn = log.lsn + 1;
         let mut count = 0u32;
-        let record = &mut log.buf;
-        self.inner.write(false, &mut |tx| {
+        let writes = {
+            let record = &mut log.buf;
             begin_record(record, lsn);
-            count = 0;
-            let mut recorder = Recorder {
-                tx,
-                record,
-                count: &mut count,
-            };
-            f(&mut recorder)?;
-            if count > 0 {
-                tx.put(Table::Meta, WAL_LSN_KEY, &lsn.to_be_bytes())?;
-            }
-            Ok(())
-        })?;
+            shared.memtable.batch(
+                shared.inner.as_ref(),
+                &mut |table, key, value| {
+                    encode_write(record, table, key, value);
+                    count += 1;
+                },
+                f,
+            )?
+        };
         let through = |lsn| {
             if durable {
-                Flush(Some((Arc::clone(&self.sync), lsn)))
+                Flush(Some((Arc::clone(&shared.sync), lsn)))
             } else {
                 Flush::done()
             }
@@ -515,45 +659,79 @@ impl KvEngine for WalEngine {
             // which are in the log already.
             return Ok(through(log.lsn));
         }
-        log.lsn = lsn;
         end_record(&mut log.buf, count);
         let len = log.buf.len() as u64;
-        if log.offset + len > log.capacity
-            || (durable && log.last_checkpoint.elapsed() >= log.checkpoint_every)
-        {
-            // No room, or time for a small checkpoint: a durable engine commit holds this batch and
-            // every earlier one, so its record need not be written.
-            self.checkpoint(log)?;
-            return Ok(Flush::done());
+        if log.offset + len > log.capacity {
+            // The file is full: the other one is free once the checkpoint running ends.
+            shared.wait_for_checkpoint()?;
+            if len > log.capacity {
+                // Too big for any file: the engine takes this batch itself, durably, and its answer
+                // waits for that.
+                log.lsn = lsn;
+                shared.memtable.merge(lsn, writes)?;
+                shared.freeze(log)?;
+                shared.wait_for_checkpoint()?;
+                return Ok(Flush::done());
+            }
+            shared.freeze(log)?;
         }
-        if let Err(e) = log.file.write_all_at(&log.buf, log.offset) {
-            return Err(self.sync.fail(e));
+        if let Err(e) = log.files[log.current].write_all_at(&log.buf, log.offset) {
+            return Err(shared.sync.fail(e));
         }
         log.offset += len;
-        self.sync.appended.store(lsn, Ordering::Release);
+        log.lsn = lsn;
+        shared.sync.appended.store(lsn, Ordering::Release);
+        shared.memtable.merge(lsn, writes)?;
+        if (log.offset >= log.capacity / 2
+            || log.last_freeze.elapsed() >= shared.checkpoint_every
+            || shared.memtable.hiding() >= HIDING_PER_CHECKPOINT)
+            && !shared.checkpoints().busy
+        {
+            shared.freeze(log)?;
+        }
         Ok(through(lsn))
     }
 
     fn read(&self, f: &mut ReadFn<'_>) -> Result<(), StoreError> {
-        self.inner.read(f)
+        self.shared.memtable.read(self.shared.inner.as_ref(), f)
     }
 
     fn size_on_disk(&self) -> u64 {
-        self.inner.size_on_disk() + std::fs::metadata(&self.sync.path).map_or(0, |m| m.len())
+        let dir = self.shared.sync.path.parent().unwrap_or(Path::new("."));
+        self.shared.inner.size_on_disk()
+            + WAL_FILES
+                .iter()
+                .map(|name| std::fs::metadata(dir.join(name)).map_or(0, |m| m.len()))
+                .sum::<u64>()
     }
 }
 
 impl Drop for WalEngine {
-    /// A clean close leaves nothing to replay.
+    /// A clean close leaves nothing to replay: the checkpointer finishes, then what is left in
+    /// memory goes to the engine.
     fn drop(&mut self) {
-        if let Ok(mut log) = self.log.lock()
-            && self.sync.check().is_ok()
-            && log.offset > 0
+        let shared = &self.shared;
         {
-            let log = &mut *log;
-            if let Err(e) = self.checkpoint(log) {
-                tracing::warn!(error = %e, "checkpoint at close failed; the log will be replayed at open");
-            }
+            shared.checkpoints().stop = true;
+            shared.changed.notify_all();
+        }
+        if let Some(thread) = self.checkpointer.take() {
+            let _ = thread.join();
+        }
+        let Ok(log) = shared.log.lock() else {
+            return;
+        };
+        if shared.sync.check().is_err() {
+            return;
+        }
+        let frozen = match shared.memtable.freeze() {
+            Ok(frozen) => frozen,
+            Err(_) => return,
+        };
+        if let Some(layer) = frozen
+            && let Err(error) = shared.checkpoint(&layer, log.lsn)
+        {
+            tracing::warn!(%error, "checkpoint at close failed; the log will be replayed at open");
         }
     }
 }
@@ -562,6 +740,7 @@ impl Drop for WalEngine {
 mod tests {
     use std::collections::BTreeMap;
 
+    use super::super::{Entries, KvRead, KvWrite};
     use super::*;
 
     type Tables = BTreeMap<(u8, Vec<u8>), Vec<u8>>;
@@ -758,7 +937,7 @@ mod tests {
         put(&wal, true, "a", "1");
         put(&wal, true, "b", "1");
         let second = {
-            let log = wal.log.lock().expect("lock");
+            let log = wal.shared.log.lock().expect("lock");
             log.offset
         };
         put(&wal, true, "c", "1");
@@ -794,10 +973,38 @@ mod tests {
         let decoded = decode(&file).expect("first record");
         assert_eq!((decoded.lsn, decoded.writes), (6, writes.clone()));
         // Applied through 5: 6 and 7 are next, 3 is an older cycle's, 9 is not the next one.
-        let lsns: Vec<u64> = unapplied(&file, 5).iter().map(|r| r.lsn).collect();
+        let lsns: Vec<u64> = unapplied([file.as_slice()], 5)
+            .iter()
+            .map(|r| r.lsn)
+            .collect();
         assert_eq!(lsns, [6, 7]);
-        assert!(unapplied(&file, 7).is_empty());
+        assert!(unapplied([file.as_slice()], 7).is_empty());
         assert!(decode(&file[..buf.len() - 1]).is_none(), "truncated");
+
+        // Two files: the older one's records, then the current one's, whichever file is which.
+        let mut log = |lsns: &[u64]| {
+            let mut out = Vec::new();
+            for &lsn in lsns {
+                encode(&mut buf, lsn, &writes);
+                out.extend_from_slice(&buf);
+            }
+            out
+        };
+        // File 0 was reused for 20..21 over an older cycle (8, 9); file 1 holds 12..19.
+        let (current, previous) = (log(&[20, 21, 8, 9]), log(&[12, 13, 14, 15, 16, 17, 18, 19]));
+        let lsns = |applied| -> Vec<u64> {
+            unapplied([current.as_slice(), previous.as_slice()], applied)
+                .iter()
+                .map(|r| r.lsn)
+                .collect()
+        };
+        assert_eq!(lsns(11), (12..=21).collect::<Vec<_>>());
+        assert_eq!(lsns(19), [20, 21]);
+        assert_eq!(
+            lsns(5),
+            Vec::<u64>::new(),
+            "6 and 7 are gone: nothing follows 5"
+        );
         assert!(decode(&[0; 64]).is_none(), "zeros");
     }
 }
@@ -807,23 +1014,92 @@ mod checkpoint_tests {
     use super::*;
 
     #[test]
-    fn a_durable_batch_after_the_interval_checkpoints_instead_of_logging() {
+    fn after_the_interval_the_writes_in_memory_go_to_the_engine_and_the_log_moves_to_the_other_file()
+     {
         let dir = tempfile::tempdir().expect("tempdir");
         let engine: Arc<dyn KvEngine> = Arc::new(
             super::super::redb::RedbEngine::open(&dir.path().join("queue.redb")).expect("redb"),
         );
-        let wal = WalEngine::open_with(engine, dir.path(), CAPACITY, std::time::Duration::ZERO)
-            .expect("open");
+        let wal = WalEngine::open_with(
+            Arc::clone(&engine),
+            dir.path(),
+            CAPACITY,
+            std::time::Duration::ZERO,
+        )
+        .expect("open");
         wal.write(true, &mut |tx| tx.put(Table::Jobs, b"k", b"v"))
             .expect("write");
-        let log = wal.log.lock().expect("lock");
-        assert_eq!(log.offset, 0, "checkpointed: nothing left in the log");
-        assert_eq!(log.lsn, 1);
+        wal.settle().expect("checkpoint");
+        {
+            let log = wal.shared.log.lock().expect("lock");
+            assert_eq!(
+                (log.current, log.offset),
+                (1, 0),
+                "the next record starts the other file"
+            );
+            assert_eq!(log.lsn, 1);
+        }
+        assert_eq!(wal.shared.sync.synced_through(), 1);
+        let mut held = None;
+        engine
+            .read(&mut |tx| {
+                held = tx.get(Table::Jobs, b"k")?;
+                Ok(())
+            })
+            .expect("read");
         assert_eq!(
-            wal.sync.synced.load(Ordering::Acquire),
-            1,
-            "the checkpoint made it durable"
+            held.as_deref(),
+            Some(&b"v"[..]),
+            "the engine holds it itself"
         );
+        assert_eq!(engine_lsn(engine.as_ref()).expect("lsn"), 1);
+    }
+
+    #[test]
+    fn an_idle_store_hands_what_it_holds_in_memory_to_the_engine() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine: Arc<dyn KvEngine> = Arc::new(
+            super::super::redb::RedbEngine::open(&dir.path().join("queue.redb")).expect("redb"),
+        );
+        let wal = WalEngine::open_with(
+            Arc::clone(&engine),
+            dir.path(),
+            CAPACITY,
+            std::time::Duration::from_millis(500),
+        )
+        .expect("open");
+        wal.write(true, &mut |tx| tx.put(Table::Jobs, b"k", b"v"))
+            .expect("write");
+        assert_eq!(
+            engine_lsn(engine.as_ref()).expect("lsn"),
+            0,
+            "in memory and the log only"
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while engine_lsn(engine.as_ref()).expect("lsn") < 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no checkpoint without further writes"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        wal.settle().expect("checkpoint");
+        let log = wal.shared.log.lock().expect("lock");
+        assert_eq!((log.current, log.offset), (1, 0));
+    }
+
+    #[test]
+    fn a_clean_close_leaves_the_engine_holding_everything() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = open_never(dir.path());
+        wal.write(true, &mut |tx| tx.put(Table::Jobs, b"a", b"1"))
+            .expect("write");
+        wal.write(true, &mut |tx| tx.put(Table::Jobs, b"b", b"1"))
+            .expect("write");
+        let engine = Arc::clone(&wal.shared.inner);
+        drop(wal);
+        assert_eq!(engine_lsn(engine.as_ref()).expect("lsn"), 2);
+        assert_eq!(pending(dir.path(), engine.as_ref()).expect("pending"), 0);
     }
 
     fn open_never(dir: &Path) -> WalEngine {
@@ -848,13 +1124,13 @@ mod checkpoint_tests {
             .write_deferred(true, &mut |tx| tx.put(Table::Jobs, b"b", b"2"))
             .expect("write");
         assert!(!flush.is_done());
-        assert_eq!(wal.sync.appended.load(Ordering::Acquire), 2);
-        assert_eq!(wal.sync.synced.load(Ordering::Acquire), 0, "not synced yet");
+        assert_eq!(wal.shared.sync.appended.load(Ordering::Acquire), 2);
+        assert_eq!(wal.shared.sync.synced_through(), 0, "not synced yet");
         // A batch with no writes of its own still waits for the ones before it.
         let empty = wal.write_deferred(true, &mut |_| Ok(())).expect("write");
         assert!(!empty.is_done());
         flush.finish().expect("sync");
-        assert_eq!(wal.sync.synced.load(Ordering::Acquire), 2);
+        assert_eq!(wal.shared.sync.synced_through(), 2);
         empty.finish().expect("already covered");
     }
 
@@ -862,7 +1138,7 @@ mod checkpoint_tests {
     fn after_a_failed_log_the_store_takes_no_more_writes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let wal = open_never(dir.path());
-        let _ = wal.sync.fail(std::io::Error::other("disk gone"));
+        let _ = wal.shared.sync.fail(std::io::Error::other("disk gone"));
         let refused = wal.write_deferred(true, &mut |tx| tx.put(Table::Jobs, b"a", b"1"));
         assert!(
             matches!(&refused, Err(StoreError::Io(m)) if m.contains("disk gone")),

@@ -1,0 +1,631 @@
+//! The writes the engine does not hold yet, in memory: what lets the write-ahead log's engine commit once
+//! per checkpoint instead of once per batch.
+//!
+//! A batch's writes go to the log, for durability, and into the *active* layer here, for readers. The
+//! engine sees them only at a checkpoint: the active layer is *frozen*, a fresh one takes the writes
+//! that follow, and the checkpointer thread commits the frozen one to the engine in one durable
+//! transaction, then drops it. Readers look through the active layer, then the frozen one, then the
+//! engine. An engine transaction per batch cost redb its B-tree page copies, checksums and table roots
+//! every time (about half of the writer's time, docs/BENCHMARKS.md); once per checkpoint, a hot page
+//! is written once instead of hundreds of times.
+//!
+//! # Invariants
+//! - Every entry carries the log sequence number (LSN) of the batch that wrote it. A reader sees exactly
+//!   the batches through the LSN it started at, whatever the writer merges meanwhile: a consistent
+//!   snapshot, as the engine's own read transactions give.
+//! - A layer is frozen only after the previous frozen layer is in the engine: at most two layers.
+//! - A reader takes its layers and opens its engine transaction under the `layers` lock; a layer is
+//!   frozen, and a frozen one dropped, only under that lock too. So a reader's engine transaction never
+//!   lacks a layer the reader does not hold (it may hold a layer the engine has too: the same writes).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use super::keys::Table;
+use super::{Entries, KvEngine, KvRead, KvWrite, StoreError};
+
+const TABLES: usize = Table::ALL.len();
+
+/// A value, or `None` where the key was deleted.
+type Value = Option<Vec<u8>>;
+
+fn slot(table: Table) -> usize {
+    Table::ALL.iter().position(|t| *t == table).unwrap_or(0)
+}
+
+/// The values a key was given in one layer, oldest first, each with the LSN of its batch.
+type Versions = Vec<(u64, Value)>;
+
+/// Told each write of a batch, in order (the log record is encoded from it).
+pub(crate) type OnWrite<'a> = dyn FnMut(Table, &[u8], Option<&[u8]>) + 'a;
+
+/// One layer's writes: per table, key → its versions.
+#[derive(Debug, Default)]
+pub(crate) struct Layer {
+    tables: [BTreeMap<Vec<u8>, Versions>; TABLES],
+}
+
+type Shared = Arc<RwLock<Layer>>;
+
+fn newest(versions: &[(u64, Value)], at: u64) -> Option<&Value> {
+    versions
+        .iter()
+        .rev()
+        .find(|(lsn, _)| *lsn <= at)
+        .map(|(_, value)| value)
+}
+
+fn bounds<'k>(from: &'k [u8], to: Option<&'k [u8]>) -> (Bound<&'k [u8]>, Bound<&'k [u8]>) {
+    (
+        Bound::Included(from),
+        to.map_or(Bound::Unbounded, Bound::Excluded),
+    )
+}
+
+impl Layer {
+    fn get(&self, table: Table, key: &[u8], at: u64) -> Option<&Value> {
+        self.tables[slot(table)]
+            .get(key)
+            .and_then(|versions| newest(versions, at))
+    }
+
+    fn range<'a>(
+        &'a self,
+        table: Table,
+        from: &'a [u8],
+        to: Option<&'a [u8]>,
+        at: u64,
+    ) -> impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)> + 'a {
+        self.tables[slot(table)]
+            .range::<[u8], _>(bounds(from, to))
+            .filter_map(move |(key, versions)| {
+                newest(versions, at).map(|value| (key.as_slice(), value.as_deref()))
+            })
+    }
+
+    /// Adds a batch's writes; returns how many deleted a key this layer did not have (most likely one
+    /// the engine has: a tombstone every scan over it must step over until the next checkpoint).
+    fn merge(&mut self, lsn: u64, writes: Scratch) -> usize {
+        let mut hiding = 0;
+        for (table, writes) in self.tables.iter_mut().zip(writes.tables) {
+            for (key, value) in writes {
+                let versions = table.entry(key).or_default();
+                hiding += usize::from(versions.is_empty() && value.is_none());
+                versions.push((lsn, value));
+            }
+        }
+        hiding
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.tables.iter().all(BTreeMap::is_empty)
+    }
+
+    /// Writes the layer's newest value of every key into an engine transaction.
+    pub(crate) fn write_to(&self, tx: &mut dyn KvWrite) -> Result<(), StoreError> {
+        for (table, entries) in Table::ALL.iter().zip(&self.tables) {
+            for (key, versions) in entries {
+                match versions.last() {
+                    Some((_, Some(value))) => tx.put(*table, key, value)?,
+                    Some((_, None)) => tx.delete(*table, key)?,
+                    None => {}
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read(layer: &RwLock<Layer>) -> Result<RwLockReadGuard<'_, Layer>, StoreError> {
+    layer.read().map_err(|_| StoreError::Closed)
+}
+
+/// The writes of one batch while it runs: the batch reads its own writes, and nothing of it is seen
+/// (or kept) unless it succeeds.
+#[derive(Debug, Default)]
+pub(crate) struct Scratch {
+    tables: [BTreeMap<Vec<u8>, Value>; TABLES],
+}
+
+#[derive(Debug, Clone)]
+struct Layers {
+    active: Shared,
+    frozen: Option<Shared>,
+}
+
+/// The layers and how far readers may see into them.
+pub(crate) struct Memtable {
+    layers: RwLock<Layers>,
+    /// LSN of the last batch merged into the active layer.
+    visible: AtomicU64,
+    /// Deletions in the active layer of keys it did not have.
+    hiding: AtomicUsize,
+}
+
+impl fmt::Debug for Memtable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Memtable")
+            .field("visible", &self.visible.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one reader sees: its layers, newest first, through LSN `at`.
+struct Snapshot {
+    layers: Vec<Shared>,
+    at: u64,
+}
+
+impl Memtable {
+    pub(crate) fn new(visible: u64) -> Self {
+        Self {
+            layers: RwLock::new(Layers {
+                active: Shared::default(),
+                frozen: None,
+            }),
+            visible: AtomicU64::new(visible),
+            hiding: AtomicUsize::new(0),
+        }
+    }
+
+    /// Runs `f` over the layers and an engine read transaction, as of the last merged batch (or every
+    /// merged batch, `latest`, for the writer, which merges them itself).
+    fn with_view(
+        &self,
+        engine: &dyn KvEngine,
+        latest: bool,
+        f: &mut dyn FnMut(&View<'_>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut pinned = Some(self.layers.read().map_err(|_| StoreError::Closed)?);
+        engine.read(&mut |base| {
+            // The engine's transaction is open: the layers may change again.
+            let layers = pinned.take().ok_or(StoreError::Closed)?;
+            let snapshot = Snapshot {
+                layers: std::iter::once(Arc::clone(&layers.active))
+                    .chain(layers.frozen.clone())
+                    .collect(),
+                at: if latest {
+                    u64::MAX
+                } else {
+                    self.visible.load(Ordering::Acquire)
+                },
+            };
+            drop(layers);
+            f(&View {
+                snapshot: &snapshot,
+                base,
+            })
+        })
+    }
+
+    /// A reader's consistent snapshot.
+    pub(crate) fn read(
+        &self,
+        engine: &dyn KvEngine,
+        f: &mut super::ReadFn<'_>,
+    ) -> Result<(), StoreError> {
+        self.with_view(engine, false, &mut |view| f(view))
+    }
+
+    /// Runs one batch over the newest state; `record` is told each write in order. Returns the
+    /// batch's writes for [`Memtable::merge`], or nothing of them if `f` failed.
+    pub(crate) fn batch(
+        &self,
+        engine: &dyn KvEngine,
+        record: &mut OnWrite<'_>,
+        f: &mut super::WriteFn<'_>,
+    ) -> Result<Scratch, StoreError> {
+        let mut scratch = Scratch::default();
+        self.with_view(engine, true, &mut |view| {
+            let mut batch = Batch {
+                view,
+                scratch: Scratch::default(),
+                record: &mut *record,
+            };
+            f(&mut batch)?;
+            scratch = batch.scratch;
+            Ok(())
+        })?;
+        Ok(scratch)
+    }
+
+    /// Makes a batch's writes visible to readers.
+    pub(crate) fn merge(&self, lsn: u64, writes: Scratch) -> Result<(), StoreError> {
+        let active = Arc::clone(&self.layers.read().map_err(|_| StoreError::Closed)?.active);
+        let hiding = active
+            .write()
+            .map_err(|_| StoreError::Closed)?
+            .merge(lsn, writes);
+        self.hiding.fetch_add(hiding, Ordering::Relaxed);
+        self.visible.store(lsn, Ordering::Release);
+        Ok(())
+    }
+
+    /// How many keys of the engine the active layer may hide (see [`Layer::merge`]).
+    pub(crate) fn hiding(&self) -> usize {
+        self.hiding.load(Ordering::Relaxed)
+    }
+
+    /// Freezes the active layer for a checkpoint, unless it is empty. The caller makes sure no
+    /// earlier frozen layer is left ([`Memtable::release`] was called for it).
+    pub(crate) fn freeze(&self) -> Result<Option<Arc<RwLock<Layer>>>, StoreError> {
+        let mut layers = self.layers.write().map_err(|_| StoreError::Closed)?;
+        if read(&layers.active)?.is_empty() {
+            return Ok(None);
+        }
+        let frozen = std::mem::take(&mut layers.active);
+        layers.frozen = Some(Arc::clone(&frozen));
+        self.hiding.store(0, Ordering::Relaxed);
+        Ok(Some(frozen))
+    }
+
+    /// The frozen layer is in the engine now.
+    pub(crate) fn release(&self) -> Result<(), StoreError> {
+        self.layers.write().map_err(|_| StoreError::Closed)?.frozen = None;
+        Ok(())
+    }
+}
+
+/// The layers of a snapshot over an engine read transaction.
+pub(crate) struct View<'a> {
+    snapshot: &'a Snapshot,
+    base: &'a dyn KvRead,
+}
+
+impl KvRead for View<'_> {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        for layer in &self.snapshot.layers {
+            if let Some(value) = read(layer)?.get(table, key, self.snapshot.at) {
+                return Ok(value.clone());
+            }
+        }
+        self.base.get(table, key)
+    }
+
+    fn scan(
+        &self,
+        table: Table,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, StoreError> {
+        self.scan_over(None, table, from, to, limit)
+    }
+}
+
+impl View<'_> {
+    /// A scan through `scratch` (a running batch's own writes, newest of all), the layers and the engine.
+    fn scan_over(
+        &self,
+        scratch: Option<&BTreeMap<Vec<u8>, Value>>,
+        table: Table,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, StoreError> {
+        let guards = self
+            .snapshot
+            .layers
+            .iter()
+            .map(|layer| read(layer))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut sources: Vec<Source<'_>> = Vec::with_capacity(guards.len() + 1);
+        if let Some(scratch) = scratch {
+            sources.push(Box::new(
+                scratch
+                    .range::<[u8], _>(bounds(from, to))
+                    .map(|(key, value)| (key.as_slice(), value.as_deref())),
+            ));
+        }
+        for guard in &guards {
+            sources.push(Box::new(guard.range(table, from, to, self.snapshot.at)));
+        }
+        merge_scan(sources, self.base, table, from, to, limit)
+    }
+}
+
+/// Entries of one layer in key order; `None` values are deletions.
+type Source<'a> = Box<dyn Iterator<Item = (&'a [u8], Option<&'a [u8]>)> + 'a>;
+
+/// The smallest key after `key`.
+fn successor(key: &[u8]) -> Vec<u8> {
+    let mut next = Vec::with_capacity(key.len() + 1);
+    next.extend_from_slice(key);
+    next.push(0);
+    next
+}
+
+/// Merges layers (newest first) over the engine's entries: for each key the newest layer that has it
+/// wins, a deletion hides it. The engine is read in pages, as far as `limit` live entries need.
+fn merge_scan(
+    sources: Vec<Source<'_>>,
+    base: &dyn KvRead,
+    table: Table,
+    from: &[u8],
+    to: Option<&[u8]>,
+    limit: usize,
+) -> Result<Entries, StoreError> {
+    let mut sources: Vec<_> = sources.into_iter().map(Iterator::peekable).collect();
+    let mut out = Vec::new();
+    let mut page = limit.saturating_add(1).min(256);
+    let entries = base.scan(table, from, to, page)?;
+    let mut base_more = entries.len() == page;
+    let mut base_entries = entries.into_iter().peekable();
+    let mut base_last: Option<Vec<u8>> = None;
+    while out.len() < limit {
+        if base_entries.peek().is_none() && base_more {
+            let next = match &base_last {
+                Some(last) => successor(last),
+                None => from.to_vec(),
+            };
+            page = 256;
+            let entries = base.scan(table, &next, to, page)?;
+            base_more = entries.len() == page;
+            base_entries = entries.into_iter().peekable();
+        }
+        let mut smallest: Option<&[u8]> = None;
+        for source in sources.iter_mut() {
+            if let Some(&(key, _)) = source.peek()
+                && smallest.is_none_or(|s| key < s)
+            {
+                smallest = Some(key);
+            }
+        }
+        let smallest = match (smallest, base_entries.peek()) {
+            (Some(s), Some((b, _))) if b.as_slice() < s => b.clone(),
+            (Some(s), _) => s.to_vec(),
+            (None, Some((b, _))) => b.clone(),
+            (None, None) => break,
+        };
+        let mut chosen: Option<Option<Vec<u8>>> = None;
+        for source in sources.iter_mut() {
+            if source
+                .peek()
+                .is_some_and(|(key, _)| *key == smallest.as_slice())
+                && let Some((_, value)) = source.next()
+            {
+                chosen.get_or_insert_with(|| value.map(<[u8]>::to_vec));
+            }
+        }
+        if base_entries.peek().is_some_and(|(key, _)| *key == smallest)
+            && let Some((key, value)) = base_entries.next()
+        {
+            chosen.get_or_insert(Some(value));
+            base_last = Some(key);
+        }
+        if let Some(Some(value)) = chosen {
+            out.push((smallest, value));
+        }
+    }
+    Ok(out)
+}
+
+/// A running batch: its own writes over a view of the newest state.
+struct Batch<'a, 'v> {
+    view: &'a View<'v>,
+    scratch: Scratch,
+    record: &'a mut OnWrite<'a>,
+}
+
+impl KvRead for Batch<'_, '_> {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.scratch.tables[slot(table)].get(key) {
+            Some(value) => Ok(value.clone()),
+            None => self.view.get(table, key),
+        }
+    }
+
+    fn scan(
+        &self,
+        table: Table,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, StoreError> {
+        self.view.scan_over(
+            Some(&self.scratch.tables[slot(table)]),
+            table,
+            from,
+            to,
+            limit,
+        )
+    }
+}
+
+impl KvWrite for Batch<'_, '_> {
+    fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        (self.record)(table, key, Some(value));
+        self.scratch.tables[slot(table)].insert(key.to_vec(), Some(value.to_vec()));
+        Ok(())
+    }
+
+    fn delete(&mut self, table: Table, key: &[u8]) -> Result<(), StoreError> {
+        (self.record)(table, key, None);
+        self.scratch.tables[slot(table)].insert(key.to_vec(), None);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::kv::redb::RedbEngine;
+
+    fn engine(dir: &std::path::Path) -> RedbEngine {
+        RedbEngine::open(&dir.join("queue.redb")).expect("redb")
+    }
+
+    /// Applies one batch at `lsn` and makes it visible.
+    fn batch(
+        memtable: &Memtable,
+        engine: &RedbEngine,
+        lsn: u64,
+        f: &mut super::super::WriteFn<'_>,
+    ) {
+        let writes = memtable.batch(engine, &mut |_, _, _| {}, f).expect("batch");
+        memtable.merge(lsn, writes).expect("merge");
+    }
+
+    fn key(i: usize) -> Vec<u8> {
+        format!("k{i:03}").into_bytes()
+    }
+
+    fn keys(entries: &Entries) -> Vec<String> {
+        entries
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "{}={}",
+                    String::from_utf8_lossy(k),
+                    String::from_utf8_lossy(v)
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_reader_sees_exactly_the_batches_through_the_one_it_started_at() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = engine(dir.path());
+        engine
+            .write(true, &mut |tx| tx.put(Table::Jobs, b"a", b"0"))
+            .expect("base");
+        let memtable = Memtable::new(0);
+        batch(&memtable, &engine, 1, &mut |tx| {
+            tx.put(Table::Jobs, b"a", b"1")
+        });
+        let mut seen = Vec::new();
+        memtable
+            .read(&engine, &mut |tx| {
+                seen.push(tx.get(Table::Jobs, b"a")?);
+                // The writer goes on meanwhile: a change and a new key.
+                batch(&memtable, &engine, 2, &mut |tx| {
+                    tx.put(Table::Jobs, b"a", b"2")?;
+                    tx.put(Table::Jobs, b"b", b"2")
+                });
+                seen.push(tx.get(Table::Jobs, b"a")?);
+                seen.push(tx.get(Table::Jobs, b"b")?);
+                seen.push(Some(
+                    keys(&tx.scan(Table::Jobs, b"", None, 10)?)
+                        .join(",")
+                        .into_bytes(),
+                ));
+                Ok(())
+            })
+            .expect("read");
+        let seen: Vec<_> = seen
+            .into_iter()
+            .map(|v| v.map(|v| String::from_utf8(v).expect("utf8")))
+            .collect();
+        assert_eq!(
+            seen,
+            [Some("1".into()), Some("1".into()), None, Some("a=1".into())],
+            "one snapshot throughout"
+        );
+        let mut after = None;
+        memtable
+            .read(&engine, &mut |tx| {
+                after = tx.get(Table::Jobs, b"a")?;
+                Ok(())
+            })
+            .expect("read");
+        assert_eq!(after.as_deref(), Some(&b"2"[..]), "a new reader sees it");
+    }
+
+    #[test]
+    fn scans_take_each_key_from_the_newest_layer_and_deletions_hide_what_is_below() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = engine(dir.path());
+        // The engine holds k000..k399.
+        engine
+            .write(true, &mut |tx| {
+                for i in 0..400 {
+                    tx.put(Table::Jobs, &key(i), b"e")?;
+                }
+                Ok(())
+            })
+            .expect("base");
+        let memtable = Memtable::new(0);
+        // Frozen: k001 deleted, k005 = f.
+        batch(&memtable, &engine, 1, &mut |tx| {
+            tx.delete(Table::Jobs, &key(1))?;
+            tx.put(Table::Jobs, &key(5), b"f")
+        });
+        assert!(memtable.freeze().expect("freeze").is_some());
+        // Active: k005 = a, k002 deleted, k400 new; then 300 deletions in a row (more than a page
+        // of the engine's entries).
+        batch(&memtable, &engine, 2, &mut |tx| {
+            tx.put(Table::Jobs, &key(5), b"a")?;
+            tx.delete(Table::Jobs, &key(2))?;
+            tx.put(Table::Jobs, &key(400), b"a")?;
+            for i in 10..310 {
+                tx.delete(Table::Jobs, &key(i))?;
+            }
+            Ok(())
+        });
+        let mut scans = Vec::new();
+        let writes = memtable
+            .batch(&engine, &mut |_, _, _| {}, &mut |tx| {
+                // The batch's own writes are newest of all.
+                tx.delete(Table::Jobs, &key(0))?;
+                tx.put(Table::Jobs, &key(3), b"s")?;
+                scans.push(keys(&tx.scan(Table::Jobs, &key(0), None, 5)?));
+                scans.push(keys(&tx.scan(Table::Jobs, &key(8), None, 3)?));
+                scans.push(keys(&tx.scan(Table::Jobs, &key(398), None, 10)?));
+                scans.push(keys(&tx.scan(Table::Jobs, &key(3), Some(&key(6)), 10)?));
+                Ok(())
+            })
+            .expect("batch");
+        assert_eq!(
+            scans,
+            [
+                vec!["k003=s", "k004=e", "k005=a", "k006=e", "k007=e"],
+                vec!["k008=e", "k009=e", "k310=e"],
+                vec!["k398=e", "k399=e", "k400=a"],
+                vec!["k003=s", "k004=e", "k005=a"],
+            ]
+        );
+        drop(writes);
+        // A reader does not see the batch that was never merged.
+        let mut seen = Vec::new();
+        memtable
+            .read(&engine, &mut |tx| {
+                seen = keys(&tx.scan(Table::Jobs, b"", None, 3)?);
+                Ok(())
+            })
+            .expect("read");
+        assert_eq!(seen, ["k000=e", "k003=e", "k004=e"]);
+    }
+
+    #[test]
+    fn a_frozen_layer_written_to_the_engine_reads_the_same_and_is_released() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = engine(dir.path());
+        let memtable = Memtable::new(0);
+        batch(&memtable, &engine, 1, &mut |tx| {
+            tx.put(Table::Jobs, b"a", b"1")?;
+            tx.put(Table::Ready, b"r", b"1")
+        });
+        batch(&memtable, &engine, 2, &mut |tx| {
+            tx.put(Table::Jobs, b"a", b"2")?;
+            tx.delete(Table::Ready, b"r")
+        });
+        let frozen = memtable.freeze().expect("freeze").expect("a layer");
+        assert!(memtable.freeze().expect("freeze").is_none(), "nothing new");
+        engine
+            .write(true, &mut |tx| frozen.read().expect("lock").write_to(tx))
+            .expect("checkpoint");
+        memtable.release().expect("release");
+        let mut seen = (None, None);
+        memtable
+            .read(&engine, &mut |tx| {
+                seen = (tx.get(Table::Jobs, b"a")?, tx.get(Table::Ready, b"r")?);
+                Ok(())
+            })
+            .expect("read");
+        assert_eq!(seen, (Some(b"2".to_vec()), None), "the newest of each key");
+    }
+}
