@@ -145,14 +145,33 @@ impl KvWrite for Write<'_> {
     }
 }
 
+type ReadTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
+
 struct Read {
     txn: redb::ReadTransaction,
+    /// Tables opened so far: opening one looks it up in redb's table of tables, and the writer's
+    /// view reads the same few tables many times per batch.
+    tables: [std::cell::OnceCell<ReadTable>; Table::ALL.len()],
+}
+
+impl Read {
+    fn table(&self, table: Table) -> Result<&ReadTable, StoreError> {
+        let cell = &self.tables[index(table)];
+        if let Some(opened) = cell.get() {
+            return Ok(opened);
+        }
+        let opened = self.txn.open_table(def(table)).map_err(err)?;
+        Ok(cell.get_or_init(|| opened))
+    }
 }
 
 impl KvRead for Read {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let t = self.txn.open_table(def(table)).map_err(err)?;
-        Ok(t.get(key).map_err(err)?.map(|v| v.value().to_vec()))
+        Ok(self
+            .table(table)?
+            .get(key)
+            .map_err(err)?
+            .map(|v| v.value().to_vec()))
     }
 
     fn scan(
@@ -162,8 +181,7 @@ impl KvRead for Read {
         to: Option<&[u8]>,
         limit: usize,
     ) -> Result<Entries, StoreError> {
-        let t = self.txn.open_table(def(table)).map_err(err)?;
-        scan_table(&t, from, to, limit)
+        scan_table(self.table(table)?, from, to, limit)
     }
 }
 
@@ -202,7 +220,10 @@ impl KvEngine for RedbEngine {
             Db::ReadOnly(db) => db.begin_read(),
         }
         .map_err(err)?;
-        f(&Read { txn })
+        f(&Read {
+            txn,
+            tables: Default::default(),
+        })
     }
 
     fn size_on_disk(&self) -> u64 {

@@ -56,8 +56,10 @@ pub(crate) const CAPACITY: u64 = 8 << 20;
 pub(crate) const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(400);
 /// A checkpoint comes sooner when the writes in memory delete this many keys the engine has: every
 /// scan over such a key reads it from the engine and steps over it (leasing from a drained backlog
-/// would otherwise read thousands of them per lease).
-const HIDING_PER_CHECKPOINT: usize = 2048;
+/// would otherwise read thousands of them per lease). Measured: lease+complete 28–30k jobs/s with
+/// 2,048, 33k with 512, 24–27k with none; the million-job drain 17.2k events/s with 2,048, 18.7k with
+/// 512 (docs/BENCHMARKS.md).
+const HIDING_PER_CHECKPOINT: usize = 512;
 /// The checkpointer looks for writes left in memory at most this often.
 const IDLE_CHECK: std::time::Duration = std::time::Duration::from_millis(10);
 const HEADER: usize = 8;
