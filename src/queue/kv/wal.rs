@@ -545,9 +545,14 @@ impl Shared {
         self.sync.check()
     }
 
-    /// Freezes the active layer for the checkpointer and moves the log to the other file. The
-    /// previous checkpoint must have ended.
+    /// Freezes the active layer for the checkpointer and moves the log to the other file — unless
+    /// the previous checkpoint has not ended: the other file still holds what it is writing to the
+    /// engine. (Only a caller holding `log` freezes, so after [`Shared::wait_for_checkpoint`] under
+    /// that lock this always goes ahead.)
     fn freeze(&self, log: &mut Log) -> Result<(), StoreError> {
+        if self.checkpoints().busy {
+            return Ok(());
+        }
         let next = 1 - log.current;
         self.sync.switch_to(&log.files[next])?;
         if let Some(layer) = self.memtable.freeze()? {
@@ -684,10 +689,9 @@ impl KvEngine for WalEngine {
         log.lsn = lsn;
         shared.sync.appended.store(lsn, Ordering::Release);
         shared.memtable.merge(lsn, writes)?;
-        if (log.offset >= log.capacity / 2
+        if log.offset >= log.capacity / 2
             || log.last_freeze.elapsed() >= shared.checkpoint_every
-            || shared.memtable.hiding() >= HIDING_PER_CHECKPOINT)
-            && !shared.checkpoints().busy
+            || shared.memtable.hiding() >= HIDING_PER_CHECKPOINT
         {
             shared.freeze(log)?;
         }
@@ -894,6 +898,82 @@ mod tests {
             ("d", Some("1")),
         ] {
             assert_eq!(value(&survivor, key).as_deref(), expected, "{key}");
+        }
+    }
+
+    /// Holds durable commits (checkpoints) until opened.
+    #[derive(Debug)]
+    struct Gated {
+        inner: Arc<Volatile>,
+        open: Mutex<bool>,
+        opened: std::sync::Condvar,
+    }
+
+    impl Gated {
+        fn set(&self, open: bool) {
+            *self.open.lock().expect("lock") = open;
+            self.opened.notify_all();
+        }
+    }
+
+    impl KvEngine for Gated {
+        fn write(&self, durable: bool, f: &mut WriteFn<'_>) -> Result<(), StoreError> {
+            let mut open = self.open.lock().expect("lock");
+            while durable && !*open {
+                open = self.opened.wait(open).expect("lock");
+            }
+            drop(open);
+            self.inner.write(durable, f)
+        }
+
+        fn read(&self, f: &mut ReadFn<'_>) -> Result<(), StoreError> {
+            self.inner.read(f)
+        }
+
+        fn size_on_disk(&self) -> u64 {
+            0
+        }
+    }
+
+    #[test]
+    fn while_a_checkpoint_runs_the_log_keeps_its_file_and_a_crash_loses_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = Arc::new(Volatile::default());
+        let gated = Arc::new(Gated {
+            inner: Arc::clone(&engine),
+            open: Mutex::new(true),
+            opened: std::sync::Condvar::new(),
+        });
+        let wal = WalEngine::open_with(gated.clone(), dir.path(), CAPACITY, NEVER).expect("open");
+        gated.set(false);
+        // A failed assertion drops the engine, which waits for its checkpointer: let it finish.
+        struct OpenOnDrop(Arc<Gated>);
+        impl Drop for OpenOnDrop {
+            fn drop(&mut self) {
+                self.0.set(true);
+            }
+        }
+        let _release = OpenOnDrop(gated.clone());
+        let freeze = |wal: &WalEngine| {
+            let mut log = wal.shared.log.lock().expect("lock");
+            wal.shared.freeze(&mut log).expect("freeze");
+            log.current
+        };
+        put(&wal, true, "a", "1");
+        assert_eq!(freeze(&wal), 1, "the first freeze moves to the other file");
+        put(&wal, true, "b", "1");
+        // The checkpoint of "a" cannot end: file 0 still holds its only durable copy.
+        assert_eq!(freeze(&wal), 1, "no second freeze while the first runs");
+        put(&wal, true, "c", "1");
+        let survivor = crash(wal, &engine);
+        assert_eq!(
+            value(&survivor, "a"),
+            None,
+            "the checkpoint never reached the engine"
+        );
+        WalEngine::open_with(survivor.clone(), dir.path(), CAPACITY, NEVER).expect("recover");
+        for key in ["a", "b", "c"] {
+            assert_eq!(value(&survivor, key).as_deref(), Some("1"), "{key}");
         }
     }
 
