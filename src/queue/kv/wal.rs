@@ -1099,16 +1099,7 @@ mod checkpoint_tests {
     fn after_the_interval_the_writes_in_memory_go_to_the_engine_and_the_log_moves_to_the_other_file()
      {
         let dir = tempfile::tempdir().expect("tempdir");
-        let engine: Arc<dyn KvEngine> = Arc::new(
-            super::super::redb::RedbEngine::open(&dir.path().join("queue.redb")).expect("redb"),
-        );
-        let wal = WalEngine::open_with(
-            Arc::clone(&engine),
-            dir.path(),
-            CAPACITY,
-            std::time::Duration::ZERO,
-        )
-        .expect("open");
+        let (engine, wal) = open_redb(dir.path(), std::time::Duration::ZERO);
         wal.write(true, &mut |tx| tx.put(Table::Jobs, b"k", b"v"))
             .expect("write");
         wal.settle().expect("checkpoint");
@@ -1140,16 +1131,7 @@ mod checkpoint_tests {
     #[test]
     fn an_idle_store_hands_what_it_holds_in_memory_to_the_engine() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let engine: Arc<dyn KvEngine> = Arc::new(
-            super::super::redb::RedbEngine::open(&dir.path().join("queue.redb")).expect("redb"),
-        );
-        let wal = WalEngine::open_with(
-            Arc::clone(&engine),
-            dir.path(),
-            CAPACITY,
-            std::time::Duration::from_millis(500),
-        )
-        .expect("open");
+        let (engine, wal) = open_redb(dir.path(), std::time::Duration::from_millis(500));
         wal.write(true, &mut |tx| tx.put(Table::Jobs, b"k", b"v"))
             .expect("write");
         assert_eq!(
@@ -1184,11 +1166,16 @@ mod checkpoint_tests {
         assert_eq!(pending(dir.path(), engine.as_ref()).expect("pending"), 0);
     }
 
-    fn open_never(dir: &Path) -> WalEngine {
+    /// A log over a redb engine in `dir`, checkpointing every `every`.
+    fn open_redb(dir: &Path, every: std::time::Duration) -> (Arc<dyn KvEngine>, WalEngine) {
         let engine: Arc<dyn KvEngine> =
             Arc::new(super::super::redb::RedbEngine::open(&dir.join("queue.redb")).expect("redb"));
-        WalEngine::open_with(engine, dir, CAPACITY, std::time::Duration::from_secs(3600))
-            .expect("open")
+        let wal = WalEngine::open_with(Arc::clone(&engine), dir, CAPACITY, every).expect("open");
+        (engine, wal)
+    }
+
+    fn open_never(dir: &Path) -> WalEngine {
+        open_redb(dir, std::time::Duration::from_secs(3600)).1
     }
 
     #[test]
