@@ -45,6 +45,12 @@ impl Table {
         Table::Meta,
     ];
 
+    /// The table's place in [`Table::ALL`]: its slot in per-table arrays, and its byte in a log
+    /// record (so the declaration order is part of the log's format).
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+
     pub(crate) fn name(self) -> &'static str {
         match self {
             Table::Jobs => "jobs",
@@ -253,6 +259,13 @@ pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_table_sits_at_its_index_in_all() {
+        for (i, table) in Table::ALL.into_iter().enumerate() {
+            assert_eq!(table.index(), i, "{}", table.name());
+        }
+    }
 
     #[test]
     fn a_lane_is_never_the_prefix_of_another() {

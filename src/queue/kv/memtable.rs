@@ -32,10 +32,6 @@ const TABLES: usize = Table::ALL.len();
 /// A value, or `None` where the key was deleted.
 type Value = Option<Vec<u8>>;
 
-fn slot(table: Table) -> usize {
-    Table::ALL.iter().position(|t| *t == table).unwrap_or(0)
-}
-
 /// The values a key was given in one layer, oldest first, each with the LSN of its batch.
 type Versions = Vec<(u64, Value)>;
 
@@ -67,7 +63,7 @@ fn bounds<'k>(from: &'k [u8], to: Option<&'k [u8]>) -> (Bound<&'k [u8]>, Bound<&
 
 impl Layer {
     fn get(&self, table: Table, key: &[u8], at: u64) -> Option<&Value> {
-        self.tables[slot(table)]
+        self.tables[table.index()]
             .get(key)
             .and_then(|versions| newest(versions, at))
     }
@@ -79,7 +75,7 @@ impl Layer {
         to: Option<&'a [u8]>,
         at: u64,
     ) -> impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)> + 'a {
-        self.tables[slot(table)]
+        self.tables[table.index()]
             .range::<[u8], _>(bounds(from, to))
             .filter_map(move |(key, versions)| {
                 newest(versions, at).map(|value| (key.as_slice(), value.as_deref()))
@@ -412,7 +408,7 @@ struct Batch<'a, 'v> {
 
 impl KvRead for Batch<'_, '_> {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        match self.scratch.tables[slot(table)].get(key) {
+        match self.scratch.tables[table.index()].get(key) {
             Some(value) => Ok(value.clone()),
             None => self.view.get(table, key),
         }
@@ -426,7 +422,7 @@ impl KvRead for Batch<'_, '_> {
         limit: usize,
     ) -> Result<Entries, StoreError> {
         self.view.scan_over(
-            Some(&self.scratch.tables[slot(table)]),
+            Some(&self.scratch.tables[table.index()]),
             table,
             from,
             to,
@@ -438,13 +434,13 @@ impl KvRead for Batch<'_, '_> {
 impl KvWrite for Batch<'_, '_> {
     fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         (self.record)(table, key, Some(value));
-        self.scratch.tables[slot(table)].insert(key.to_vec(), Some(value.to_vec()));
+        self.scratch.tables[table.index()].insert(key.to_vec(), Some(value.to_vec()));
         Ok(())
     }
 
     fn delete(&mut self, table: Table, key: &[u8]) -> Result<(), StoreError> {
         (self.record)(table, key, None);
-        self.scratch.tables[slot(table)].insert(key.to_vec(), None);
+        self.scratch.tables[table.index()].insert(key.to_vec(), None);
         Ok(())
     }
 }

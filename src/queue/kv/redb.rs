@@ -105,12 +105,8 @@ struct Write<'t> {
 
 impl Write<'_> {
     fn table(&self, table: Table) -> &redb::Table<'_, &'static [u8], &'static [u8]> {
-        &self.tables[index(table)]
+        &self.tables[table.index()]
     }
-}
-
-fn index(table: Table) -> usize {
-    Table::ALL.iter().position(|t| *t == table).unwrap_or(0)
 }
 
 impl KvRead for Write<'_> {
@@ -135,12 +131,12 @@ impl KvRead for Write<'_> {
 
 impl KvWrite for Write<'_> {
     fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.tables[index(table)].insert(key, value).map_err(err)?;
+        self.tables[table.index()].insert(key, value).map_err(err)?;
         Ok(())
     }
 
     fn delete(&mut self, table: Table, key: &[u8]) -> Result<(), StoreError> {
-        self.tables[index(table)].remove(key).map_err(err)?;
+        self.tables[table.index()].remove(key).map_err(err)?;
         Ok(())
     }
 }
@@ -156,7 +152,7 @@ struct Read {
 
 impl Read {
     fn table(&self, table: Table) -> Result<&ReadTable, StoreError> {
-        let cell = &self.tables[index(table)];
+        let cell = &self.tables[table.index()];
         if let Some(opened) = cell.get() {
             return Ok(opened);
         }

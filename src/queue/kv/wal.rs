@@ -233,10 +233,6 @@ impl Flush {
         }
     }
 }
-fn table_index(table: Table) -> u8 {
-    Table::ALL.iter().position(|t| *t == table).unwrap_or(0) as u8
-}
-
 /// One write of a batch, as read back from the log.
 type Logged = (Table, Vec<u8>, Option<Vec<u8>>);
 
@@ -249,7 +245,7 @@ fn begin_record(buf: &mut Vec<u8>, lsn: u64) {
 }
 
 fn encode_write(buf: &mut Vec<u8>, table: Table, key: &[u8], value: Option<&[u8]>) {
-    buf.push(table_index(table));
+    buf.push(table.index() as u8);
     buf.push(u8::from(value.is_none()));
     buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
     buf.extend_from_slice(key);
@@ -774,7 +770,7 @@ mod tests {
 
         fn get(&self, table: Table, key: &[u8]) -> Option<Vec<u8>> {
             let live = self.live.lock().expect("lock");
-            live.get(&(table_index(table), key.to_vec())).cloned()
+            live.get(&((table.index() as u8), key.to_vec())).cloned()
         }
     }
 
@@ -786,7 +782,7 @@ mod tests {
         fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
             Ok(self
                 .tables
-                .get(&(table_index(table), key.to_vec()))
+                .get(&((table.index() as u8), key.to_vec()))
                 .cloned())
         }
 
@@ -804,12 +800,12 @@ mod tests {
     impl KvWrite for Tx<'_> {
         fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
             self.tables
-                .insert((table_index(table), key.to_vec()), value.to_vec());
+                .insert(((table.index() as u8), key.to_vec()), value.to_vec());
             Ok(())
         }
 
         fn delete(&mut self, table: Table, key: &[u8]) -> Result<(), StoreError> {
-            self.tables.remove(&(table_index(table), key.to_vec()));
+            self.tables.remove(&((table.index() as u8), key.to_vec()));
             Ok(())
         }
     }
