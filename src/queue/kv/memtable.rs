@@ -344,23 +344,22 @@ fn merge_scan(
     to: Option<&[u8]>,
     limit: usize,
 ) -> Result<Entries, StoreError> {
+    // A page of the engine's entries, and where the next one starts if this one was full.
+    let page = |from: &[u8], size: usize| -> Result<_, StoreError> {
+        let entries = base.scan(table, from, to, size)?;
+        let next = (entries.len() == size)
+            .then(|| entries.last().map(|(key, _)| successor(key)))
+            .flatten();
+        Ok((entries.into_iter().peekable(), next))
+    };
     let mut sources: Vec<_> = sources.into_iter().map(Iterator::peekable).collect();
     let mut out = Vec::new();
-    let mut page = limit.saturating_add(1).min(256);
-    let entries = base.scan(table, from, to, page)?;
-    let mut base_more = entries.len() == page;
-    let mut base_entries = entries.into_iter().peekable();
-    let mut base_last: Option<Vec<u8>> = None;
+    let (mut base_entries, mut base_next) = page(from, limit.saturating_add(1).min(256))?;
     while out.len() < limit {
-        if base_entries.peek().is_none() && base_more {
-            let next = match &base_last {
-                Some(last) => successor(last),
-                None => from.to_vec(),
-            };
-            page = 256;
-            let entries = base.scan(table, &next, to, page)?;
-            base_more = entries.len() == page;
-            base_entries = entries.into_iter().peekable();
+        if base_entries.peek().is_none()
+            && let Some(next) = base_next.take()
+        {
+            (base_entries, base_next) = page(&next, 256)?;
         }
         let mut smallest: Option<&[u8]> = None;
         for source in sources.iter_mut() {
@@ -387,10 +386,9 @@ fn merge_scan(
             }
         }
         if base_entries.peek().is_some_and(|(key, _)| *key == smallest)
-            && let Some((key, value)) = base_entries.next()
+            && let Some((_, value)) = base_entries.next()
         {
             chosen.get_or_insert(Some(value));
-            base_last = Some(key);
         }
         if let Some(Some(value)) = chosen {
             out.push((smallest, value));
