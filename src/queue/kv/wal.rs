@@ -1008,6 +1008,28 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_too_big_for_a_log_file_is_in_the_engine_before_it_is_answered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = Arc::new(Volatile::default());
+        let wal = WalEngine::open_with(engine.clone(), dir.path(), 256, NEVER).expect("open");
+        put(&wal, true, "small", "1");
+        let big = "x".repeat(1000);
+        put(&wal, true, "big", &big);
+        assert_eq!(
+            value(&engine.after_crash(), "big").as_deref(),
+            Some(big.as_str()),
+            "durable in the engine itself, with the batch before it"
+        );
+        assert_eq!(value(&engine.after_crash(), "small").as_deref(), Some("1"));
+        put(&wal, true, "after", "1");
+        let survivor = crash(wal, &engine);
+        WalEngine::open_with(survivor.clone(), dir.path(), 256, NEVER).expect("recover");
+        for (key, expected) in [("small", "1"), ("big", big.as_str()), ("after", "1")] {
+            assert_eq!(value(&survivor, key).as_deref(), Some(expected), "{key}");
+        }
+    }
+
+    #[test]
     fn a_torn_or_corrupt_tail_ends_the_replay_and_earlier_records_still_count() {
         let dir = tempfile::tempdir().expect("tempdir");
         let engine = Arc::new(Volatile::default());
