@@ -15,7 +15,7 @@
 //!
 //! # Group commit
 //! One writer thread owns all writes. It takes every operation waiting in its channel (up to
-//! [`MAX_BATCH`]), applies them in one engine transaction, and hands the batch's answers to the
+//! [`MAX_BATCH`]), applies them as one batch (sled: one engine transaction), and hands its answers to the
 //! *syncer* thread together with what the commit still needs to be durable (redb: an `fdatasync` of
 //! its write-ahead log record, [`wal`] — the batch itself lands in memory, [`memtable`], and reaches
 //! redb at the next checkpoint; sled syncs its own log inside the commit, so nothing). The
