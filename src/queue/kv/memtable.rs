@@ -19,6 +19,7 @@
 //!   lacks a layer the reader does not hold (it may hold a layer the engine has too: the same writes).
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::fmt;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -32,8 +33,46 @@ const TABLES: usize = Table::ALL.len();
 /// A value, or `None` where the key was deleted.
 type Value = Option<Vec<u8>>;
 
-/// The values a key was given in one layer, oldest first, each with the LSN of its batch.
-type Versions = Vec<(u64, Value)>;
+/// The values a key was given in one layer, oldest first, each with the LSN of its batch. Most keys
+/// are written once per layer; that value is kept inline, one allocation fewer for the writer to make
+/// and the checkpointer to free for every row.
+#[derive(Debug)]
+enum Versions {
+    One(u64, Value),
+    Many(Vec<(u64, Value)>),
+}
+
+impl Versions {
+    fn push(&mut self, lsn: u64, value: Value) {
+        let all = match std::mem::replace(self, Versions::Many(Vec::new())) {
+            Versions::One(first_lsn, first) => vec![(first_lsn, first), (lsn, value)],
+            Versions::Many(mut all) => {
+                all.push((lsn, value));
+                all
+            }
+        };
+        *self = Versions::Many(all);
+    }
+
+    /// The value as of LSN `at`: the newest version at or before it.
+    fn newest(&self, at: u64) -> Option<&Value> {
+        match self {
+            Versions::One(lsn, value) => (*lsn <= at).then_some(value),
+            Versions::Many(all) => all
+                .iter()
+                .rev()
+                .find(|(lsn, _)| *lsn <= at)
+                .map(|(_, value)| value),
+        }
+    }
+
+    fn last(&self) -> Option<&Value> {
+        match self {
+            Versions::One(_, value) => Some(value),
+            Versions::Many(all) => all.last().map(|(_, value)| value),
+        }
+    }
+}
 
 /// Told each write of a batch, in order (the log record is encoded from it).
 pub(crate) type OnWrite<'a> = dyn FnMut(Table, &[u8], Option<&[u8]>) + 'a;
@@ -46,14 +85,6 @@ pub(crate) struct Layer {
 
 type Shared = Arc<RwLock<Layer>>;
 
-fn newest(versions: &[(u64, Value)], at: u64) -> Option<&Value> {
-    versions
-        .iter()
-        .rev()
-        .find(|(lsn, _)| *lsn <= at)
-        .map(|(_, value)| value)
-}
-
 fn bounds<'k>(from: &'k [u8], to: Option<&'k [u8]>) -> (Bound<&'k [u8]>, Bound<&'k [u8]>) {
     (
         Bound::Included(from),
@@ -65,7 +96,7 @@ impl Layer {
     fn get(&self, table: Table, key: &[u8], at: u64) -> Option<&Value> {
         self.tables[table.index()]
             .get(key)
-            .and_then(|versions| newest(versions, at))
+            .and_then(|versions| versions.newest(at))
     }
 
     fn range<'a>(
@@ -78,7 +109,9 @@ impl Layer {
         self.tables[table.index()]
             .range::<[u8], _>(bounds(from, to))
             .filter_map(move |(key, versions)| {
-                newest(versions, at).map(|value| (key.as_slice(), value.as_deref()))
+                versions
+                    .newest(at)
+                    .map(|value| (key.as_slice(), value.as_deref()))
             })
     }
 
@@ -88,9 +121,13 @@ impl Layer {
         let mut hiding = 0;
         for (table, writes) in self.tables.iter_mut().zip(writes.tables) {
             for (key, value) in writes {
-                let versions = table.entry(key).or_default();
-                hiding += usize::from(versions.is_empty() && value.is_none());
-                versions.push((lsn, value));
+                match table.entry(key) {
+                    Entry::Occupied(mut versions) => versions.get_mut().push(lsn, value),
+                    Entry::Vacant(slot) => {
+                        hiding += usize::from(value.is_none());
+                        slot.insert(Versions::One(lsn, value));
+                    }
+                }
             }
         }
         hiding
@@ -105,8 +142,8 @@ impl Layer {
         for (table, entries) in Table::ALL.iter().zip(&self.tables) {
             for (key, versions) in entries {
                 match versions.last() {
-                    Some((_, Some(value))) => tx.put(*table, key, value)?,
-                    Some((_, None)) => tx.delete(*table, key)?,
+                    Some(Some(value)) => tx.put(*table, key, value)?,
+                    Some(None) => tx.delete(*table, key)?,
                     None => {}
                 }
             }
