@@ -327,6 +327,10 @@ impl KvRead for View<'_> {
     ) -> Result<Entries, StoreError> {
         self.scan_over(None, table, from, to, limit)
     }
+
+    fn any(&self, table: Table, from: &[u8], to: Option<&[u8]>) -> Result<bool, StoreError> {
+        self.any_over(None, table, from, to)
+    }
 }
 
 impl View<'_> {
@@ -357,6 +361,47 @@ impl View<'_> {
             sources.push(Box::new(guard.range(table, from, to, self.snapshot.at)));
         }
         merge_scan(sources, self.base, table, from, to, limit)
+    }
+}
+
+impl View<'_> {
+    /// Whether any live entry is in the range, through `scratch`, the layers and the engine, newest
+    /// first: a value in one source counts unless a newer one deleted its key. Only the engine's
+    /// first entries past those deletions are read, and nothing is merged or collected.
+    fn any_over(
+        &self,
+        scratch: Option<&BTreeMap<Vec<u8>, Value>>,
+        table: Table,
+        from: &[u8],
+        to: Option<&[u8]>,
+    ) -> Result<bool, StoreError> {
+        let mut deleted: Vec<Vec<u8>> = Vec::new();
+        let mut seen = |key: &[u8], value: Option<&[u8]>| match value {
+            Some(_) => !deleted.iter().any(|d| d.as_slice() == key),
+            None => {
+                deleted.push(key.to_vec());
+                false
+            }
+        };
+        if let Some(scratch) = scratch {
+            for (key, value) in scratch.range::<[u8], _>(bounds(from, to)) {
+                if seen(key, value.as_deref()) {
+                    return Ok(true);
+                }
+            }
+        }
+        for layer in &self.snapshot.layers {
+            for (key, value) in read(layer)?.range(table, from, to, self.snapshot.at) {
+                if seen(key, value) {
+                    return Ok(true);
+                }
+            }
+        }
+        // Among the engine's first `deleted + 1` entries, one not deleted is live.
+        let below = self.base.scan(table, from, to, deleted.len() + 1)?;
+        Ok(below
+            .iter()
+            .any(|(key, _)| !deleted.iter().any(|d| d == key)))
     }
 }
 
@@ -463,6 +508,11 @@ impl KvRead for Batch<'_, '_> {
             to,
             limit,
         )
+    }
+
+    fn any(&self, table: Table, from: &[u8], to: Option<&[u8]>) -> Result<bool, StoreError> {
+        self.view
+            .any_over(Some(&self.scratch.tables[table.index()]), table, from, to)
     }
 }
 
@@ -607,6 +657,20 @@ mod tests {
                 scans.push(keys(&tx.scan(Table::Jobs, &key(8), None, 3)?));
                 scans.push(keys(&tx.scan(Table::Jobs, &key(398), None, 10)?));
                 scans.push(keys(&tx.scan(Table::Jobs, &key(3), Some(&key(6)), 10)?));
+                // `any` agrees with the merged scan: for each key alone, and across runs of
+                // deletions in every source (k010..k309 are all deleted: none there).
+                let mut ranges: Vec<_> = (0..=401).map(|i| (key(i), key(i + 1))).collect();
+                ranges.extend(
+                    [(0, 3), (0, 2), (10, 310), (9, 311), (10, 311), (401, 500)]
+                        .map(|(a, b)| (key(a), key(b))),
+                );
+                for (from, to) in &ranges {
+                    let any = tx.any(Table::Jobs, from, Some(to))?;
+                    let first = tx.scan(Table::Jobs, from, Some(to), 1)?;
+                    assert_eq!(any, !first.is_empty(), "{from:?}..{to:?}");
+                }
+                assert!(!tx.any(Table::Jobs, &key(10), Some(&key(310)))?);
+                assert!(tx.any(Table::Jobs, &key(300), Some(&key(311)))?);
                 Ok(())
             })
             .expect("batch");

@@ -87,6 +87,11 @@ pub(crate) trait KvRead {
         to: Option<&[u8]>,
         limit: usize,
     ) -> Result<Entries, StoreError>;
+    /// Whether any entry has `from <= key < to`; the layers over the engine answer it without
+    /// collecting an entry.
+    fn any(&self, table: Table, from: &[u8], to: Option<&[u8]>) -> Result<bool, StoreError> {
+        Ok(!self.scan(table, from, to, 1)?.is_empty())
+    }
 }
 
 /// Write access within a transaction; reads see the transaction's own writes.

@@ -301,6 +301,13 @@ fn head_of(tx: &dyn KvRead, lane: &str, ordering_key: &str) -> Result<Option<Job
         .transpose()
 }
 
+/// Whether the key has an unfinished job in the lane (cheaper than finding which).
+fn has_unfinished(tx: &dyn KvRead, lane: &str, ordering_key: &str) -> Result<bool, StoreError> {
+    let prefix = keys::keys_prefix(lane, ordering_key);
+    let end = keys::prefix_end(&prefix);
+    tx.any(Table::Keys, &prefix, end.as_deref())
+}
+
 /// Indexes a ready job as runnable, but only if it heads its key: a job released behind a leased or
 /// dead head (a batch follower) waits until the head finishes and `promote_next` reaches it.
 fn ready_if_head(tx: &mut dyn KvWrite, job: &Job) -> Result<(), StoreError> {
@@ -350,7 +357,7 @@ fn enqueue(
         let id = Ulid::from_parts(now, fastrand::u128(..));
         let job_seq = *seq;
         *seq += 1;
-        let is_head = head_of(tx, &new.lane, &new.ordering_key)?.is_none();
+        let is_head = !has_unfinished(tx, &new.lane, &new.ordering_key)?;
         tx.put(
             Table::Keys,
             &keys::keys_key(&new.lane, &new.ordering_key, job_seq),

@@ -234,6 +234,11 @@ impl KvRead for SealedRead<'_> {
     ) -> Result<Entries, StoreError> {
         self.keys.scan_from(self.inner, table, from, to, limit)
     }
+
+    /// Keys are not sealed: the question needs no keyring.
+    fn any(&self, table: Table, from: &[u8], to: Option<&[u8]>) -> Result<bool, StoreError> {
+        self.inner.any(table, from, to)
+    }
 }
 
 /// Writes (and reads its own writes) through the keyring.
@@ -255,6 +260,11 @@ impl KvRead for SealedWrite<'_> {
         limit: usize,
     ) -> Result<Entries, StoreError> {
         self.keys.scan_from(&*self.inner, table, from, to, limit)
+    }
+
+    /// Keys are not sealed: the question needs no keyring.
+    fn any(&self, table: Table, from: &[u8], to: Option<&[u8]>) -> Result<bool, StoreError> {
+        self.inner.any(table, from, to)
     }
 }
 
