@@ -362,9 +362,7 @@ impl View<'_> {
         }
         merge_scan(sources, self.base, table, from, to, limit)
     }
-}
 
-impl View<'_> {
     /// Whether any live entry is in the range, through `scratch`, the layers and the engine, newest
     /// first: a value in one source counts unless a newer one deleted its key. Only the engine's
     /// first entries past those deletions are read, and nothing is merged or collected.
