@@ -23,7 +23,9 @@ use std::collections::btree_map::Entry;
 use std::fmt;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+
+use bytes::{Bytes, BytesMut};
 
 use super::keys::Table;
 use super::{Entries, KvEngine, KvRead, KvWrite, StoreError};
@@ -31,7 +33,22 @@ use super::{Entries, KvEngine, KvRead, KvWrite, StoreError};
 const TABLES: usize = Table::ALL.len();
 
 /// A value, or `None` where the key was deleted.
-type Value = Option<Vec<u8>>;
+type Value = Option<Bytes>;
+
+/// A batch copies its keys and values into shared chunks of this size rather than allocating each
+/// one: a row costs the writer no allocation, and freeing a layer drops a reference per row and a
+/// chunk per few dozen rows instead of freeing every key and value. A chunk is freed with the last
+/// row in it, so a layer holds at most one chunk more than its rows need.
+const CHUNK: usize = 64 << 10;
+
+/// Copies `bytes` into the arena's current chunk, starting a new one when it is full.
+fn keep(arena: &mut BytesMut, bytes: &[u8]) -> Bytes {
+    if arena.capacity() < bytes.len() {
+        *arena = BytesMut::with_capacity(CHUNK.max(bytes.len()));
+    }
+    arena.extend_from_slice(bytes);
+    arena.split().freeze()
+}
 
 /// The values a key was given in one layer, oldest first, each with the LSN of its batch. Most keys
 /// are written once per layer; that value is kept inline, one allocation fewer for the writer to make
@@ -80,7 +97,7 @@ pub(crate) type OnWrite<'a> = dyn FnMut(Table, &[u8], Option<&[u8]>) + 'a;
 /// One layer's writes: per table, key → its versions.
 #[derive(Debug, Default)]
 pub(crate) struct Layer {
-    tables: [BTreeMap<Vec<u8>, Versions>; TABLES],
+    tables: [BTreeMap<Bytes, Versions>; TABLES],
 }
 
 type Shared = Arc<RwLock<Layer>>;
@@ -111,7 +128,7 @@ impl Layer {
             .filter_map(move |(key, versions)| {
                 versions
                     .newest(at)
-                    .map(|value| (key.as_slice(), value.as_deref()))
+                    .map(|value| (&key[..], value.as_deref()))
             })
     }
 
@@ -160,7 +177,7 @@ fn read(layer: &RwLock<Layer>) -> Result<RwLockReadGuard<'_, Layer>, StoreError>
 /// (or kept) unless it succeeds.
 #[derive(Debug, Default)]
 pub(crate) struct Scratch {
-    tables: [BTreeMap<Vec<u8>, Value>; TABLES],
+    tables: [BTreeMap<Bytes, Value>; TABLES],
 }
 
 #[derive(Debug, Clone)]
@@ -176,6 +193,8 @@ pub(crate) struct Memtable {
     visible: AtomicU64,
     /// Deletions in the active layer of keys it did not have.
     hiding: AtomicUsize,
+    /// The chunk the writer's batches copy their rows into (see [`CHUNK`]).
+    arena: Mutex<BytesMut>,
 }
 
 impl fmt::Debug for Memtable {
@@ -201,6 +220,7 @@ impl Memtable {
             }),
             visible: AtomicU64::new(visible),
             hiding: AtomicUsize::new(0),
+            arena: Mutex::new(BytesMut::new()),
         }
     }
 
@@ -252,17 +272,21 @@ impl Memtable {
         f: &mut super::WriteFn<'_>,
     ) -> Result<Scratch, StoreError> {
         let mut scratch = Scratch::default();
-        self.with_view(engine, true, &mut |view| {
+        let mut arena = std::mem::take(&mut *self.arena.lock().map_err(|_| StoreError::Closed)?);
+        let outcome = self.with_view(engine, true, &mut |view| {
             let mut batch = Batch {
                 view,
                 scratch: Scratch::default(),
+                arena: std::mem::take(&mut arena),
                 record: &mut *record,
             };
-            f(&mut batch)?;
+            let outcome = f(&mut batch);
+            arena = batch.arena;
             scratch = batch.scratch;
-            Ok(())
-        })?;
-        Ok(scratch)
+            outcome
+        });
+        *self.arena.lock().map_err(|_| StoreError::Closed)? = arena;
+        outcome.map(|()| scratch)
     }
 
     /// Makes a batch's writes visible to readers.
@@ -312,7 +336,7 @@ impl KvRead for View<'_> {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         for layer in &self.snapshot.layers {
             if let Some(value) = read(layer)?.get(table, key, self.snapshot.at) {
-                return Ok(value.clone());
+                return Ok(value.as_deref().map(<[u8]>::to_vec));
             }
         }
         self.base.get(table, key)
@@ -337,7 +361,7 @@ impl View<'_> {
     /// A scan through `scratch` (a running batch's own writes, newest of all), the layers and the engine.
     fn scan_over(
         &self,
-        scratch: Option<&BTreeMap<Vec<u8>, Value>>,
+        scratch: Option<&BTreeMap<Bytes, Value>>,
         table: Table,
         from: &[u8],
         to: Option<&[u8]>,
@@ -354,7 +378,7 @@ impl View<'_> {
             sources.push(Box::new(
                 scratch
                     .range::<[u8], _>(bounds(from, to))
-                    .map(|(key, value)| (key.as_slice(), value.as_deref())),
+                    .map(|(key, value)| (&key[..], value.as_deref())),
             ));
         }
         for guard in &guards {
@@ -368,7 +392,7 @@ impl View<'_> {
     /// first entries past those deletions are read, and nothing is merged or collected.
     fn any_over(
         &self,
-        scratch: Option<&BTreeMap<Vec<u8>, Value>>,
+        scratch: Option<&BTreeMap<Bytes, Value>>,
         table: Table,
         from: &[u8],
         to: Option<&[u8]>,
@@ -481,13 +505,14 @@ fn merge_scan(
 struct Batch<'a, 'v> {
     view: &'a View<'v>,
     scratch: Scratch,
+    arena: BytesMut,
     record: &'a mut OnWrite<'a>,
 }
 
 impl KvRead for Batch<'_, '_> {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         match self.scratch.tables[table.index()].get(key) {
-            Some(value) => Ok(value.clone()),
+            Some(value) => Ok(value.as_deref().map(<[u8]>::to_vec)),
             None => self.view.get(table, key),
         }
     }
@@ -517,13 +542,15 @@ impl KvRead for Batch<'_, '_> {
 impl KvWrite for Batch<'_, '_> {
     fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         (self.record)(table, key, Some(value));
-        self.scratch.tables[table.index()].insert(key.to_vec(), Some(value.to_vec()));
+        let (key, value) = (keep(&mut self.arena, key), keep(&mut self.arena, value));
+        self.scratch.tables[table.index()].insert(key, Some(value));
         Ok(())
     }
 
     fn delete(&mut self, table: Table, key: &[u8]) -> Result<(), StoreError> {
         (self.record)(table, key, None);
-        self.scratch.tables[table.index()].insert(key.to_vec(), None);
+        let key = keep(&mut self.arena, key);
+        self.scratch.tables[table.index()].insert(key, None);
         Ok(())
     }
 }
