@@ -219,14 +219,23 @@ pub struct Job {
     pub payload: Vec<u8>,
 }
 
+/// Room reserved for a job's JSON header when encoding; a longer one grows the buffer once.
+const HEADER_ROOM: usize = 512;
+
 impl Job {
     /// Encodes as `[u32 BE header length][JSON header][payload]`.
     pub(crate) fn encode(&self) -> Vec<u8> {
-        // A struct of strings and integers always serializes.
-        let header = serde_json::to_vec(self).unwrap_or_default();
-        let mut out = Vec::with_capacity(4 + header.len() + self.payload.len());
-        out.extend_from_slice(&(header.len() as u32).to_be_bytes());
-        out.extend_from_slice(&header);
+        // The header is written in place, into room for a typical one (a few hundred bytes): one
+        // allocation per record rather than a growing buffer and a copy (the writer thread encodes
+        // every job it changes).
+        let mut out = Vec::with_capacity(4 + HEADER_ROOM + self.payload.len());
+        out.extend_from_slice(&[0; 4]);
+        // A struct of strings and integers always serializes; were it not to, the header is empty.
+        if serde_json::to_writer(&mut out, self).is_err() {
+            out.truncate(4);
+        }
+        let len = (out.len() - 4) as u32;
+        out[..4].copy_from_slice(&len.to_be_bytes());
         out.extend_from_slice(&self.payload);
         out
     }
@@ -281,6 +290,18 @@ mod tests {
     fn a_job_survives_encoding_with_binary_payload() {
         let job = sample();
         assert_eq!(Job::decode(&job.encode()), Ok(job));
+    }
+
+    #[test]
+    fn a_header_longer_than_the_room_reserved_for_it_round_trips() {
+        let mut job = sample();
+        job.last_error = Some(RecordedError::of(
+            &JobError::retryable("http_503", "x".repeat(2 * HEADER_ROOM)),
+            4,
+        ));
+        let bytes = job.encode();
+        assert!(bytes.len() > 4 + 2 * HEADER_ROOM + job.payload.len());
+        assert_eq!(Job::decode(&bytes), Ok(job));
     }
 
     #[test]
