@@ -331,6 +331,11 @@ pub struct QueueBenchArgs {
     /// Payload bytes per job.
     #[arg(long, default_value_t = 256)]
     pub payload: usize,
+    /// Repeat the enqueue measurements this many times, the producer counts taking turns in each
+    /// round, and report medians: the disk's speed drifts from minute to minute, and a ratio of two
+    /// runs minutes apart measures the drift as much as the queue.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rounds: u32,
 }
 
 #[derive(Debug, Args)]

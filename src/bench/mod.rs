@@ -19,10 +19,71 @@ use crate::queue::{Backend, KvJobStore, KvOptions, NewJob, Queue, RetryPolicies,
 struct EnqueueResult {
     backend: Backend,
     producers: usize,
+    round: u32,
     jobs: usize,
     rate: f64,
     p50_ms: f64,
     p99_ms: f64,
+}
+
+/// The median of `values` (the mean of the middle two for an even count); 0 for none.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// One row of the table per backend and producer count: medians over the rounds, and the ratio to
+/// one producer taken within each round (both rates from the same minutes of the disk).
+fn enqueue_table(enqueues: &[EnqueueResult], fsync_rate: f64, rounds: u32) -> Vec<String> {
+    let mut rows = Vec::new();
+    let mut seen = Vec::new();
+    for r in enqueues {
+        if seen.contains(&(r.backend, r.producers)) {
+            continue;
+        }
+        seen.push((r.backend, r.producers));
+        let of = |backend: Backend, producers: usize| {
+            enqueues
+                .iter()
+                .filter(move |e| e.backend == backend && e.producers == producers)
+        };
+        let runs: Vec<&EnqueueResult> = of(r.backend, r.producers).collect();
+        let ratios: Vec<f64> = runs
+            .iter()
+            .filter_map(|run| {
+                of(r.backend, 1)
+                    .find(|single| single.round == run.round)
+                    .map(|single| run.rate / single.rate)
+            })
+            .collect();
+        let ratio = match ratios.len() {
+            0 => "–".to_owned(),
+            _ if rounds == 1 => format!("{:.1}", ratios[0]),
+            _ => {
+                let (lo, hi) = ratios
+                    .iter()
+                    .fold((f64::MAX, f64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+                format!("{:.1} ({lo:.1}–{hi:.1})", median(ratios.clone()))
+            }
+        };
+        let rate = median(runs.iter().map(|run| run.rate).collect());
+        rows.push(format!(
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {} | {:.1} |",
+            r.backend.as_str(),
+            r.producers,
+            rate,
+            median(runs.iter().map(|run| run.p50_ms).collect()),
+            median(runs.iter().map(|run| run.p99_ms).collect()),
+            ratio,
+            rate / fsync_rate
+        ));
+    }
+    rows
 }
 
 struct DrainResult {
@@ -49,20 +110,29 @@ pub async fn queue(args: QueueBenchArgs) -> anyhow::Result<()> {
 
     let mut enqueues = Vec::new();
     let mut drains = Vec::new();
-    for &backend in &backends {
-        for &producers in &args.producers {
-            let r = enqueue_run(&args, backend, producers).await?;
-            println!(
-                "{:>5} {:>3} producers: {:>8.0} enqueues/s  p50 {:.2} ms  p99 {:.2} ms  ({} jobs)",
-                backend.as_str(),
-                producers,
-                r.rate,
-                r.p50_ms,
-                r.p99_ms,
-                r.jobs
-            );
-            enqueues.push(r);
+    for round in 1..=args.rounds {
+        for &backend in &backends {
+            for &producers in &args.producers {
+                let r = enqueue_run(&args, backend, producers, round).await?;
+                println!(
+                    "{}{:>5} {:>3} producers: {:>8.0} enqueues/s  p50 {:.2} ms  p99 {:.2} ms  ({} jobs)",
+                    if args.rounds > 1 {
+                        format!("round {round}: ")
+                    } else {
+                        String::new()
+                    },
+                    backend.as_str(),
+                    producers,
+                    r.rate,
+                    r.p50_ms,
+                    r.p99_ms,
+                    r.jobs
+                );
+                enqueues.push(r);
+            }
         }
+    }
+    for &backend in &backends {
         let d = drain_run(&args, backend).await?;
         println!(
             "{:>5} lease+complete: {:>8.0} jobs/s ({} jobs)",
@@ -74,25 +144,18 @@ pub async fn queue(args: QueueBenchArgs) -> anyhow::Result<()> {
     }
 
     println!();
+    if args.rounds > 1 {
+        println!(
+            "medians of {} rounds; × 1 producer: the median of each round's ratio (its range)",
+            args.rounds
+        );
+    }
     println!(
         "| backend | producers | durable enqueues/s | p50 ms | p99 ms | × 1 producer | × disk fsync rate |"
     );
     println!("|---|---|---|---|---|---|---|");
-    for r in &enqueues {
-        let single = enqueues
-            .iter()
-            .find(|s| s.backend == r.backend && s.producers == 1)
-            .map(|s| s.rate);
-        println!(
-            "| {} | {} | {:.0} | {:.2} | {:.2} | {} | {:.1} |",
-            r.backend.as_str(),
-            r.producers,
-            r.rate,
-            r.p50_ms,
-            r.p99_ms,
-            single.map_or("–".to_owned(), |s| format!("{:.1}", r.rate / s)),
-            r.rate / fsync_rate
-        );
+    for row in enqueue_table(&enqueues, fsync_rate, args.rounds) {
+        println!("{row}");
     }
     println!();
     println!("| backend | lease+complete jobs/s |");
@@ -132,6 +195,7 @@ async fn enqueue_run(
     args: &QueueBenchArgs,
     backend: Backend,
     producers: usize,
+    round: u32,
 ) -> anyhow::Result<EnqueueResult> {
     let (queue, _tmp) = open_queue(&args.dir, backend)?;
     let payload = vec![b'x'; args.payload];
@@ -181,6 +245,7 @@ async fn enqueue_run(
     Ok(EnqueueResult {
         backend,
         producers,
+        round,
         jobs: latencies.len(),
         rate: latencies.len() as f64 / elapsed.as_secs_f64(),
         p50_ms: pct(0.50),
@@ -282,4 +347,56 @@ pub(crate) fn machine() -> String {
         .map(|s| s.trim().to_owned())
         .unwrap_or_default();
     format!("{cores} cores, {cpu}, Linux {kernel}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(producers: usize, round: u32, rate: f64) -> EnqueueResult {
+        EnqueueResult {
+            backend: Backend::Redb,
+            producers,
+            round,
+            jobs: 1,
+            rate,
+            p50_ms: rate / 1000.0,
+            p99_ms: 1.0,
+        }
+    }
+
+    #[test]
+    fn the_median_takes_the_middle_value_or_the_mean_of_the_middle_two() {
+        assert_eq!(median(vec![]), 0.0);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+    }
+
+    #[test]
+    fn the_ratio_to_one_producer_is_taken_within_each_round() {
+        // The disk was fast in round 2 and slow in round 3. Each round's own ratios are 15, 25 and
+        // 30; the ratio of the two medians (45,000 / 3,000 = 15) would mix different minutes.
+        let results = [
+            run(1, 1, 3000.0),
+            run(64, 1, 45000.0),
+            run(1, 2, 4000.0),
+            run(64, 2, 100_000.0),
+            run(1, 3, 1000.0),
+            run(64, 3, 30000.0),
+        ];
+        let rows = enqueue_table(&results, 3000.0, 3);
+        assert_eq!(
+            rows,
+            [
+                "| redb | 1 | 3000 | 3.00 | 1.00 | 1.0 (1.0–1.0) | 1.0 |",
+                "| redb | 64 | 45000 | 45.00 | 1.00 | 25.0 (15.0–30.0) | 15.0 |",
+            ]
+        );
+        // One round: the plain ratio, as before rounds existed.
+        let rows = enqueue_table(&results[..2], 3000.0, 1);
+        assert_eq!(
+            rows[1],
+            "| redb | 64 | 45000 | 45.00 | 1.00 | 15.0 | 15.0 |"
+        );
+    }
 }

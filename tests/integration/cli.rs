@@ -75,3 +75,44 @@ fn version_and_help_answer() {
     assert_eq!(code, 0);
     assert!(out.contains("--config"));
 }
+
+#[test]
+fn the_queue_benchmark_runs_in_rounds_and_reports_each_rounds_ratio() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (code, out, err) = run(&[
+        "bench",
+        "queue",
+        "--backend",
+        "redb",
+        "--producers",
+        "1,4",
+        "--duration",
+        "300ms",
+        "--rounds",
+        "2",
+        "--dir",
+        dir.path().to_str().expect("path"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    for round in ["round 1:", "round 2:"] {
+        assert_eq!(
+            out.lines().filter(|l| l.starts_with(round)).count(),
+            2,
+            "{round} for each producer count:\n{out}"
+        );
+    }
+    assert!(out.contains("medians of 2 rounds"), "{out}");
+    // The ratio column holds the median of the rounds' ratios and their range.
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("| redb | 4 |"))
+        .unwrap_or_else(|| panic!("no row for 4 producers:\n{out}"));
+    let ratio = row.split('|').nth(6).expect("ratio column").trim();
+    assert!(
+        ratio.contains(" (") && ratio.contains('–') && ratio.ends_with(')'),
+        "{ratio}"
+    );
+    let (code, _, err) = run(&["bench", "queue", "--rounds", "0"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--rounds"), "{err}");
+}
