@@ -39,7 +39,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// One row of the table per backend and producer count: medians over the rounds, and the ratio to
 /// one producer taken within each round (both rates from the same minutes of the disk).
-fn enqueue_table(enqueues: &[EnqueueResult], fsync_rate: f64, rounds: u32) -> Vec<String> {
+fn enqueue_table(enqueues: &[EnqueueResult], fsync_rate: f64) -> Vec<String> {
     let mut rows = Vec::new();
     let mut seen = Vec::new();
     for r in enqueues {
@@ -61,14 +61,14 @@ fn enqueue_table(enqueues: &[EnqueueResult], fsync_rate: f64, rounds: u32) -> Ve
                     .map(|single| run.rate / single.rate)
             })
             .collect();
-        let ratio = match ratios.len() {
-            0 => "–".to_owned(),
-            _ if rounds == 1 => format!("{:.1}", ratios[0]),
+        let ratio = match ratios[..] {
+            [] => "–".to_owned(),
+            [only] => format!("{only:.1}"),
             _ => {
                 let (lo, hi) = ratios
                     .iter()
                     .fold((f64::MAX, f64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)));
-                format!("{:.1} ({lo:.1}–{hi:.1})", median(ratios.clone()))
+                format!("{:.1} ({lo:.1}–{hi:.1})", median(ratios))
             }
         };
         let rate = median(runs.iter().map(|run| run.rate).collect());
@@ -154,7 +154,7 @@ pub async fn queue(args: QueueBenchArgs) -> anyhow::Result<()> {
         "| backend | producers | durable enqueues/s | p50 ms | p99 ms | × 1 producer | × disk fsync rate |"
     );
     println!("|---|---|---|---|---|---|---|");
-    for row in enqueue_table(&enqueues, fsync_rate, args.rounds) {
+    for row in enqueue_table(&enqueues, fsync_rate) {
         println!("{row}");
     }
     println!();
@@ -384,7 +384,7 @@ mod tests {
             run(1, 3, 1000.0),
             run(64, 3, 30000.0),
         ];
-        let rows = enqueue_table(&results, 3000.0, 3);
+        let rows = enqueue_table(&results, 3000.0);
         assert_eq!(
             rows,
             [
@@ -393,7 +393,7 @@ mod tests {
             ]
         );
         // One round: the plain ratio, as before rounds existed.
-        let rows = enqueue_table(&results[..2], 3000.0, 1);
+        let rows = enqueue_table(&results[..2], 3000.0);
         assert_eq!(
             rows[1],
             "| redb | 64 | 45000 | 45.00 | 1.00 | 15.0 | 15.0 |"
