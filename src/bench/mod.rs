@@ -24,6 +24,28 @@ struct EnqueueResult {
     rate: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// The whole process's CPU time during the run (the store's threads and the producers).
+    cpu_s: f64,
+    elapsed_s: f64,
+}
+
+impl EnqueueResult {
+    fn cpu_us_per_job(&self) -> f64 {
+        if self.jobs == 0 {
+            0.0
+        } else {
+            self.cpu_s * 1e6 / self.jobs as f64
+        }
+    }
+
+    /// How many cores the process kept busy on average.
+    fn cores_busy(&self) -> f64 {
+        if self.elapsed_s > 0.0 {
+            self.cpu_s / self.elapsed_s
+        } else {
+            0.0
+        }
+    }
 }
 
 /// The median of `values` (the mean of the middle two for an even count); 0 for none.
@@ -73,14 +95,16 @@ fn enqueue_table(enqueues: &[EnqueueResult], fsync_rate: f64) -> Vec<String> {
         };
         let rate = median(runs.iter().map(|run| run.rate).collect());
         rows.push(format!(
-            "| {} | {} | {:.0} | {:.2} | {:.2} | {} | {:.1} |",
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {} | {:.1} | {:.1} | {:.2} |",
             r.backend.as_str(),
             r.producers,
             rate,
             median(runs.iter().map(|run| run.p50_ms).collect()),
             median(runs.iter().map(|run| run.p99_ms).collect()),
             ratio,
-            rate / fsync_rate
+            rate / fsync_rate,
+            median(runs.iter().map(|run| run.cpu_us_per_job()).collect()),
+            median(runs.iter().map(|run| run.cores_busy()).collect()),
         ));
     }
     rows
@@ -115,7 +139,7 @@ pub async fn queue(args: QueueBenchArgs) -> anyhow::Result<()> {
             for &producers in &args.producers {
                 let r = enqueue_run(&args, backend, producers, round).await?;
                 println!(
-                    "{}{:>5} {:>3} producers: {:>8.0} enqueues/s  p50 {:.2} ms  p99 {:.2} ms  ({} jobs)",
+                    "{}{:>5} {:>3} producers: {:>8.0} enqueues/s  p50 {:.2} ms  p99 {:.2} ms  ({} jobs; CPU {:.1} µs per job, {:.2} cores busy)",
                     if args.rounds > 1 {
                         format!("round {round}: ")
                     } else {
@@ -126,7 +150,9 @@ pub async fn queue(args: QueueBenchArgs) -> anyhow::Result<()> {
                     r.rate,
                     r.p50_ms,
                     r.p99_ms,
-                    r.jobs
+                    r.jobs,
+                    r.cpu_us_per_job(),
+                    r.cores_busy()
                 );
                 enqueues.push(r);
             }
@@ -151,9 +177,9 @@ pub async fn queue(args: QueueBenchArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "| backend | producers | durable enqueues/s | p50 ms | p99 ms | × 1 producer | × disk fsync rate |"
+        "| backend | producers | durable enqueues/s | p50 ms | p99 ms | × 1 producer | × disk fsync rate | CPU µs per job | cores busy |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for row in enqueue_table(&enqueues, fsync_rate) {
         println!("{row}");
     }
@@ -180,6 +206,17 @@ fn open_queue(dir: &Path, backend: Backend) -> anyhow::Result<(Queue, tempfile::
     Ok((queue, tmp))
 }
 
+/// CPU seconds (user + system) the process has used, from `/proc/<pid>/stat`; 0 where it cannot be read.
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let hz = rustix::param::clock_ticks_per_second() as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
 fn progress(label: String, duration: Duration) -> ProgressBar {
     let bar = ProgressBar::new(duration.as_millis() as u64);
     bar.set_style(
@@ -203,6 +240,7 @@ async fn enqueue_run(
         format!("{} {producers} producers", backend.as_str()),
         args.duration,
     );
+    let cpu_before = cpu_seconds(std::process::id());
     let start = Instant::now();
     let deadline = start + args.duration;
     let mut tasks = JoinSet::new();
@@ -235,6 +273,7 @@ async fn enqueue_run(
         }
     }
     let elapsed = start.elapsed();
+    let cpu_s = cpu_seconds(std::process::id()) - cpu_before;
     bar.finish_and_clear();
     latencies.sort();
     let pct = |p: f64| {
@@ -250,6 +289,8 @@ async fn enqueue_run(
         rate: latencies.len() as f64 / elapsed.as_secs_f64(),
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
+        cpu_s,
+        elapsed_s: elapsed.as_secs_f64(),
     })
 }
 
@@ -353,15 +394,18 @@ pub(crate) fn machine() -> String {
 mod tests {
     use super::*;
 
+    /// One second's run; the process busy 0.3, 0.4, 0.5 cores in rounds 1, 2, 3.
     fn run(producers: usize, round: u32, rate: f64) -> EnqueueResult {
         EnqueueResult {
             backend: Backend::Redb,
             producers,
             round,
-            jobs: 1,
+            jobs: rate as usize,
             rate,
             p50_ms: rate / 1000.0,
             p99_ms: 1.0,
+            cpu_s: 0.2 + f64::from(round) * 0.1,
+            elapsed_s: 1.0,
         }
     }
 
@@ -388,15 +432,35 @@ mod tests {
         assert_eq!(
             rows,
             [
-                "| redb | 1 | 3000 | 3.00 | 1.00 | 1.0 (1.0–1.0) | 1.0 |",
-                "| redb | 64 | 45000 | 45.00 | 1.00 | 25.0 (15.0–30.0) | 15.0 |",
+                "| redb | 1 | 3000 | 3.00 | 1.00 | 1.0 (1.0–1.0) | 1.0 | 100.0 | 0.40 |",
+                // CPU per job 6.7, 4.0 and 16.7 µs: the median, not the mean (9.1).
+                "| redb | 64 | 45000 | 45.00 | 1.00 | 25.0 (15.0–30.0) | 15.0 | 6.7 | 0.40 |",
             ]
         );
         // One round: the plain ratio, as before rounds existed.
         let rows = enqueue_table(&results[..2], 3000.0);
         assert_eq!(
             rows[1],
-            "| redb | 64 | 45000 | 45.00 | 1.00 | 15.0 | 15.0 |"
+            "| redb | 64 | 45000 | 45.00 | 1.00 | 15.0 | 15.0 | 6.7 | 0.30 |"
         );
+    }
+
+    #[test]
+    fn the_process_cpu_time_grows_with_work_and_is_zero_for_no_process() {
+        let pid = std::process::id();
+        let before = cpu_seconds(pid);
+        let start = Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < Duration::from_millis(300) {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+        let used = cpu_seconds(pid) - before;
+        assert!(used > 0.0, "300 ms of a busy loop used no CPU time?");
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert!(
+            used <= start.elapsed().as_secs_f64() * cores as f64 + 0.05,
+            "{used}"
+        );
+        assert_eq!(cpu_seconds(u32::MAX), 0.0);
     }
 }

@@ -112,6 +112,17 @@ fn the_queue_benchmark_runs_in_rounds_and_reports_each_rounds_ratio() {
         ratio.contains(" (") && ratio.contains('–') && ratio.ends_with(')'),
         "{ratio}"
     );
+    // The process's own CPU: per job, and how many cores it kept busy (the rest were idle).
+    let column = |n: usize| -> f64 {
+        row.split('|')
+            .nth(n)
+            .and_then(|c| c.trim().parse().ok())
+            .unwrap_or_else(|| panic!("column {n} of {row}"))
+    };
+    let (per_job, busy) = (column(8), column(9));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    assert!(per_job > 0.0, "{row}");
+    assert!(busy > 0.0 && busy <= cores + 0.1, "{row}");
     let (code, _, err) = run(&["bench", "queue", "--rounds", "0"]);
     assert_ne!(code, 0);
     assert!(err.contains("--rounds"), "{err}");
