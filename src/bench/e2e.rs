@@ -26,7 +26,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use sha2::Digest;
 
-use super::cpu_seconds;
+use super::{cpu_seconds, percentile};
 use crate::cli::E2eBenchArgs;
 
 const TOKEN: &str = "bench-token";
@@ -162,13 +162,6 @@ agency_code = "000.00.00.H56"
         ),
     )?;
     Ok(path)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 /// Requests of one dossier: the record, then `events` steps.

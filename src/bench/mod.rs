@@ -48,6 +48,14 @@ impl EnqueueResult {
     }
 }
 
+/// The value at fraction `p` of `sorted` (nearest rank); 0 for none.
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
 /// The median of `values` (the mean of the middle two for an even count); 0 for none.
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
@@ -276,19 +284,15 @@ async fn enqueue_run(
     let cpu_s = cpu_seconds(std::process::id()) - cpu_before;
     bar.finish_and_clear();
     latencies.sort();
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-    };
+    let latencies_ms: Vec<f64> = latencies.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
     Ok(EnqueueResult {
         backend,
         producers,
         round,
         jobs: latencies.len(),
         rate: latencies.len() as f64 / elapsed.as_secs_f64(),
-        p50_ms: pct(0.50),
-        p99_ms: pct(0.99),
+        p50_ms: percentile(&latencies_ms, 0.50),
+        p99_ms: percentile(&latencies_ms, 0.99),
         cpu_s,
         elapsed_s: elapsed.as_secs_f64(),
     })
@@ -407,6 +411,16 @@ mod tests {
             cpu_s: 0.2 + f64::from(round) * 0.1,
             elapsed_s: 1.0,
         }
+    }
+
+    #[test]
+    fn a_percentile_is_the_nearest_rank() {
+        assert_eq!(percentile(&[], 0.5), 0.0);
+        let hundred: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&hundred, 0.0), 1.0);
+        assert_eq!(percentile(&hundred, 0.5), 51.0);
+        assert_eq!(percentile(&hundred, 0.99), 99.0);
+        assert_eq!(percentile(&hundred, 1.0), 100.0);
     }
 
     #[test]
