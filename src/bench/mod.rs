@@ -21,7 +21,6 @@ struct EnqueueResult {
     producers: usize,
     round: u32,
     jobs: usize,
-    rate: f64,
     p50_ms: f64,
     p99_ms: f64,
     /// The whole process's CPU time during the run (the store's threads and the producers).
@@ -30,6 +29,15 @@ struct EnqueueResult {
 }
 
 impl EnqueueResult {
+    /// Durable enqueues per second.
+    fn rate(&self) -> f64 {
+        if self.elapsed_s > 0.0 {
+            self.jobs as f64 / self.elapsed_s
+        } else {
+            0.0
+        }
+    }
+
     fn cpu_us_per_job(&self) -> f64 {
         if self.jobs == 0 {
             0.0
@@ -88,7 +96,7 @@ fn enqueue_table(enqueues: &[EnqueueResult], fsync_rate: f64) -> Vec<String> {
             .filter_map(|run| {
                 of(r.backend, 1)
                     .find(|single| single.round == run.round)
-                    .map(|single| run.rate / single.rate)
+                    .map(|single| run.rate() / single.rate())
             })
             .collect();
         let ratio = match ratios[..] {
@@ -101,7 +109,7 @@ fn enqueue_table(enqueues: &[EnqueueResult], fsync_rate: f64) -> Vec<String> {
                 format!("{:.1} ({lo:.1}–{hi:.1})", median(ratios))
             }
         };
-        let rate = median(runs.iter().map(|run| run.rate).collect());
+        let rate = median(runs.iter().map(|run| run.rate()).collect());
         rows.push(format!(
             "| {} | {} | {:.0} | {:.2} | {:.2} | {} | {:.1} | {:.1} | {:.2} |",
             r.backend.as_str(),
@@ -155,7 +163,7 @@ pub async fn queue(args: QueueBenchArgs) -> anyhow::Result<()> {
                     },
                     backend.as_str(),
                     producers,
-                    r.rate,
+                    r.rate(),
                     r.p50_ms,
                     r.p99_ms,
                     r.jobs,
@@ -290,7 +298,6 @@ async fn enqueue_run(
         producers,
         round,
         jobs: latencies.len(),
-        rate: latencies.len() as f64 / elapsed.as_secs_f64(),
         p50_ms: percentile(&latencies_ms, 0.50),
         p99_ms: percentile(&latencies_ms, 0.99),
         cpu_s,
@@ -405,7 +412,6 @@ mod tests {
             producers,
             round,
             jobs: rate as usize,
-            rate,
             p50_ms: rate / 1000.0,
             p99_ms: 1.0,
             cpu_s: 0.2 + f64::from(round) * 0.1,
