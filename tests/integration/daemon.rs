@@ -3,25 +3,7 @@
 
 use std::time::Duration;
 
-use crate::helpers::{Proc, write_config};
-
-fn get(url: &str) -> (u16, String, String) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let response = reqwest::get(url).await.expect("request");
-        let status = response.status().as_u16();
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        (status, content_type, response.text().await.expect("body"))
-    })
-}
+use crate::helpers::{Proc, assert_healthy_and_ready, get, write_config};
 
 #[test]
 fn the_daemon_serves_health_and_stops_cleanly_on_sigterm() {
@@ -32,12 +14,7 @@ fn the_daemon_serves_health_and_stops_cleanly_on_sigterm() {
     let ops = daemon.listen_addr("ops_addr");
     let api = daemon.listen_addr("api_addr");
 
-    let (status, _, body) = get(&format!("http://{ops}/healthz"));
-    assert_eq!((status, body.trim()), (200, "ok"));
-    let (status, _, body) = get(&format!("http://{ops}/readyz"));
-    assert_eq!(status, 200, "{body}");
-    let ready: serde_json::Value = serde_json::from_str(&body).expect("json");
-    assert_eq!(ready["store"]["writable"], true);
+    let ready = assert_healthy_and_ready(&ops);
     assert_eq!(ready["store"]["backend"], "redb");
 
     let (status, content_type, body) = get(&format!("http://{api}/v1/nothing-here"));

@@ -22,6 +22,37 @@ pub fn repo_file(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
+/// A plain GET: status, content type and body.
+pub fn get(url: &str) -> (u16, String, String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let response = reqwest::get(url).await.expect("request");
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        (status, content_type, response.text().await.expect("body"))
+    })
+}
+
+/// `/healthz` answers "ok" and `/readyz` 200 with a writable store, on the ops listener `ops`; the
+/// readiness body, for more checks.
+pub fn assert_healthy_and_ready(ops: &str) -> serde_json::Value {
+    let (status, _, body) = get(&format!("http://{ops}/healthz"));
+    assert_eq!((status, body.trim()), (200, "ok"));
+    let (status, _, body) = get(&format!("http://{ops}/readyz"));
+    assert_eq!(status, 200, "{body}");
+    let ready: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(ready["store"]["writable"], true);
+    ready
+}
+
 /// A configuration for one test: both listeners on port 0, the store in `store_dir`.
 pub fn write_config(dir: &Path, backend: &str, store_dir: &Path, extra: &str) -> PathBuf {
     let path = dir.join("connector.toml");
@@ -70,14 +101,19 @@ impl Proc {
     }
 
     pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Proc {
-        let mut child = Command::new(binary())
-            .args(args)
-            .envs(env.iter().copied())
+        let mut command = Command::new(binary());
+        command.args(args).envs(env.iter().copied());
+        Self::spawn_command(command)
+    }
+
+    /// Any command (the daemon inside a container, for one), its output collected the same way.
+    pub fn spawn_command(mut command: Command) -> Proc {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("start dvc-connector");
+            .unwrap_or_else(|e| panic!("start {:?}: {e}", command.get_program()));
         let stdout = lines(child.stdout.take().expect("stdout"));
         let stderr = lines(child.stderr.take().expect("stderr"));
         Proc {

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod cli;
+mod container;
 mod crash;
 mod daemon;
 mod dashboard;
