@@ -15,10 +15,15 @@ use crate::helpers::{Proc, assert_healthy_and_ready, binary, repo_file, write_co
 /// The image's user (deploy/container/Dockerfile).
 const UID: u32 = 10001;
 
-/// podman as this workplace runs it: the overlay driver named, and runc, since crun refuses the
+/// The project's own image store, where `.ci/container-base` puts the base image.
+const STORE: &str = "/var/tmp/dvc-connector-podman";
+
+/// podman on the project's image store, as this workplace runs it: runc, since crun refuses the
 /// machine's hybrid cgroup hierarchy. Nothing here is needed on an ordinary Docker or podman host.
 fn podman() -> Command {
     let mut command = Command::new("podman");
+    command.arg("--root").arg(format!("{STORE}/storage"));
+    command.arg("--runroot").arg(format!("{STORE}/run"));
     command.args(["--storage-driver", "overlay", "--runtime", "runc"]);
     command
 }
