@@ -1,8 +1,8 @@
 //! The container image: `deploy/container/Dockerfile` built with podman from a context laid out as the
 //! repository's (the binary under test where the Dockerfile takes the release binary, and the
-//! repository's `.dockerignore`, which must let it through), then run: the daemon starts as its own unprivileged user, keeps its
-//! store on the volume, answers `/healthz` and `/readyz`, and `podman stop` (SIGTERM) ends it with exit
-//! status 0. `.ci/container-base` installs podman and makes the base image, since these machines reach
+//! repository's `.dockerignore`, which must let it through), then run: the daemon starts as its own
+//! unprivileged user, keeps its store on the volume, answers `/healthz` and `/readyz`, and `podman stop`
+//! (SIGTERM) ends it with exit status 0. `.ci/container-base` installs podman and makes the base image, since these machines reach
 //! Debian's archive but no image registry.
 
 use std::os::unix::fs::MetadataExt as _;
@@ -19,7 +19,8 @@ const UID: u32 = 10001;
 const STORE: &str = "/var/tmp/dvc-connector-podman";
 
 /// podman on the project's image store, as this workplace runs it: runc, since crun refuses the
-/// machine's hybrid cgroup hierarchy. Nothing here is needed on an ordinary Docker or podman host.
+/// machine's hybrid cgroup hierarchy (and builds below run their `RUN` steps in a chroot, which needs no
+/// namespaces). Nothing here is needed on an ordinary Docker or podman host.
 fn podman() -> Command {
     let mut command = Command::new("podman");
     command.arg("--root").arg(format!("{STORE}/storage"));
@@ -152,5 +153,4 @@ fn the_image_runs_the_daemon_as_its_own_user_with_the_store_on_its_volume_and_st
         "the daemon shut down in order: {:?}",
         daemon.err_lines
     );
-    drop(cleanup);
 }
