@@ -1,9 +1,9 @@
-//! The container image: `deploy/container/Dockerfile` built with podman from a context laid out as the
-//! repository's (the binary under test where the Dockerfile takes the release binary, and the
+//! The container image: `deploy/container/Dockerfile` built with podman from a context laid out as
+//! the repository's (the binary under test where the Dockerfile takes the release binary, and the
 //! repository's `.dockerignore`, which must let it through), then run: the daemon starts as its own
-//! unprivileged user, keeps its store on the volume, answers `/healthz` and `/readyz`, and `podman stop`
-//! (SIGTERM) ends it with exit status 0. `.ci/container-base` installs podman and makes the base image, since these machines reach
-//! Debian's archive but no image registry.
+//! unprivileged user, keeps its store on the volume, answers `/healthz` and `/readyz`, and
+//! `podman stop` (SIGTERM) ends it with exit status 0. `.ci/container-base` installs podman and makes
+//! the base image, since these machines reach Debian's archive but no image registry.
 
 use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
