@@ -1,5 +1,6 @@
 //! `dvc-connector bench e2e`: the whole path, as in production. The daemon runs as its own process
-//! (this binary, `run`, release build, default store, fsync on, logging at `warn`) against the portal
+//! (this binary, `run`, release build, default store, fsync on, logging at `warn`; the per-token rate
+//! limit off, or its default of 20,000 requests/s would be what is measured) against the portal
 //! simulator on loopback (no faults, no latency). Many connections drive the real API with dossiers —
 //! a `PUT` of the record, then events — and the benchmark reports accepted/s and accept latency,
 //! delivered/s (until the simulator holds every record and step), the daemon's CPU time per event, its
@@ -130,6 +131,7 @@ fn config(dir: &Path, portal: &str, concurrency: usize) -> anyhow::Result<PathBu
             r#"
 [api]
 listen = "127.0.0.1:0"
+rate_limit = 0
 [[api.tokens]]
 name = "bench"
 sha256 = "{hash}"
@@ -561,4 +563,19 @@ async fn backlog(args: &E2eBenchArgs, dir: &Path) -> anyhow::Result<()> {
         bail!("the backlog was not delivered exactly once and in order");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_daemon_under_test_has_a_valid_config_without_a_rate_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = config(dir.path(), "http://127.0.0.1:9", 32).expect("config");
+        let settings = crate::settings::load(&path, Vec::new()).expect("the bench config is valid");
+        // A limit would cap what is measured: the million-job backlog is sent faster than the default.
+        assert_eq!(settings.api.rate_limit, 0);
+        assert_eq!(settings.queue.lane_concurrency, 32);
+    }
 }
