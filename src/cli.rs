@@ -303,9 +303,10 @@ pub struct E2eBenchArgs {
     /// Concurrent client connections.
     #[arg(long, default_value_t = 64)]
     pub connections: usize,
-    /// Jobs of the portal lane running at once in the daemon.
-    #[arg(long, default_value_t = 32)]
-    pub lane_concurrency: usize,
+    /// Jobs of the portal lane running at once in the daemon [default: the daemon's own,
+    /// `queue.lane_concurrency`].
+    #[arg(long)]
+    pub lane_concurrency: Option<usize>,
     /// Also measure a backlog of this many requests accepted while the portal is down (restart, drain).
     #[arg(long, default_value_t = 0)]
     pub backlog: usize,

@@ -119,7 +119,9 @@ fn rss_mib(pid: u32) -> (f64, f64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-fn config(dir: &Path, portal: &str, concurrency: usize) -> anyhow::Result<PathBuf> {
+/// The daemon's configuration: its defaults, but for what the benchmark needs (loopback addresses, the
+/// store under `dir`, no rate limit, fast retries) and the lane concurrency if one is asked for.
+fn config(dir: &Path, portal: &str, concurrency: Option<usize>) -> anyhow::Result<PathBuf> {
     let hash: String = sha2::Sha256::digest(TOKEN.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -141,7 +143,7 @@ listen = "127.0.0.1:0"
 [store]
 path = "{store}"
 [queue]
-lane_concurrency = {concurrency}
+{concurrency}
 [queue.retry]
 base = "100ms"
 cap = "1s"
@@ -161,6 +163,7 @@ password = "dev-password"
 agency_code = "000.00.00.H56"
 "#,
             store = dir.join("store").display(),
+            concurrency = concurrency.map_or(String::new(), |n| format!("lane_concurrency = {n}")),
         ),
     )?;
     Ok(path)
@@ -391,6 +394,10 @@ pub async fn run(args: E2eBenchArgs) -> anyhow::Result<()> {
     let sim = dvc_portal::simulator::Simulator::new(Default::default());
     let portal = dvc_upstream::sim::serve(listener, dvc_portal::simulator::router(sim.clone()))?;
     let config = config(tmp.path(), &portal.base_url(), args.lane_concurrency)?;
+    let lane_concurrency = crate::settings::load(&config, Vec::new())
+        .context("the benchmark's daemon config")?
+        .queue
+        .lane_concurrency;
     let (daemon, ready_after) = Daemon::start(&config).await?;
     let pid = daemon.pid();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -451,7 +458,7 @@ pub async fn run(args: E2eBenchArgs) -> anyhow::Result<()> {
     println!("\n== bench e2e: {} ==", crate::bench::machine());
     println!(
         "workload: {} dossiers × (1 record + {} events) = {requests_total} requests over {} connections; one portal target; lane concurrency {}",
-        args.dossiers, args.events, args.connections, args.lane_concurrency
+        args.dossiers, args.events, args.connections, lane_concurrency
     );
     println!(
         "disk: 4 KiB write + fdatasync {fsync_rate:.0}/s (p50 {fsync_p50:.2} ms); one-hop ceiling {:.0} req/s (p50 {:.2} / p99 {:.2} ms)",
@@ -572,10 +579,19 @@ mod tests {
     #[test]
     fn the_daemon_under_test_has_a_valid_config_without_a_rate_limit() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = config(dir.path(), "http://127.0.0.1:9", 32).expect("config");
+        let path = config(dir.path(), "http://127.0.0.1:9", Some(4)).expect("config");
         let settings = crate::settings::load(&path, Vec::new()).expect("the bench config is valid");
         // A limit would cap what is measured: the million-job backlog is sent faster than the default.
         assert_eq!(settings.api.rate_limit, 0);
-        assert_eq!(settings.queue.lane_concurrency, 32);
+        assert_eq!(settings.queue.lane_concurrency, 4);
+    }
+
+    #[test]
+    fn without_a_lane_concurrency_the_daemon_runs_with_its_default() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = config(dir.path(), "http://127.0.0.1:9", None).expect("config");
+        let settings = crate::settings::load(&path, Vec::new()).expect("the bench config is valid");
+        // The documented default (docs/CONFIGURATION.md), as in production.
+        assert_eq!(settings.queue.lane_concurrency, 16);
     }
 }
