@@ -394,7 +394,8 @@ pub async fn run(args: E2eBenchArgs) -> anyhow::Result<()> {
     let sim = dvc_portal::simulator::Simulator::new(Default::default());
     let portal = dvc_upstream::sim::serve(listener, dvc_portal::simulator::router(sim.clone()))?;
     let config = config(tmp.path(), &portal.base_url(), args.lane_concurrency)?;
-    let lane_concurrency = crate::settings::load(&config, Vec::new())
+    // As the daemon will read it: it inherits this process's environment, overrides included.
+    let lane_concurrency = crate::settings::load(&config, std::env::vars())
         .context("the benchmark's daemon config")?
         .queue
         .lane_concurrency;
