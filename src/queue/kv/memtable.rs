@@ -419,27 +419,22 @@ impl View<'_> {
                 }
             }
         }
-        // Among the engine's first `deleted + 1` entries, one not deleted is live.
-        let below = self.base.scan(table, from, to, deleted.len() + 1)?;
-        Ok(below
-            .iter()
-            .any(|(key, _)| !deleted.iter().any(|d| d == key)))
+        // The engine's first entry not deleted above is live; at most `deleted + 1` are visited.
+        let mut live = false;
+        self.base.scan_each(table, from, to, &mut |key, _| {
+            live = !deleted.iter().any(|d| d.as_slice() == key);
+            !live
+        })?;
+        Ok(live)
     }
 }
 
 /// Entries of one layer in key order; `None` values are deletions.
 type Source<'a> = Box<dyn Iterator<Item = (&'a [u8], Option<&'a [u8]>)> + 'a>;
 
-/// The smallest key after `key`.
-fn successor(key: &[u8]) -> Vec<u8> {
-    let mut next = Vec::with_capacity(key.len() + 1);
-    next.extend_from_slice(key);
-    next.push(0);
-    next
-}
-
 /// Merges layers (newest first) over the engine's entries: for each key the newest layer that has it
-/// wins, a deletion hides it. The engine is read in pages, as far as `limit` live entries need.
+/// wins, a deletion hides it. The engine's entries are visited in place, as far as `limit` live
+/// entries need, and only those returned are copied.
 fn merge_scan(
     sources: Vec<Source<'_>>,
     base: &dyn KvRead,
@@ -448,57 +443,71 @@ fn merge_scan(
     to: Option<&[u8]>,
     limit: usize,
 ) -> Result<Entries, StoreError> {
-    // A page of the engine's entries, and where the next one starts if this one was full.
-    let page = |from: &[u8], size: usize| -> Result<_, StoreError> {
-        let entries = base.scan(table, from, to, size)?;
-        let next = (entries.len() == size)
-            .then(|| entries.last().map(|(key, _)| successor(key)))
-            .flatten();
-        Ok((entries.into_iter().peekable(), next))
-    };
     let mut sources: Vec<_> = sources.into_iter().map(Iterator::peekable).collect();
     let mut out = Vec::new();
-    let (mut base_entries, mut base_next) = page(from, limit.saturating_add(1).min(256))?;
-    while out.len() < limit {
-        if base_entries.peek().is_none()
-            && let Some(next) = base_next.take()
-        {
-            (base_entries, base_next) = page(&next, 256)?;
+    if limit == 0 {
+        return Ok(out);
+    }
+    base.scan_each(table, from, to, &mut |key, value| {
+        if merge_layers(&mut sources, Some(key), &mut out, limit) {
+            return false;
         }
-        let mut smallest: Option<&[u8]> = None;
+        // The newest layer that has the engine's key decides; without one, the engine's value stands.
+        let mut newest: Option<Option<&[u8]>> = None;
+        for source in sources.iter_mut() {
+            if source.peek().is_some_and(|(k, _)| *k == key)
+                && let Some((_, v)) = source.next()
+            {
+                newest.get_or_insert(v);
+            }
+        }
+        if let Some(value) = newest.unwrap_or(Some(value)) {
+            out.push((key.to_vec(), value.to_vec()));
+        }
+        out.len() < limit
+    })?;
+    if out.len() < limit {
+        merge_layers(&mut sources, None, &mut out, limit);
+    }
+    Ok(out)
+}
+
+/// Moves the layers' entries with keys below `below` (all, when None) to `out`, each key once from
+/// the newest layer that has it, deletions dropped; true once `out` holds `limit`.
+fn merge_layers<'a>(
+    sources: &mut [std::iter::Peekable<Source<'a>>],
+    below: Option<&[u8]>,
+    out: &mut Entries,
+    limit: usize,
+) -> bool {
+    loop {
+        if out.len() >= limit {
+            return true;
+        }
+        let mut smallest: Option<&'a [u8]> = None;
         for source in sources.iter_mut() {
             if let Some(&(key, _)) = source.peek()
+                && below.is_none_or(|b| key < b)
                 && smallest.is_none_or(|s| key < s)
             {
                 smallest = Some(key);
             }
         }
-        let smallest = match (smallest, base_entries.peek()) {
-            (Some(s), Some((b, _))) if b.as_slice() < s => b.clone(),
-            (Some(s), _) => s.to_vec(),
-            (None, Some((b, _))) => b.clone(),
-            (None, None) => break,
+        let Some(smallest) = smallest else {
+            return false;
         };
-        let mut chosen: Option<Option<Vec<u8>>> = None;
+        let mut newest: Option<Option<&[u8]>> = None;
         for source in sources.iter_mut() {
-            if source
-                .peek()
-                .is_some_and(|(key, _)| *key == smallest.as_slice())
-                && let Some((_, value)) = source.next()
+            if source.peek().is_some_and(|(k, _)| *k == smallest)
+                && let Some((_, v)) = source.next()
             {
-                chosen.get_or_insert_with(|| value.map(<[u8]>::to_vec));
+                newest.get_or_insert(v);
             }
         }
-        if base_entries.peek().is_some_and(|(key, _)| *key == smallest)
-            && let Some((_, value)) = base_entries.next()
-        {
-            chosen.get_or_insert(Some(value));
-        }
-        if let Some(Some(value)) = chosen {
-            out.push((smallest, value));
+        if let Some(Some(value)) = newest {
+            out.push((smallest.to_vec(), value.to_vec()));
         }
     }
-    Ok(out)
 }
 
 /// A running batch: its own writes over a view of the newest state.

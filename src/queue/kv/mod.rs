@@ -92,6 +92,35 @@ pub(crate) trait KvRead {
     fn any(&self, table: Table, from: &[u8], to: Option<&[u8]>) -> Result<bool, StoreError> {
         Ok(!self.scan(table, from, to, 1)?.is_empty())
     }
+    /// Visits the entries with `from <= key < to` in key order until `visit` answers false. An
+    /// engine that can lends its own bytes, so that a caller skipping most entries copies none
+    /// (the layers in memory over redb do, for every key a newer layer deleted); this default reads
+    /// pages through [`KvRead::scan`].
+    fn scan_each(
+        &self,
+        table: Table,
+        from: &[u8],
+        to: Option<&[u8]>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        const PAGE: usize = 256;
+        let mut from = from.to_vec();
+        loop {
+            let page = self.scan(table, &from, to, PAGE)?;
+            for (key, value) in &page {
+                if !visit(key, value) {
+                    return Ok(());
+                }
+            }
+            match page.last() {
+                Some((last, _)) if page.len() == PAGE => {
+                    from.clone_from(last);
+                    from.push(0);
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
 }
 
 /// Write access within a transaction; reads see the transaction's own writes.
@@ -1016,5 +1045,76 @@ mod syncer_tests {
             sync.sync_through(1).is_err(),
             "the log stays failed (fail-stop)"
         );
+    }
+}
+
+#[cfg(test)]
+mod scan_each_tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    /// An engine that only knows `scan`, so that `scan_each` is the trait's paged default.
+    struct Pages(BTreeMap<Vec<u8>, Vec<u8>>);
+
+    impl KvRead for Pages {
+        fn get(&self, _: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            Ok(self.0.get(key).cloned())
+        }
+
+        fn scan(
+            &self,
+            _: Table,
+            from: &[u8],
+            to: Option<&[u8]>,
+            limit: usize,
+        ) -> Result<Entries, StoreError> {
+            Ok(self
+                .0
+                .range(from.to_vec()..)
+                .take_while(|(k, _)| to.is_none_or(|to| k.as_slice() < to))
+                .take(limit)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect())
+        }
+    }
+
+    fn key(i: u32) -> Vec<u8> {
+        i.to_be_bytes().to_vec()
+    }
+
+    #[test]
+    fn the_paged_default_visits_every_entry_in_range_once_in_order_and_stops_when_told() {
+        let engine = Pages((0..700).map(|i| (key(i), key(i * 2))).collect());
+        let mut seen = Vec::new();
+        engine
+            .scan_each(Table::Jobs, &key(10), Some(&key(650)), &mut |k, v| {
+                seen.push((k.to_vec(), v.to_vec()));
+                true
+            })
+            .expect("scan");
+        let expected: Vec<_> = (10..650).map(|i| (key(i), key(i * 2))).collect();
+        assert_eq!(seen, expected, "640 entries over three pages, none twice");
+
+        let mut visited = 0;
+        engine
+            .scan_each(Table::Jobs, &key(0), None, &mut |_, _| {
+                visited += 1;
+                visited < 300
+            })
+            .expect("scan");
+        assert_eq!(
+            visited, 300,
+            "stops at the first false, past a page boundary"
+        );
+
+        let mut any = false;
+        engine
+            .scan_each(Table::Jobs, &key(5), Some(&key(5)), &mut |_, _| {
+                any = true;
+                true
+            })
+            .expect("scan");
+        assert!(!any, "an empty range visits nothing");
     }
 }

@@ -99,6 +99,28 @@ fn scan_table(
     Ok(out)
 }
 
+/// [`KvRead::scan_each`] over redb's own pages: nothing is copied.
+fn visit_table(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    from: &[u8],
+    to: Option<&[u8]>,
+    visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+) -> Result<(), StoreError> {
+    let range = match to {
+        Some(to) if to <= from => return Ok(()),
+        Some(to) => table.range::<&[u8]>(from..to),
+        None => table.range::<&[u8]>(from..),
+    }
+    .map_err(err)?;
+    for entry in range {
+        let (k, v) = entry.map_err(err)?;
+        if !visit(k.value(), v.value()) {
+            break;
+        }
+    }
+    Ok(())
+}
+
 struct Write<'t> {
     tables: Vec<redb::Table<'t, &'static [u8], &'static [u8]>>,
 }
@@ -126,6 +148,16 @@ impl KvRead for Write<'_> {
         limit: usize,
     ) -> Result<Entries, StoreError> {
         scan_table(self.table(table), from, to, limit)
+    }
+
+    fn scan_each(
+        &self,
+        table: Table,
+        from: &[u8],
+        to: Option<&[u8]>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        visit_table(self.table(table), from, to, visit)
     }
 }
 
@@ -178,6 +210,16 @@ impl KvRead for Read {
         limit: usize,
     ) -> Result<Entries, StoreError> {
         scan_table(self.table(table)?, from, to, limit)
+    }
+
+    fn scan_each(
+        &self,
+        table: Table,
+        from: &[u8],
+        to: Option<&[u8]>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        visit_table(self.table(table)?, from, to, visit)
     }
 }
 
