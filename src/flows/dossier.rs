@@ -624,7 +624,7 @@ impl Sync {
                 return Ok(Change::default());
             }
             let batch: Vec<StepJob> = held.into_iter().take(BATCH).collect();
-            let steps: Vec<Progress> = batch.iter().map(|s| s.progress.clone()).collect();
+            let steps: Vec<&Progress> = batch.iter().map(|s| &s.progress).collect();
             client.push_steps(&steps).await?;
             let sent: Vec<String> = batch.iter().map(|s| s.event_id.clone()).collect();
             let now = rfc3339(self.0.ctx.queue.now());
@@ -669,7 +669,7 @@ impl Sync {
             .portal
             .get(target)
             .map_or(4, |t| t.profile.does_not_exist_code);
-        let progress: Vec<Progress> = steps.iter().map(|s| s.progress.clone()).collect();
+        let progress: Vec<&Progress> = steps.iter().map(|s| &s.progress).collect();
         match client.push_steps(&progress).await {
             Ok(()) => {}
             // The target says it does not have the dossier after all: hold until a record comes.

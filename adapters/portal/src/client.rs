@@ -9,12 +9,13 @@ use std::sync::Arc;
 
 use dvc_upstream::UpstreamError;
 use dvc_upstream::http::{self, HttpOptions};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::json;
 use tokio::sync::Mutex;
 
 use crate::wire::{
-    CAP_NHAT_TIEN_DO, DONG_BO_HO_SO, DossierRecord, LoginAnswer, MAX_STEPS_PER_CALL, Progress,
-    ServiceAnswer, StatusMap, TRA_CUU_HO_SO,
+    self, CAP_NHAT_TIEN_DO, DONG_BO_HO_SO, DossierRecord, LoginAnswer, MAX_STEPS_PER_CALL,
+    Progress, ServiceAnswer, StatusMap, TRA_CUU_HO_SO,
 };
 
 /// What deployments vary on; the defaults are the spec's.
@@ -138,7 +139,9 @@ impl PortalClient {
     }
 
     async fn exists_unobserved(&self, code: &str) -> Result<bool, UpstreamError> {
-        let answer = self.call(TRA_CUU_HO_SO, json!({ "mahoso": code })).await?;
+        let answer = self
+            .call(TRA_CUU_HO_SO, &wire::LookupParams { mahoso: code })
+            .await?;
         match answer.error_code {
             0 => Ok(answer
                 .result
@@ -172,11 +175,8 @@ impl PortalClient {
         let p = &self.config.profile;
         let mut updating = assume_exists;
         for switched in [false, true] {
-            let params = json!({
-                "isUpdating": if updating { "True" } else { "False" },
-                "data": [record],
-            });
-            let answer = self.call(DONG_BO_HO_SO, params).await?;
+            let params = wire::SyncParams::new(record, updating);
+            let answer = self.call(DONG_BO_HO_SO, &params).await?;
             let wrong_guess = (!updating && answer.error_code == p.already_exists_code)
                 || (updating && answer.error_code == p.does_not_exist_code);
             match answer.error_code {
@@ -193,7 +193,10 @@ impl PortalClient {
     }
 
     /// Appends processing steps, in order. At most ten per call (the caller batches).
-    pub async fn push_steps(&self, steps: &[Progress]) -> Result<(), UpstreamError> {
+    pub async fn push_steps<S>(&self, steps: &[S]) -> Result<(), UpstreamError>
+    where
+        S: std::borrow::Borrow<Progress> + Serialize + Sync,
+    {
         dvc_upstream::observed(
             self.observer.as_ref(),
             "portal",
@@ -203,7 +206,10 @@ impl PortalClient {
         .await
     }
 
-    async fn push_unobserved(&self, steps: &[Progress]) -> Result<(), UpstreamError> {
+    async fn push_unobserved<S>(&self, steps: &[S]) -> Result<(), UpstreamError>
+    where
+        S: std::borrow::Borrow<Progress> + Serialize + Sync,
+    {
         if steps.is_empty() {
             return Ok(());
         }
@@ -217,7 +223,7 @@ impl PortalClient {
             ));
         }
         let answer = self
-            .call(CAP_NHAT_TIEN_DO, json!({ "data": steps }))
+            .call(CAP_NHAT_TIEN_DO, &wire::StepsParams { data: steps })
             .await?;
         match answer.error_code {
             0 => Ok(()),
@@ -226,12 +232,15 @@ impl PortalClient {
     }
 
     /// One service call; re-logs in once when the session has expired.
-    async fn call(&self, service: &str, params: Value) -> Result<ServiceAnswer, UpstreamError> {
+    async fn call<P: Serialize + Sync>(
+        &self,
+        service: &str,
+        params: &P,
+    ) -> Result<ServiceAnswer, UpstreamError> {
         let url = self.config.url(&self.config.profile.integration_path);
         for relogin in [false, true] {
             let session = self.session(relogin).await?;
-            let body =
-                crate::wire::envelope(&session, &self.config.agency_code, service, params.clone());
+            let body = wire::envelope(&session, &self.config.agency_code, service, params);
             let answer = self.post(&url, &body).await?;
             let answer: ServiceAnswer = serde_json::from_slice(&answer).map_err(|e| {
                 UpstreamError::retryable("json_malformed", http::mask_digit_runs(&e.to_string()))
@@ -265,7 +274,7 @@ impl PortalClient {
         ))
     }
 
-    async fn post(&self, url: &str, body: &Value) -> Result<Vec<u8>, UpstreamError> {
+    async fn post(&self, url: &str, body: &impl Serialize) -> Result<Vec<u8>, UpstreamError> {
         let mut rb = self.http.post(url).json(body);
         if !self.config.routing_code.is_empty() {
             rb = rb.header(

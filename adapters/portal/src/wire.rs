@@ -2,6 +2,7 @@
 //! names, all values strings), `error_code` that arrives as a number or a string, dates as
 //! `yyyyMMddHHmmss` in Asia/Ho_Chi_Minh, and the table from local status words to `TrangThaiHoSo` codes.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize};
@@ -57,14 +58,58 @@ pub struct ServiceAnswer {
     pub result: Option<Value>,
 }
 
-/// A service call's body: `{session, madonvi, service, …params}`.
-pub fn envelope(session: &str, agency_code: &str, service: &str, params: Value) -> Value {
-    let mut body =
-        serde_json::json!({ "session": session, "madonvi": agency_code, "service": service });
-    if let (Some(b), Value::Object(p)) = (body.as_object_mut(), params) {
-        b.extend(p);
+/// A service call's body: `{session, madonvi, service, …params}`, serialized straight from borrowed
+/// parts (no intermediate JSON tree).
+#[derive(Debug, Serialize)]
+pub struct Envelope<'a, P> {
+    pub session: &'a str,
+    pub madonvi: &'a str,
+    pub service: &'a str,
+    #[serde(flatten)]
+    pub params: &'a P,
+}
+
+pub fn envelope<'a, P: Serialize>(
+    session: &'a str,
+    agency_code: &'a str,
+    service: &'a str,
+    params: &'a P,
+) -> Envelope<'a, P> {
+    Envelope {
+        session,
+        madonvi: agency_code,
+        service,
+        params,
     }
-    body
+}
+
+/// `TraCuuHoSo`'s parameters.
+#[derive(Debug, Serialize)]
+pub struct LookupParams<'a> {
+    pub mahoso: &'a str,
+}
+
+/// `DongBoHoSoMC`'s parameters: one record, created (`"False"`) or updated (`"True"`).
+#[derive(Debug, Serialize)]
+pub struct SyncParams<'a> {
+    #[serde(rename = "isUpdating")]
+    pub is_updating: &'static str,
+    pub data: [&'a DossierRecord; 1],
+}
+
+impl<'a> SyncParams<'a> {
+    pub fn new(record: &'a DossierRecord, updating: bool) -> Self {
+        SyncParams {
+            is_updating: if updating { "True" } else { "False" },
+            data: [record],
+        }
+    }
+}
+
+/// `CapNhatTienDoHoSoMC`'s parameters: progress records, owned or borrowed.
+#[derive(Debug, Serialize)]
+pub struct StepsParams<'a, S: Borrow<Progress> + Serialize> {
+    pub data: &'a [S],
 }
 
 /// A dossier as `DongBoHoSoMC` carries it. Unknown, province-specific fields pass through in `extra`.
@@ -247,21 +292,25 @@ mod tests {
     fn the_sync_request_envelope_matches_its_golden_fixture() {
         let record: DossierRecord =
             serde_json::from_str(&fixture("dossier-record.json")).expect("record");
-        let body = envelope(
+        let params = SyncParams::new(&record, false);
+        let body = serde_json::to_value(envelope(
             "ss-0123456789abcdef",
             "000.00.00.H56",
             DONG_BO_HO_SO,
-            serde_json::json!({ "isUpdating": "False", "data": [record] }),
-        );
+            &params,
+        ))
+        .expect("json");
         let golden: Value = serde_json::from_str(&fixture("dong-bo-request.json")).expect("golden");
         assert_eq!(body, golden);
         let steps: Vec<Progress> = serde_json::from_str(&fixture("progress.json")).expect("steps");
-        let body = envelope(
+        let params = StepsParams { data: &steps };
+        let body = serde_json::to_value(envelope(
             "ss-0123456789abcdef",
             "000.00.00.H56",
             CAP_NHAT_TIEN_DO,
-            serde_json::json!({ "data": steps }),
-        );
+            &params,
+        ))
+        .expect("json");
         let golden: Value =
             serde_json::from_str(&fixture("cap-nhat-request.json")).expect("golden");
         assert_eq!(body, golden);
