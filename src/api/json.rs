@@ -78,6 +78,15 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8], lang: Lang) -> Result<T, ApiErro
             "the body is not UTF-8".into(),
         )
     })?;
+    // The common case first: a valid body parses without tracking where the parser is. Only a body
+    // that fails is parsed again, with the path kept, to name the field at fault; parsing is
+    // deterministic, so the second pass fails the same way.
+    let mut de = serde_json::Deserializer::from_str(text);
+    if let Ok(value) = <T as serde::Deserialize>::deserialize(&mut de)
+        && de.end().is_ok()
+    {
+        return Ok(value);
+    }
     let mut de = serde_json::Deserializer::from_str(text);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
