@@ -453,15 +453,7 @@ fn merge_scan(
             return false;
         }
         // The newest layer that has the engine's key decides; without one, the engine's value stands.
-        let mut newest: Option<Option<&[u8]>> = None;
-        for source in sources.iter_mut() {
-            if source.peek().is_some_and(|(k, _)| *k == key)
-                && let Some((_, v)) = source.next()
-            {
-                newest.get_or_insert(v);
-            }
-        }
-        if let Some(value) = newest.unwrap_or(Some(value)) {
+        if let Some(value) = take_newest(&mut sources, key).unwrap_or(Some(value)) {
             out.push((key.to_vec(), value.to_vec()));
         }
         out.len() < limit
@@ -496,18 +488,27 @@ fn merge_layers<'a>(
         let Some(smallest) = smallest else {
             return false;
         };
-        let mut newest: Option<Option<&[u8]>> = None;
-        for source in sources.iter_mut() {
-            if source.peek().is_some_and(|(k, _)| *k == smallest)
-                && let Some((_, v)) = source.next()
-            {
-                newest.get_or_insert(v);
-            }
-        }
-        if let Some(Some(value)) = newest {
+        if let Some(Some(value)) = take_newest(sources, smallest) {
             out.push((smallest.to_vec(), value.to_vec()));
         }
     }
+}
+
+/// Moves every layer past `key` where it stands next; the newest layer's value (`None`: deleted), or
+/// `None` when no layer has the key.
+fn take_newest<'a>(
+    sources: &mut [std::iter::Peekable<Source<'a>>],
+    key: &[u8],
+) -> Option<Option<&'a [u8]>> {
+    let mut newest = None;
+    for source in sources.iter_mut() {
+        if source.peek().is_some_and(|(k, _)| *k == key)
+            && let Some((_, value)) = source.next()
+        {
+            newest.get_or_insert(value);
+        }
+    }
+    newest
 }
 
 /// A running batch: its own writes over a view of the newest state.
