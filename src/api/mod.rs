@@ -59,50 +59,25 @@ pub(crate) fn router(state: ApiState, body_limit: usize) -> Router {
         .route("/v1/jobs/{id}/retry", post(jobs::retry))
         .route("/v1/jobs/{id}/discard", post(jobs::discard))
         .fallback(not_found)
-        .layer(axum::middleware::map_response(as_problem))
-        .layer(axum::middleware::from_fn(request_id))
         .layer(DefaultBodyLimit::max(body_limit))
-        .route_layer(axum::middleware::from_fn(move |req, next| {
-            count(metrics.clone(), req, next)
+        .layer(axum::middleware::from_fn(move |req, next| {
+            around(metrics.clone(), req, next)
         }))
         .with_state(Arc::new(state))
 }
 
-/// Counts requests by route template (never the concrete path, which holds ids), method and status.
-async fn count(
+/// What every answer goes through, in one middleware (each layer would cost every request a boxed
+/// future and a clone of the service):
+/// - `X-Request-Id`: the caller's own (up to 128 of `A–Z a–z 0–9 . _ -`) or a fresh ULID, so support
+///   can find a request in the logs, where its handling runs in a span with that id;
+/// - answers that axum produces itself (405, 413, 415, a failed extractor) become problem+json;
+/// - a request that matched a route is counted by route template (never the concrete path, which
+///   holds ids), method and status.
+async fn around(
     metrics: Option<Arc<crate::metrics::Metrics>>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let route = req
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = req.method().as_str().to_owned();
-    let started = std::time::Instant::now();
-    let response = next.run(req).await;
-    if let Some(m) = metrics {
-        let labels = crate::metrics::RequestLabels {
-            route,
-            method,
-            status: response.status().as_u16().to_string(),
-        };
-        m.api_requests.get_or_create(&labels).inc();
-        m.api_seconds
-            .get_or_create(&labels)
-            .observe(started.elapsed().as_secs_f64());
-    }
-    response
-}
-
-/// The API's OpenAPI document, for any authenticated caller (no anonymous access, as everywhere).
-async fn openapi_document(_: auth::Caller) -> axum::Json<serde_json::Value> {
-    axum::Json(openapi::document())
-}
-
-/// Every answer carries `X-Request-Id`: the caller's own (up to 128 of `A–Z a–z 0–9 . _ -`) or a fresh
-/// ULID, so support can find a request in the logs, where its handling runs in a span with that id.
-async fn request_id(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let id = req
         .headers()
         .get("x-request-id")
@@ -113,12 +88,37 @@ async fn request_id(req: axum::extract::Request, next: axum::middleware::Next) -
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
         })
         .map_or_else(|| ulid::Ulid::new().to_string(), str::to_owned);
+    let counted = metrics.and_then(|m| {
+        let route = req.extensions().get::<axum::extract::MatchedPath>()?;
+        Some((
+            m,
+            route.as_str().to_owned(),
+            req.method().as_str().to_owned(),
+        ))
+    });
+    let started = std::time::Instant::now();
     let span = tracing::debug_span!("request", request_id = %id);
-    let mut response = tracing::Instrument::instrument(next.run(req), span).await;
+    let mut response = as_problem(tracing::Instrument::instrument(next.run(req), span).await);
+    if let Some((m, route, method)) = counted {
+        let labels = crate::metrics::RequestLabels {
+            route,
+            method,
+            status: response.status().as_u16().to_string(),
+        };
+        m.api_requests.get_or_create(&labels).inc();
+        m.api_seconds
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+    }
     if let Ok(v) = header::HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", v);
     }
     response
+}
+
+/// The API's OpenAPI document, for any authenticated caller (no anonymous access, as everywhere).
+async fn openapi_document(_: auth::Caller) -> axum::Json<serde_json::Value> {
+    axum::Json(openapi::document())
 }
 
 /// The flows, or 503 when this API was built without them.
@@ -160,7 +160,7 @@ async fn not_found(lang: Lang) -> ApiError {
 }
 
 /// Answers that axum produces itself (405, 413, 415, a failed extractor) become problem+json too.
-async fn as_problem(response: Response) -> Response {
+fn as_problem(response: Response) -> Response {
     let is_problem = response
         .headers()
         .get(header::CONTENT_TYPE)
@@ -261,6 +261,103 @@ mod tests {
         assert!(
             !body.to_string().contains("Closed"),
             "no internal error text: {body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn every_answer_carries_a_request_id_and_matched_routes_are_counted_by_their_template() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let tokens = Tokens::new(vec![TokenSettings {
+            name: "ops".into(),
+            sha256: sha2::Sha256::digest(b"t").into(),
+            scopes: [Scope::Admin].into_iter().collect(),
+        }]);
+        let app = router(
+            ApiState {
+                queue: open_queue(dir.path(), None),
+                tokens: Arc::new(tokens),
+                metrics: Some(metrics.clone()),
+                flows: None,
+                limiter: None,
+            },
+            1024,
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        crate::tls::install_crypto_provider();
+        let client = reqwest::Client::new();
+        let request_id = |r: &reqwest::Response| {
+            r.headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let is_problem = |r: &reqwest::Response| {
+            r.headers()
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"))
+        };
+
+        // A matched route keeps the caller's id.
+        let r = client
+            .get(format!("http://{addr}/v1/jobs"))
+            .bearer_auth("t")
+            .header("x-request-id", "support-42")
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(request_id(&r).as_deref(), Some("support-42"));
+        // An id that is not acceptable is replaced by a fresh ULID.
+        let r = client
+            .get(format!("http://{addr}/v1/jobs/01ARZ3NDEKTSV4RRFFQ69G5FAV"))
+            .bearer_auth("t")
+            .header("x-request-id", "not an id!")
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status().as_u16(), 404);
+        let fresh = request_id(&r).expect("an id");
+        assert!(fresh.parse::<ulid::Ulid>().is_ok(), "{fresh}");
+        // No route: a problem+json 404 with an id, and not counted (the path is not a label).
+        let r = client
+            .get(format!("http://{addr}/v1/dossiers-H56-000123/unknown"))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status().as_u16(), 404);
+        assert!(is_problem(&r));
+        assert!(request_id(&r).is_some());
+        // axum's own 405 on a matched path: rewritten as problem+json, counted under the template.
+        let r = client
+            .delete(format!("http://{addr}/v1/jobs"))
+            .bearer_auth("t")
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status().as_u16(), 405);
+        assert!(is_problem(&r));
+        assert!(request_id(&r).is_some());
+
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register("api_requests", "", metrics.api_requests.clone());
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        for line in [
+            r#"api_requests_total{route="/v1/jobs",method="GET",status="200"} 1"#,
+            r#"api_requests_total{route="/v1/jobs/{id}",method="GET",status="404"} 1"#,
+            r#"api_requests_total{route="/v1/jobs",method="DELETE",status="405"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        assert_eq!(text.matches("api_requests_total{").count(), 3, "{text}");
+        assert!(
+            !text.contains("H56-000123") && !text.contains("01ARZ3"),
+            "{text}"
         );
     }
 
