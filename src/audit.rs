@@ -67,16 +67,12 @@ pub struct Entry {
     pub hash: String,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The keyed hash of a citizen ID.
 pub fn citizen_hash(key: &[u8; 32], citizen_id: &str) -> String {
     // HMAC takes a key of any length.
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts any key length");
     mac.update(citizen_id.trim().as_bytes());
-    hex(&mac.finalize().into_bytes())
+    crate::hex::encode(&mac.finalize().into_bytes())
 }
 
 /// The chain hash of an entry: SHA-256 over `prev` and the entry's JSON without its `hash`.
@@ -87,7 +83,7 @@ fn chain_hash(entry: &Entry) -> String {
     let mut h = Sha256::new();
     h.update(entry.prev.as_bytes());
     h.update(&body);
-    hex(&h.finalize())
+    crate::hex::encode(&h.finalize())
 }
 
 fn now_rfc3339(now: OffsetDateTime) -> String {

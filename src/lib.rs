@@ -21,7 +21,7 @@
 //! - [`audit`]: the hash-chained audit log of population-DB lookups, and `dvc-connector audit …`.
 //! - [`demo`]: `dvc-connector demo`, the simulators, the daemon and a day of traffic in one process.
 //! - [`upstreams`]: the upstream clients (`adapters/`) built from settings at start-up.
-//! - [`telemetry`]: logging; [`tls`]: the rustls crypto provider.
+//! - [`telemetry`]: logging; [`tls`]: the rustls crypto provider; `hex`: lowercase hex of digests.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -31,6 +31,7 @@ pub mod bench;
 pub mod cli;
 pub mod demo;
 pub mod flows;
+mod hex;
 pub mod jobs_cli;
 pub mod metrics;
 mod ops;

@@ -62,7 +62,7 @@ impl Idem {
         h.update(body);
         Ok(Some(Idem {
             key: format!("{caller}\u{1f}{key}"),
-            fingerprint: h.finalize().iter().map(|b| format!("{b:02x}")).collect(),
+            fingerprint: crate::hex::encode(&h.finalize()),
         }))
     }
 

@@ -122,10 +122,7 @@ fn rss_mib(pid: u32) -> (f64, f64) {
 /// The daemon's configuration: its defaults, but for what the benchmark needs (loopback addresses, the
 /// store under `dir`, no rate limit, fast retries) and the lane concurrency if one is asked for.
 fn config(dir: &Path, portal: &str, concurrency: Option<usize>) -> anyhow::Result<PathBuf> {
-    let hash: String = sha2::Sha256::digest(TOKEN.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hash = crate::hex::encode(&sha2::Sha256::digest(TOKEN.as_bytes()));
     let path = dir.join("bench.toml");
     std::fs::write(
         &path,

@@ -294,10 +294,7 @@ async fn full(args: DemoArgs, run: String) -> anyhow::Result<bool> {
             .with_state(received.clone()),
     )?;
     let token = format!("demo-{}", ulid::Ulid::new());
-    let hash: String = sha2::Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hash = crate::hex::encode(&sha2::Sha256::digest(token.as_bytes()));
     let path = dir.path().join("demo.toml");
     std::fs::write(
         &path,

@@ -60,12 +60,7 @@ pub fn signature(secret: &[u8], unix: u64, body: &[u8]) -> String {
     mac.update(unix.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
-    let hex: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex = crate::hex::encode(&mac.finalize().into_bytes());
     format!("t={unix},v1={hex}")
 }
 

@@ -316,7 +316,7 @@ fn cache_key(parts: &[&str]) -> String {
         h.update(p.as_bytes());
         h.update([0u8]);
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex::encode(&h.finalize())
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

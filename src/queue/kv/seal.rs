@@ -28,13 +28,13 @@ pub struct Keyring {
 
 impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let ids: Vec<String> = self.keys.iter().map(|(id, _)| hex(id)).collect();
+        let ids: Vec<String> = self
+            .keys
+            .iter()
+            .map(|(id, _)| crate::hex::encode(id))
+            .collect();
         f.debug_struct("Keyring").field("key_ids", &ids).finish()
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Keyring {
@@ -57,7 +57,7 @@ impl Keyring {
 
     /// The id of the key new writes use (hex), for logs and `check-config`.
     pub fn current_id(&self) -> String {
-        hex(&self.keys[0].0)
+        crate::hex::encode(&self.keys[0].0)
     }
 
     fn seals(table: Table) -> bool {
@@ -119,7 +119,7 @@ impl Keyring {
         let Some((_, cipher)) = self.keys.iter().find(|(k, _)| k == id) else {
             return Err(StoreError::Corrupt(format!(
                 "a value is sealed under key {} which is not configured (store.encryption_keys)",
-                hex(id)
+                crate::hex::encode(id)
             )));
         };
         cipher
