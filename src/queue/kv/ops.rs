@@ -166,17 +166,26 @@ fn complete_many(
 /// Counter changes of one batch, written once at its end instead of once per job.
 #[derive(Debug, Default)]
 pub(crate) struct Deltas {
-    counters: std::collections::HashMap<(String, JobState), i64>,
+    /// (lane, state, change). A batch touches a few lanes and states, so a list searched in place
+    /// beats a map whose key would be allocated for every operation.
+    counters: Vec<(String, JobState, i64)>,
 }
 
 impl Deltas {
     fn add(&mut self, lane: &str, state: JobState, delta: i64) {
-        *self.counters.entry((lane.to_owned(), state)).or_insert(0) += delta;
+        match self
+            .counters
+            .iter_mut()
+            .find(|(l, s, _)| *s == state && l == lane)
+        {
+            Some((_, _, sum)) => *sum += delta,
+            None => self.counters.push((lane.to_owned(), state, delta)),
+        }
     }
 
     /// Writes the accumulated counters and the next sequence number.
     pub(crate) fn flush(self, tx: &mut dyn KvWrite, seq: u64) -> Result<(), StoreError> {
-        for ((lane, state), delta) in self.counters {
+        for (lane, state, delta) in self.counters {
             if delta == 0 {
                 continue;
             }
