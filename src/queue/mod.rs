@@ -128,6 +128,9 @@ impl Queue {
             .wakers
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(waker) = wakers.get(lane) {
+            return Arc::clone(waker);
+        }
         Arc::clone(wakers.entry(lane.to_owned()).or_default())
     }
 
@@ -179,20 +182,19 @@ impl Queue {
                 )));
             }
         }
-        let labels: Vec<(String, String)> = change
+        // The jobs move into the store; their labels are what the counters and the wake-ups need.
+        let labels: Vec<crate::metrics::JobLabels> = change
             .jobs
             .iter()
-            .map(|j| (j.kind.clone(), j.lane.clone()))
+            .map(|j| crate::metrics::Metrics::job(&j.kind, &j.lane))
             .collect();
         let out = self.inner.store.commit(change, self.now()).await?;
         if let Committed::Applied { jobs, .. } = &out {
-            for ((kind, lane), enqueued) in labels.iter().zip(jobs) {
+            for (labels, enqueued) in labels.iter().zip(jobs) {
                 if let (Some(m), false) = (&self.inner.metrics, enqueued.existing) {
-                    m.enqueued
-                        .get_or_create(&crate::metrics::Metrics::job(kind, lane))
-                        .inc();
+                    m.enqueued.get_or_create(labels).inc();
                 }
-                self.waker(lane).notify_one();
+                self.waker(&labels.lane).notify_one();
             }
         }
         Ok(out)
