@@ -267,11 +267,25 @@ impl Queue {
                 self.waker(&lane).notify_one();
             }
         }
-        for (job, t) in jobs.iter().zip(&out) {
-            if let (Some(m), Transition::Applied) = (&self.inner.metrics, t) {
+        if let Some(m) = &self.inner.metrics {
+            // A batch is one kind in one lane: count each run of equal labels with one lookup.
+            let mut done = jobs
+                .iter()
+                .zip(&out)
+                .filter(|(_, t)| matches!(t, Transition::Applied))
+                .map(|(job, _)| job)
+                .peekable();
+            while let Some(first) = done.next() {
+                let mut n = 1;
+                while done
+                    .next_if(|j| j.kind == first.kind && j.lane == first.lane)
+                    .is_some()
+                {
+                    n += 1;
+                }
                 m.completed
-                    .get_or_create(&crate::metrics::Metrics::job(&job.kind, &job.lane))
-                    .inc();
+                    .get_or_create(&crate::metrics::Metrics::job(&first.kind, &first.lane))
+                    .inc_by(n);
             }
         }
         if let Some(job) = jobs.first() {

@@ -1144,3 +1144,51 @@ each_backend!(
         assert!(q.record("verification", "V1").await.is_err());
     }
 );
+
+#[tokio::test]
+async fn the_counters_count_every_job_enqueued_and_completed_by_kind_and_lane() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let store = KvJobStore::open(tmp.path(), Backend::Redb, KvOptions::default()).expect("store");
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let queue = Queue::with_metrics(
+        Arc::new(store),
+        Arc::new(ManualClock::new(START)),
+        policies(),
+        Duration::from_secs(30),
+        metrics.clone(),
+    );
+    // Four heads of four keys; the kinds alternate in commit order (test, other, test, test).
+    queue.enqueue(job("l", "A", 1)).await.expect("enqueue");
+    queue
+        .enqueue(NewJob::new("other.kind", "l", "D", b"D#1".to_vec()))
+        .await
+        .expect("enqueue");
+    queue
+        .commit(Change {
+            writes: vec![],
+            jobs: vec![job("l", "B", 1), job("l", "C", 1)],
+        })
+        .await
+        .expect("commit");
+    let leased = lease_payloads(&queue, "l").await;
+    assert_eq!(leased.len(), 4);
+    assert!(
+        queue
+            .complete_all(&leased, Change::default())
+            .await
+            .expect("complete")
+    );
+    let count = |family: &prometheus_client::metrics::family::Family<
+        crate::metrics::JobLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+                 kind: &str| {
+        family
+            .get_or_create(&crate::metrics::Metrics::job(kind, "l"))
+            .get()
+    };
+    assert_eq!(count(&metrics.enqueued, "test.kind"), 3);
+    assert_eq!(count(&metrics.enqueued, "other.kind"), 1);
+    assert_eq!(count(&metrics.completed, "test.kind"), 3);
+    assert_eq!(count(&metrics.completed, "other.kind"), 1);
+}
