@@ -192,6 +192,35 @@ mod tests {
     use crate::queue::{Backend, KvJobStore, KvOptions, NewJob, RetryPolicies, TokioClock};
     use crate::settings::{Scope, TokenSettings};
 
+    /// The admin API alone (no flows) over `queue`, with the admin token "t". Answers its address.
+    async fn serve_admin_api(
+        queue: Queue,
+        metrics: Option<Arc<crate::metrics::Metrics>>,
+    ) -> std::net::SocketAddr {
+        crate::tls::install_crypto_provider();
+        let tokens = Tokens::new(vec![TokenSettings {
+            name: "ops".into(),
+            sha256: sha2::Sha256::digest(b"t").into(),
+            scopes: [Scope::Admin].into_iter().collect(),
+        }]);
+        let app = router(
+            ApiState {
+                queue,
+                tokens: Arc::new(tokens),
+                metrics,
+                flows: None,
+                limiter: None,
+            },
+            1024,
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
     #[tokio::test]
     async fn a_store_that_cannot_write_answers_503_problem_json_and_never_200() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -219,28 +248,7 @@ mod tests {
             .await
             .expect("first commit")
             .id;
-        let tokens = Tokens::new(vec![TokenSettings {
-            name: "ops".into(),
-            sha256: sha2::Sha256::digest(b"t").into(),
-            scopes: [Scope::Admin].into_iter().collect(),
-        }]);
-        let app = router(
-            ApiState {
-                queue,
-                tokens: Arc::new(tokens),
-                metrics: None,
-                flows: None,
-                limiter: None,
-            },
-            1024,
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move { axum::serve(listener, app).await });
-
-        crate::tls::install_crypto_provider();
+        let addr = serve_admin_api(queue, None).await;
         // The second commit halts the writer, as a failing disk would.
         let response = reqwest::Client::new()
             .post(format!("http://{addr}/v1/jobs/{id}/discard"))
@@ -268,27 +276,7 @@ mod tests {
     async fn every_answer_carries_a_request_id_and_matched_routes_are_counted_by_their_template() {
         let dir = tempfile::tempdir().expect("tempdir");
         let metrics = Arc::new(crate::metrics::Metrics::default());
-        let tokens = Tokens::new(vec![TokenSettings {
-            name: "ops".into(),
-            sha256: sha2::Sha256::digest(b"t").into(),
-            scopes: [Scope::Admin].into_iter().collect(),
-        }]);
-        let app = router(
-            ApiState {
-                queue: open_queue(dir.path(), None),
-                tokens: Arc::new(tokens),
-                metrics: Some(metrics.clone()),
-                flows: None,
-                limiter: None,
-            },
-            1024,
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        crate::tls::install_crypto_provider();
+        let addr = serve_admin_api(open_queue(dir.path(), None), Some(metrics.clone())).await;
         let client = reqwest::Client::new();
         let request_id = |r: &reqwest::Response| {
             r.headers()
