@@ -190,11 +190,11 @@ impl Queue {
             .collect();
         let out = self.inner.store.commit(change, self.now()).await?;
         if let Committed::Applied { jobs, .. } = &out {
-            for (labels, enqueued) in labels.iter().zip(jobs) {
+            for (label, enqueued) in labels.iter().zip(jobs) {
                 if let (Some(m), false) = (&self.inner.metrics, enqueued.existing) {
-                    m.enqueued.get_or_create(labels).inc();
+                    m.enqueued.get_or_create(label).inc();
                 }
-                self.waker(&labels.lane).notify_one();
+                self.waker(&label.lane).notify_one();
             }
         }
         Ok(out)
