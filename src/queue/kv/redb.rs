@@ -85,16 +85,12 @@ fn scan_table(
     to: Option<&[u8]>,
     limit: usize,
 ) -> Result<Entries, StoreError> {
-    let range = match to {
-        Some(to) if to <= from => return Ok(Vec::new()),
-        Some(to) => table.range::<&[u8]>(from..to),
-        None => table.range::<&[u8]>(from..),
-    }
-    .map_err(err)?;
     let mut out = Vec::new();
-    for entry in range.take(limit) {
-        let (k, v) = entry.map_err(err)?;
-        out.push((k.value().to_vec(), v.value().to_vec()));
+    if limit > 0 {
+        visit_table(table, from, to, &mut |k, v| {
+            out.push((k.to_vec(), v.to_vec()));
+            out.len() < limit
+        })?;
     }
     Ok(out)
 }
