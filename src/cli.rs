@@ -310,6 +310,10 @@ pub struct E2eBenchArgs {
     /// Also measure a backlog of this many requests accepted while the portal is down (restart, drain).
     #[arg(long, default_value_t = 0)]
     pub backlog: usize,
+    /// How long the daemon is left without requests after the drain (the one-hop measurement runs
+    /// meanwhile) before its RSS is read again: idle after work, with its caches warm.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub settle: std::time::Duration,
     /// Directory for the temporary store; must be on the disk being measured (not tmpfs).
     #[arg(long, value_name = "DIR", default_value = "target/bench-e2e")]
     pub dir: PathBuf,

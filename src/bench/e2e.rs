@@ -4,7 +4,8 @@
 //! simulator on loopback (no faults, no latency). Many connections drive the real API with dossiers —
 //! a `PUT` of the record, then events — and the benchmark reports accepted/s and accept latency,
 //! delivered/s (until the simulator holds every record and step), the daemon's CPU time per event, its
-//! RSS idle and at peak, and the store's size per 1,000 events. For scale, the same run measures the
+//! RSS idle before the run, at peak, and idle again `--settle` after the drain (caches warm), and the
+//! store's size per 1,000 events. For scale, the same run measures the
 //! one-hop ceiling (the same requests straight to a loopback server that answers 200 without storing
 //! anything) and the disk's `4 KiB write + fdatasync` rate.
 //!
@@ -451,6 +452,8 @@ pub async fn run(args: E2eBenchArgs) -> anyhow::Result<()> {
     )
     .await?;
     ceiling.stop().await;
+    tokio::time::sleep(args.settle.saturating_sub(delivered_at.elapsed())).await;
+    let (rss_after, _) = rss_mib(pid);
 
     let lat = &accepted.latencies_ms;
     println!("\n== bench e2e: {} ==", crate::bench::machine());
@@ -479,8 +482,9 @@ pub async fn run(args: E2eBenchArgs) -> anyhow::Result<()> {
         steps as f64 / progress_calls.max(1) as f64
     );
     println!(
-        "daemon: {:.3} ms CPU per event; RSS idle {idle_rss:.1} MiB, peak {peak_rss:.1} MiB; ready {:.0} ms after start; store {:.1} KiB per 1,000 events",
+        "daemon: {:.3} ms CPU per event; RSS idle {idle_rss:.1} MiB, peak {peak_rss:.1} MiB, idle again {rss_after:.1} MiB {:.0} s after the drain; ready {:.0} ms after start; store {:.1} KiB per 1,000 events",
         cpu * 1000.0 / requests_total as f64,
+        args.settle.as_secs_f64(),
         ready_after.as_secs_f64() * 1000.0,
         store_bytes as f64 / 1024.0 / requests_total as f64 * 1000.0
     );
@@ -547,6 +551,8 @@ async fn backlog(args: &E2eBenchArgs, dir: &Path) -> anyhow::Result<()> {
     };
     let (_, peak_draining) = rss_mib(daemon.pid());
     let (missing, duplicated, disordered) = exactly_once(&sim, "L", dossiers, events);
+    tokio::time::sleep(args.settle.saturating_sub(done.elapsed())).await;
+    let (rss_after, _) = rss_mib(daemon.pid());
     println!(
         "\nbacklog: {} requests ({dossiers} dossiers × 1 record + {events} steps) accepted in {:.1} s while the portal was down; store {:.0} MiB",
         filled.accepted,
@@ -558,9 +564,10 @@ async fn backlog(args: &E2eBenchArgs, dir: &Path) -> anyhow::Result<()> {
         ready_after.as_secs_f64() * 1000.0
     );
     println!(
-        "drain: {:.1} s = {:.0} events/s; peak RSS while draining {peak_draining:.1} MiB; {missing} missing, {duplicated} duplicated, {disordered} out of order",
+        "drain: {:.1} s = {:.0} events/s; peak RSS while draining {peak_draining:.1} MiB, idle again {rss_after:.1} MiB {:.0} s after it; {missing} missing, {duplicated} duplicated, {disordered} out of order",
         (done - started).as_secs_f64(),
-        filled.accepted as f64 / (done - started).as_secs_f64()
+        filled.accepted as f64 / (done - started).as_secs_f64(),
+        args.settle.as_secs_f64()
     );
     drop(daemon);
     portal.stop().await;

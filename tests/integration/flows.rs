@@ -1050,6 +1050,8 @@ fn the_end_to_end_benchmark_delivers_everything_exactly_once_at_a_small_size() {
         "8",
         "--backlog",
         "500",
+        "--settle",
+        "1s",
         "--dir",
         dir.path().to_str().expect("path"),
     ]);
@@ -1064,9 +1066,15 @@ fn the_end_to_end_benchmark_delivers_everything_exactly_once_at_a_small_size() {
     );
     assert!(out.contains("accepted: "), "{out}");
     assert!(
-        out.lines()
-            .any(|l| l.starts_with("drain: ")
-                && l.ends_with("0 missing, 0 duplicated, 0 out of order")),
+        out.lines().any(|l| l.starts_with("daemon: ")
+            && l.contains(" MiB 1 s after the drain; ")
+            && !l.contains("idle again 0.0 MiB")),
+        "{out}"
+    );
+    assert!(
+        out.lines().any(|l| l.starts_with("drain: ")
+            && l.contains(" MiB 1 s after it; ")
+            && l.ends_with("0 missing, 0 duplicated, 0 out of order")),
         "{out}"
     );
 }
