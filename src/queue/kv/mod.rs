@@ -69,8 +69,8 @@ fn readable(version: &str) -> bool {
 /// Page cache of either engine (both default to 1 GiB). The daemon must stay within 64 MiB idle and
 /// 256 MiB holding a million jobs; jobs live on disk and only hot index pages need caching. The cache
 /// stays full once a large backlog has passed through, and costs ≈ 1.3× its size in RSS: idle again
-/// after a million-job drain the daemon held 65.8–66.6 MiB with 32 MiB, 55.1 MiB with 24 MiB, which
-/// drains ≈ 14 % slower (22.5–22.9k against 24.7–27.8k events/s; docs/BENCHMARKS.md, 2026-12-07).
+/// after a million-job drain the daemon held 65.8–66.6 MiB with 32 MiB, 55.1–55.4 MiB with 24 MiB. The
+/// drain with 24 MiB was 22.5–29.3k events/s against 24.7–27.8k with 32 (docs/BENCHMARKS.md, 2026-12-07).
 pub(crate) const CACHE_BYTES: usize = 24 << 20;
 
 /// Most operations applied in one transaction.
