@@ -69,6 +69,7 @@ impl Application {
         let path = settings.store.path.clone();
         let backend = settings.store.backend;
         let mut options = options;
+        options.cache_bytes = options.cache_bytes.or(Some(settings.store.cache_bytes));
         if options.keys.is_none() {
             options.keys = settings
                 .store
@@ -87,6 +88,7 @@ impl Application {
                     settings.store.path.display()
                 )
             })?;
+        let store_cache_bytes = store.cache_bytes().unwrap_or_default();
         let store = Arc::new(store);
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let queue = Queue::with_metrics(
@@ -228,7 +230,13 @@ impl Application {
             )?,
             serve(ops, settings.ops.tls.as_ref(), ops_router, stop)?,
         ];
-        tracing::info!(%api_addr, %ops_addr, backend = backend.as_str(), "dvc-connector started");
+        tracing::info!(
+            %api_addr,
+            %ops_addr,
+            backend = backend.as_str(),
+            store_cache_bytes,
+            "dvc-connector started"
+        );
         Ok(Self {
             api_addr,
             ops_addr,

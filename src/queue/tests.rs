@@ -1104,8 +1104,8 @@ each_backend!(
                 &sealed_dir,
                 backend,
                 KvOptions {
-                    crash: None,
                     keys: kv::Keyring::new(keys).map(Arc::new),
+                    ..Default::default()
                 },
             )
             .expect("store opens");

@@ -136,6 +136,8 @@ pub struct StoreSettings {
     /// Files holding the at-rest encryption keys (64 hex digits each), newest first; empty: values are
     /// stored as they are.
     pub encryption_key_files: Vec<PathBuf>,
+    /// The engine's page cache in bytes: faster drains of a large backlog for more memory held.
+    pub cache_bytes: usize,
 }
 
 impl StoreSettings {

@@ -123,6 +123,7 @@ pub(crate) struct RawStore {
     pub backend: Option<String>,
     pub path: Option<String>,
     pub encryption_key_files: Option<Vec<String>>,
+    pub cache: Option<toml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -155,6 +155,29 @@ fn a_relative_store_path_is_taken_from_the_files_directory() {
 }
 
 #[test]
+fn the_store_cache_is_a_size_of_at_least_a_mebibyte_from_the_file_or_the_environment() {
+    let (_dir, path) = write_config("[store]\npath = \"q\"\n");
+    let settings = load(&path, no_env()).expect("loads");
+    assert_eq!(settings.store.cache_bytes, crate::queue::kv::CACHE_BYTES);
+
+    let (_dir, path) = write_config("[store]\npath = \"q\"\ncache = \"96MiB\"\n");
+    let settings = load(&path, no_env()).expect("loads");
+    assert_eq!(settings.store.cache_bytes, 96 << 20);
+    let env = vec![("DVC_CONNECTOR__STORE__CACHE".to_owned(), "8MiB".to_owned())];
+    let settings = load(&path, env).expect("loads");
+    assert_eq!(settings.store.cache_bytes, 8 << 20);
+
+    for bad in ["\"512KiB\"", "\"lots\"", "0", "true"] {
+        let (_dir, path) = write_config(&format!("[store]\npath = \"q\"\ncache = {bad}\n"));
+        let errors = load(&path, no_env()).expect_err(bad);
+        assert!(
+            errors.0.iter().any(|e| e.key == "store.cache"),
+            "{bad}: {errors}"
+        );
+    }
+}
+
+#[test]
 fn a_file_that_is_not_toml_says_so() {
     let (_dir, path) = write_config("[store\npath = 1");
     let errors = load(&path, no_env()).expect_err("syntax");

@@ -536,10 +536,26 @@ pub(super) fn settings(raw: RawSettings, base_dir: &Path, problems: &mut Problem
             c.fail(&format!("store.encryption_key_files[{i}]"), message);
         }
     }
+    let default_cache = crate::queue::kv::CACHE_BYTES;
+    let cache_bytes = match &raw.store.cache {
+        None => default_cache,
+        Some(v) => match parse_size(v) {
+            Ok(n) if n >= 1 << 20 => n,
+            Ok(_) => {
+                c.fail("store.cache", "expected at least 1MiB");
+                default_cache
+            }
+            Err(m) => {
+                c.fail("store.cache", m);
+                default_cache
+            }
+        },
+    };
     let store = StoreSettings {
         backend,
         path,
         encryption_key_files,
+        cache_bytes,
     };
 
     let q = &raw.queue;

@@ -30,6 +30,36 @@ fn the_daemon_serves_health_and_stops_cleanly_on_sigterm() {
     assert!(daemon.err_lines.iter().any(|l| l.contains("\"stopped\"")));
 }
 
+/// `store.cache` reaches the engine: the store reports the cache it opened with, and the daemon logs it.
+#[test]
+fn the_store_opens_with_the_configured_page_cache() {
+    let default = dvc_connector::queue::kv::CACHE_BYTES.to_string();
+    let eight = (8usize << 20).to_string();
+    for (backend, cache, want) in [
+        ("redb", None, default.as_str()),
+        ("redb", Some("8MiB"), eight.as_str()),
+        ("sled", Some("8MiB"), eight.as_str()),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = write_config(dir.path(), backend, &dir.path().join("store"), "");
+        let env: Vec<(&str, &str)> = cache
+            .map(|c| ("DVC_CONNECTOR__STORE__CACHE", c))
+            .into_iter()
+            .collect();
+        let mut daemon =
+            Proc::spawn_with_env(&["run", "--config", config.to_str().expect("path")], &env);
+        let line = daemon
+            .wait_for("dvc-connector started", true, Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("{backend}: did not start: {:?}", daemon.err_lines));
+        let log: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+        assert_eq!(
+            log["store_cache_bytes"].to_string(),
+            want,
+            "{backend} {cache:?}: {line}"
+        );
+    }
+}
+
 #[test]
 fn a_store_of_an_unknown_format_is_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -571,7 +571,7 @@ mod tests {
     use crate::queue::kv::redb::RedbEngine;
 
     fn engine(dir: &std::path::Path) -> RedbEngine {
-        RedbEngine::open(&dir.join("queue.redb")).expect("redb")
+        RedbEngine::open(&dir.join("queue.redb"), super::super::CACHE_BYTES).expect("redb")
     }
 
     /// Applies one batch at `lsn` and makes it visible.

@@ -66,12 +66,13 @@ fn readable(version: &str) -> bool {
     matches!(version, "1" | "2") || version == FORMAT_VERSION.to_string()
 }
 
-/// Page cache of either engine (both default to 1 GiB). The daemon must stay within 64 MiB idle and
+/// Page cache of either engine unless `store.cache` says otherwise (both engines default to 1 GiB).
+/// The daemon must stay within 64 MiB idle and
 /// 256 MiB holding a million jobs; jobs live on disk and only hot index pages need caching. The cache
 /// stays full once a large backlog has passed through, and costs ≈ 1.3× its size in RSS: idle again
 /// after a million-job drain the daemon held 65.8–66.6 MiB with 32 MiB, 55.1–55.4 MiB with 24 MiB. The
 /// drain with 24 MiB was 22.5–29.3k events/s against 24.7–27.8k with 32 (docs/BENCHMARKS.md, 2026-12-07).
-pub(crate) const CACHE_BYTES: usize = 24 << 20;
+pub const CACHE_BYTES: usize = 24 << 20;
 
 /// Most operations applied in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -245,6 +246,8 @@ pub struct KvOptions {
     pub crash: Option<CrashPlan>,
     /// Seal job and record values with these keys (newest first); None stores them as they are.
     pub keys: Option<Arc<Keyring>>,
+    /// The engine's page cache in bytes (`store.cache`); None: [`CACHE_BYTES`].
+    pub cache_bytes: Option<usize>,
 }
 
 struct Pending {
@@ -261,6 +264,8 @@ pub struct KvJobStore {
     /// The writer, then the syncer.
     threads: Mutex<Vec<JoinHandle<()>>>,
     unreplayed: usize,
+    /// The engine's page cache as opened for writing (None: read-only, the engine's own default).
+    cache_bytes: Option<usize>,
 }
 
 impl Debug for KvJobStore {
@@ -283,9 +288,10 @@ impl KvJobStore {
         let io = |e: std::io::Error| StoreError::Io(format!("{}: {e}", dir.display()));
         std::fs::create_dir_all(dir).map_err(io)?;
         check_or_write_marker(dir, backend, true)?;
+        let cache = options.cache_bytes.unwrap_or(CACHE_BYTES);
         let engine: Arc<dyn KvEngine> = match backend {
-            Backend::Redb => Arc::new(redb::RedbEngine::open(&dir.join("queue.redb"))?),
-            Backend::Sled => Arc::new(sled::SledEngine::open(&dir.join("sled"))?),
+            Backend::Redb => Arc::new(redb::RedbEngine::open(&dir.join("queue.redb"), cache)?),
+            Backend::Sled => Arc::new(sled::SledEngine::open(&dir.join("sled"), cache)?),
         };
         // redb's durable commit rewrites scattered pages, so redb gets the write-ahead log; sled is
         // log-structured already and syncs its own log (with ours too it was slower: docs/STORE.md).
@@ -378,6 +384,7 @@ impl KvJobStore {
             sender: Mutex::new(Some(sender)),
             threads: Mutex::new(vec![writer, syncer]),
             unreplayed: 0,
+            cache_bytes: Some(cache),
         })
     }
 
@@ -434,7 +441,13 @@ impl KvJobStore {
             sender: Mutex::new(None),
             threads: Mutex::new(Vec::new()),
             unreplayed,
+            cache_bytes: None,
         })
+    }
+
+    /// The page cache the engine was opened with (`store.cache`); None for a read-only store.
+    pub fn cache_bytes(&self) -> Option<usize> {
+        self.cache_bytes
     }
 
     /// Batches in the write-ahead log that a read-only store cannot see (only the daemon replays the

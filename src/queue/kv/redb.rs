@@ -40,11 +40,11 @@ pub(crate) struct RedbEngine {
 }
 
 impl RedbEngine {
-    pub(crate) fn open(path: &Path) -> Result<Self, StoreError> {
+    pub(crate) fn open(path: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
         // redb's default page cache is 1 GiB: far beyond the daemon's memory budget (≤ 256 MiB with a
         // million jobs queued). Jobs stay on disk; the cache holds the hot index pages.
         let db = redb::Builder::new()
-            .set_cache_size(super::CACHE_BYTES)
+            .set_cache_size(cache_bytes)
             .create(path)
             .map_err(|e| match e {
                 redb::DatabaseError::DatabaseAlreadyOpen => {

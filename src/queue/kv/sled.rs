@@ -26,7 +26,7 @@ pub(crate) struct SledEngine {
 }
 
 impl SledEngine {
-    pub(crate) fn open(path: &Path) -> Result<Self, StoreError> {
+    pub(crate) fn open(path: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
         // sled releases its file lock from a background thread after the last handle is dropped, so a
         // store reopened within the same process can find it still locked for a moment; a store held
         // by another process stays locked and is reported after the wait.
@@ -34,7 +34,7 @@ impl SledEngine {
         let tree = loop {
             match sled::Config::new()
                 .path(path)
-                .cache_capacity(super::CACHE_BYTES as u64)
+                .cache_capacity(cache_bytes as u64)
                 .open()
             {
                 Ok(tree) => break tree,

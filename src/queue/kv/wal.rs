@@ -1186,8 +1186,13 @@ mod checkpoint_tests {
 
     /// A log over a redb engine in `dir`, checkpointing every `every`.
     fn open_redb(dir: &Path, every: std::time::Duration) -> (Arc<dyn KvEngine>, WalEngine) {
-        let engine: Arc<dyn KvEngine> =
-            Arc::new(super::super::redb::RedbEngine::open(&dir.join("queue.redb")).expect("redb"));
+        let engine: Arc<dyn KvEngine> = Arc::new(
+            super::super::redb::RedbEngine::open(
+                &dir.join("queue.redb"),
+                super::super::CACHE_BYTES,
+            )
+            .expect("redb"),
+        );
         let wal = WalEngine::open_with(Arc::clone(&engine), dir, CAPACITY, every).expect("open");
         (engine, wal)
     }
