@@ -213,6 +213,11 @@ mod tests {
             },
             1024,
         );
+        serve(app).await
+    }
+
+    /// Serves `app` on a loopback port of its own; answers the address.
+    async fn serve(app: Router) -> std::net::SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -290,43 +295,42 @@ mod tests {
                 .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"))
         };
 
+        let send = async |method: reqwest::Method, path: &str, id: Option<&str>| {
+            let mut request = client
+                .request(method, format!("http://{addr}{path}"))
+                .bearer_auth("t");
+            if let Some(id) = id {
+                request = request.header("x-request-id", id);
+            }
+            request.send().await.expect("request")
+        };
+
         // A matched route keeps the caller's id.
-        let r = client
-            .get(format!("http://{addr}/v1/jobs"))
-            .bearer_auth("t")
-            .header("x-request-id", "support-42")
-            .send()
-            .await
-            .expect("request");
+        let r = send(reqwest::Method::GET, "/v1/jobs", Some("support-42")).await;
         assert_eq!(r.status().as_u16(), 200);
         assert_eq!(request_id(&r).as_deref(), Some("support-42"));
         // An id that is not acceptable is replaced by a fresh ULID.
-        let r = client
-            .get(format!("http://{addr}/v1/jobs/01ARZ3NDEKTSV4RRFFQ69G5FAV"))
-            .bearer_auth("t")
-            .header("x-request-id", "not an id!")
-            .send()
-            .await
-            .expect("request");
+        let r = send(
+            reqwest::Method::GET,
+            "/v1/jobs/01ARZ3NDEKTSV4RRFFQ69G5FAV",
+            Some("not an id!"),
+        )
+        .await;
         assert_eq!(r.status().as_u16(), 404);
         let fresh = request_id(&r).expect("an id");
         assert!(fresh.parse::<ulid::Ulid>().is_ok(), "{fresh}");
         // No route: a problem+json 404 with an id, and not counted (the path is not a label).
-        let r = client
-            .get(format!("http://{addr}/v1/dossiers-H56-000123/unknown"))
-            .send()
-            .await
-            .expect("request");
+        let r = send(
+            reqwest::Method::GET,
+            "/v1/dossiers-H56-000123/unknown",
+            None,
+        )
+        .await;
         assert_eq!(r.status().as_u16(), 404);
         assert!(is_problem(&r));
         assert!(request_id(&r).is_some());
         // axum's own 405 on a matched path: rewritten as problem+json, counted under the template.
-        let r = client
-            .delete(format!("http://{addr}/v1/jobs"))
-            .bearer_auth("t")
-            .send()
-            .await
-            .expect("request");
+        let r = send(reqwest::Method::DELETE, "/v1/jobs", None).await;
         assert_eq!(r.status().as_u16(), 405);
         assert!(is_problem(&r));
         assert!(request_id(&r).is_some());
@@ -513,11 +517,7 @@ agency_code = "A"
             },
             1024,
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let addr = serve(app).await;
         let client = reqwest::Client::new();
         let call = |secret: &'static str| {
             client
