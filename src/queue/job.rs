@@ -1,10 +1,13 @@
 //! The job record and the values that travel with it.
 //!
-//! A job is stored as one value: a length-prefixed JSON header followed by the raw payload bytes, so the
-//! payload (the flow's own encoding, later encrypted at rest) never has to be re-encoded as JSON text.
+//! A job is stored as one value: a binary header followed by the raw payload bytes, so the payload (the
+//! flow's own encoding, encrypted at rest when sealing is on) is never re-encoded. Stores of formats 1–3
+//! wrote the header as length-prefixed JSON; [`Job::decode`] still reads those records.
 
 use serde::{Deserialize, Serialize};
 use ulid::Ulid;
+
+use super::cursor::{Cursor, put_sized};
 
 /// Sortable job identifier (ULID: creation time, then randomness).
 pub type JobId = Ulid;
@@ -93,6 +96,27 @@ pub enum DeadReason {
 }
 
 impl DeadReason {
+    const ALL: [DeadReason; 3] = [
+        DeadReason::PermanentError,
+        DeadReason::AttemptsExhausted,
+        DeadReason::MaxAgeExceeded,
+    ];
+
+    /// The byte a stored record keeps the reason as.
+    fn code(self) -> u8 {
+        match self {
+            DeadReason::PermanentError => 1,
+            DeadReason::AttemptsExhausted => 2,
+            DeadReason::MaxAgeExceeded => 3,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<DeadReason> {
+        DeadReason::ALL
+            .into_iter()
+            .find(|reason| reason.code() == code)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             DeadReason::PermanentError => "permanent_error",
@@ -219,41 +243,229 @@ pub struct Job {
     pub payload: Vec<u8>,
 }
 
-/// Room reserved for a job's JSON header when encoding; a longer one grows the buffer once.
-const HEADER_ROOM: usize = 512;
+/// First byte of a record in the binary layout written since store format 4. A record written before
+/// starts with its JSON header's length as a big-endian `u32`, whose first byte is 0 for any header
+/// under 16 MiB, so the two layouts cannot be mistaken for each other and both stay readable.
+const BINARY: u8 = 1;
+
+/// Which optional fields follow the fixed part of a binary record.
+const IDEMPOTENCY_KEY: u8 = 1;
+const LEASE_TOKEN: u8 = 1 << 1;
+const LEASE_EXPIRES_AT: u8 = 1 << 2;
+const LAST_ERROR: u8 = 1 << 3;
+const FINISHED_AT: u8 = 1 << 4;
+const DEAD_REASON: u8 = 1 << 5;
+
+/// The fixed part: tag, id, seq, state, flags, attempts and four times.
+const FIXED_LEN: usize = 1 + 16 + 8 + 1 + 1 + 4 + 4 * 8;
 
 impl Job {
-    /// Encodes as `[u32 BE header length][JSON header][payload]`.
+    /// Encodes the record the store keeps: a binary header, then the payload's bytes unchanged.
+    ///
+    /// Layout (integers little-endian, strings as a `u32` length then UTF-8): the tag [`BINARY`], the id
+    /// (16 bytes), `seq`, the state's code, a flag byte for the optional fields present, `attempts`,
+    /// `next_attempt_at`, `created_at`, `updated_at`, `queued_at`, then `kind`, `lane`,
+    /// `ordering_key`, then the optional fields in flag order (`idempotency_key`; `lease_token`;
+    /// `lease_expires_at`; `last_error` as its class code, code, message and time; `finished_at`; the
+    /// dead reason's code), then the payload to the end. The writer thread encodes every job it changes
+    /// and every lease and completion decodes one: this replaced a JSON header that cost about an
+    /// eighth of the daemon's instructions (docs/BENCHMARKS.md).
     pub(crate) fn encode(&self) -> Vec<u8> {
-        // The header is written in place, into room for a typical one (a few hundred bytes): one
-        // allocation per record rather than a growing buffer and a copy (the writer thread encodes
-        // every job it changes).
-        let mut out = Vec::with_capacity(4 + HEADER_ROOM + self.payload.len());
-        out.extend_from_slice(&[0; 4]);
-        // A struct of strings and integers always serializes; were it not to, the header is empty.
-        if serde_json::to_writer(&mut out, self).is_err() {
-            out.truncate(4);
+        let strings = self.kind.len()
+            + self.lane.len()
+            + self.ordering_key.len()
+            + self.idempotency_key.as_ref().map_or(0, |k| 4 + k.len())
+            + self
+                .last_error
+                .as_ref()
+                .map_or(0, |e| 1 + 8 + 8 + e.code.len() + e.message.len());
+        let mut out =
+            Vec::with_capacity(FIXED_LEN + 3 * 4 + strings + 3 * 8 + 1 + self.payload.len());
+        let flags = [
+            (self.idempotency_key.is_some(), IDEMPOTENCY_KEY),
+            (self.lease_token.is_some(), LEASE_TOKEN),
+            (self.lease_expires_at.is_some(), LEASE_EXPIRES_AT),
+            (self.last_error.is_some(), LAST_ERROR),
+            (self.finished_at.is_some(), FINISHED_AT),
+            (self.dead_reason.is_some(), DEAD_REASON),
+        ]
+        .into_iter()
+        .filter(|(present, _)| *present)
+        .fold(0, |flags, (_, flag)| flags | flag);
+        out.push(BINARY);
+        out.extend_from_slice(&self.id.to_bytes());
+        out.extend_from_slice(&self.seq.to_le_bytes());
+        out.push(self.state.code());
+        out.push(flags);
+        out.extend_from_slice(&self.attempts.to_le_bytes());
+        for time in [
+            self.next_attempt_at,
+            self.created_at,
+            self.updated_at,
+            self.queued_at,
+        ] {
+            out.extend_from_slice(&time.to_le_bytes());
         }
-        let len = (out.len() - 4) as u32;
-        out[..4].copy_from_slice(&len.to_be_bytes());
+        for text in [&self.kind, &self.lane, &self.ordering_key] {
+            put_sized(&mut out, text.as_bytes());
+        }
+        if let Some(key) = &self.idempotency_key {
+            put_sized(&mut out, key.as_bytes());
+        }
+        for value in [self.lease_token, self.lease_expires_at]
+            .into_iter()
+            .flatten()
+        {
+            out.extend_from_slice(&value.to_le_bytes());
+        }
+        if let Some(error) = &self.last_error {
+            out.push(class_code(error.class));
+            put_sized(&mut out, error.code.as_bytes());
+            put_sized(&mut out, error.message.as_bytes());
+            out.extend_from_slice(&error.at.to_le_bytes());
+        }
+        if let Some(at) = self.finished_at {
+            out.extend_from_slice(&at.to_le_bytes());
+        }
+        if let Some(reason) = self.dead_reason {
+            out.push(reason.code());
+        }
         out.extend_from_slice(&self.payload);
         out
     }
 
+    /// Decodes a record of either layout: binary (format 4) or a JSON header (formats 1–3).
     pub(crate) fn decode(bytes: &[u8]) -> Result<Job, String> {
-        let len_bytes: [u8; 4] = bytes
-            .get(..4)
-            .and_then(|b| b.try_into().ok())
-            .ok_or("job record shorter than its header length")?;
-        let len = u32::from_be_bytes(len_bytes) as usize;
-        let header = bytes
-            .get(4..4 + len)
-            .ok_or("job record shorter than its header")?;
-        let mut job: Job =
-            serde_json::from_slice(header).map_err(|e| format!("job header: {e}"))?;
-        job.payload = bytes[4 + len..].to_vec();
-        Ok(job)
+        match bytes.first() {
+            Some(&BINARY) => decode_binary(bytes),
+            _ => decode_json(bytes),
+        }
     }
+}
+
+fn decode_binary(bytes: &[u8]) -> Result<Job, String> {
+    let mut c = Cursor::new(&bytes[1..]);
+    let short = |what: &str| format!("job record ends inside its {what}");
+    let text = |c: &mut Cursor<'_>, what: &str| -> Result<String, String> {
+        let raw = c.sized().ok_or_else(|| short(what))?;
+        String::from_utf8(raw.to_vec()).map_err(|_| format!("job record's {what} is not UTF-8"))
+    };
+    let id = Ulid::from_bytes(
+        c.take(16)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| short("id"))?,
+    );
+    let seq = c.u64().ok_or_else(|| short("seq"))?;
+    let code = c.u8().ok_or_else(|| short("state"))?;
+    let state = JobState::from_code(code)
+        .ok_or_else(|| format!("job record's state code {code} is unknown"))?;
+    let flags = c.u8().ok_or_else(|| short("flags"))?;
+    if flags >> 6 != 0 {
+        return Err(format!(
+            "job record's flags {flags:#04x} name fields this build does not know"
+        ));
+    }
+    let attempts = c.u32().ok_or_else(|| short("attempts"))?;
+    let mut times = [0; 4];
+    for time in &mut times {
+        *time = c.u64().ok_or_else(|| short("times"))?;
+    }
+    let [next_attempt_at, created_at, updated_at, queued_at] = times;
+    let kind = text(&mut c, "kind")?;
+    let lane = text(&mut c, "lane")?;
+    let ordering_key = text(&mut c, "ordering key")?;
+    let has = |flag: u8| flags & flag != 0;
+    let idempotency_key = match has(IDEMPOTENCY_KEY) {
+        true => Some(text(&mut c, "idempotency key")?),
+        false => None,
+    };
+    let mut optional_u64 = |flag: u8, what: &str| match has(flag) {
+        true => c.u64().map(Some).ok_or_else(|| short(what)),
+        false => Ok(None),
+    };
+    let lease_token = optional_u64(LEASE_TOKEN, "lease token")?;
+    let lease_expires_at = optional_u64(LEASE_EXPIRES_AT, "lease expiry")?;
+    let last_error = match has(LAST_ERROR) {
+        true => {
+            let code = c.u8().ok_or_else(|| short("error class"))?;
+            let class = class_from_code(code)
+                .ok_or_else(|| format!("job record's error class code {code} is unknown"))?;
+            Some(RecordedError {
+                class,
+                code: text(&mut c, "error code")?,
+                message: text(&mut c, "error message")?,
+                at: c.u64().ok_or_else(|| short("error time"))?,
+            })
+        }
+        false => None,
+    };
+    let finished_at = match has(FINISHED_AT) {
+        true => Some(c.u64().ok_or_else(|| short("finish time"))?),
+        false => None,
+    };
+    let dead_reason = match has(DEAD_REASON) {
+        true => {
+            let code = c.u8().ok_or_else(|| short("dead reason"))?;
+            Some(
+                DeadReason::from_code(code)
+                    .ok_or_else(|| format!("job record's dead reason code {code} is unknown"))?,
+            )
+        }
+        false => None,
+    };
+    Ok(Job {
+        id,
+        seq,
+        kind,
+        lane,
+        ordering_key,
+        idempotency_key,
+        state,
+        attempts,
+        next_attempt_at,
+        lease_token,
+        lease_expires_at,
+        last_error,
+        created_at,
+        updated_at,
+        queued_at,
+        finished_at,
+        dead_reason,
+        payload: c.rest.to_vec(),
+    })
+}
+
+/// A record of store formats 1–3: `[u32 BE header length][JSON header][payload]`.
+fn decode_json(bytes: &[u8]) -> Result<Job, String> {
+    let len_bytes: [u8; 4] = bytes
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .ok_or("job record shorter than its header length")?;
+    let len = u32::from_be_bytes(len_bytes) as usize;
+    let header = bytes
+        .get(4..4 + len)
+        .ok_or("job record shorter than its header")?;
+    let mut job: Job = serde_json::from_slice(header).map_err(|e| format!("job header: {e}"))?;
+    job.payload = bytes[4 + len..].to_vec();
+    Ok(job)
+}
+
+fn class_code(class: ErrorClass) -> u8 {
+    match class {
+        ErrorClass::Retryable => 1,
+        ErrorClass::Permanent => 2,
+        ErrorClass::Auth => 3,
+    }
+}
+
+fn class_from_code(code: u8) -> Option<ErrorClass> {
+    [
+        ErrorClass::Retryable,
+        ErrorClass::Permanent,
+        ErrorClass::Auth,
+    ]
+    .into_iter()
+    .find(|class| class_code(*class) == code)
 }
 
 #[cfg(test)]
@@ -292,24 +504,102 @@ mod tests {
         assert_eq!(Job::decode(&job.encode()), Ok(job));
     }
 
+    /// Every combination of the optional fields, so that no flag reads another's bytes.
     #[test]
-    fn a_header_longer_than_the_room_reserved_for_it_round_trips() {
-        let mut job = sample();
-        job.last_error = Some(RecordedError::of(
-            &JobError::retryable("http_503", "x".repeat(2 * HEADER_ROOM)),
-            4,
-        ));
-        let bytes = job.encode();
-        assert!(bytes.len() > 4 + 2 * HEADER_ROOM + job.payload.len());
-        assert_eq!(Job::decode(&bytes), Ok(job));
+    fn every_combination_of_optional_fields_round_trips() {
+        for mask in 0u8..64 {
+            let mut job = sample();
+            let on = |bit: u8| mask & (1 << bit) != 0;
+            job.idempotency_key = on(0).then(|| "idem-é".to_owned());
+            job.lease_token = on(1).then_some(u64::MAX);
+            job.lease_expires_at = on(2).then_some(6);
+            job.last_error =
+                on(3).then(|| RecordedError::of(&JobError::auth("http_401", "x".repeat(5_000)), 4));
+            job.finished_at = on(4).then_some(9);
+            job.dead_reason = on(5).then_some(DeadReason::MaxAgeExceeded);
+            job.payload = vec![b'{'; usize::from(mask)];
+            let bytes = job.encode();
+            assert_eq!(Job::decode(&bytes), Ok(job), "mask {mask:#b}");
+        }
+    }
+
+    #[test]
+    fn every_state_error_class_and_dead_reason_round_trips() {
+        for state in JobState::ALL {
+            for class in [
+                ErrorClass::Retryable,
+                ErrorClass::Permanent,
+                ErrorClass::Auth,
+            ] {
+                for reason in DeadReason::ALL {
+                    let mut job = sample();
+                    job.state = state;
+                    job.dead_reason = Some(reason);
+                    job.last_error.as_mut().expect("sample has one").class = class;
+                    assert_eq!(Job::decode(&job.encode()), Ok(job));
+                }
+            }
+        }
+    }
+
+    /// A record as store formats 1–3 wrote it (a JSON header behind its big-endian length), as the
+    /// bytes stand in such a store: it still reads.
+    #[test]
+    fn a_record_with_a_json_header_from_an_older_store_still_reads() {
+        let header = concat!(
+            r#"{"id":"01HF7YAT00000000000000001A","seq":7,"kind":"portal.step","#,
+            r#""lane":"portal:national","ordering_key":"H56.22-241127-0001","#,
+            r#""idempotency_key":"abc","state":"leased","attempts":2,"next_attempt_at":5,"#,
+            r#""lease_token":99,"lease_expires_at":6,"last_error":{"class":"retryable","#,
+            r#""code":"http_503","message":"unavailable","at":4},"created_at":1,"#,
+            r#""updated_at":4,"queued_at":1}"#
+        );
+        let mut bytes = (header.len() as u32).to_be_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend_from_slice(&[0, 1, 2, 255, b'{']);
+        assert_eq!(Job::decode(&bytes), Ok(sample()));
     }
 
     #[test]
     fn a_truncated_record_is_an_error_not_a_panic() {
-        let bytes = sample().encode();
-        for cut in [0, 3, 4, 10] {
+        let mut job = sample();
+        job.payload.clear();
+        job.finished_at = Some(9);
+        job.dead_reason = Some(DeadReason::PermanentError);
+        let bytes = job.encode();
+        // Every cut inside the header; the payload is what follows it, so a cut there is not seen.
+        for cut in 0..bytes.len() {
             assert!(Job::decode(&bytes[..cut]).is_err(), "cut at {cut}");
         }
+        assert_eq!(Job::decode(&bytes), Ok(job));
+    }
+
+    #[test]
+    fn unknown_codes_and_flags_are_errors_that_name_them() {
+        let bytes = sample().encode();
+        let state_at = 1 + 16 + 8;
+        let mut bad_state = bytes.clone();
+        bad_state[state_at] = 77;
+        let flags_at = state_at + 1;
+        let mut bad_flags = bytes.clone();
+        bad_flags[flags_at] |= 1 << 6;
+        let mut not_utf8 = sample();
+        not_utf8.kind = "ab".into();
+        let mut not_utf8 = not_utf8.encode();
+        let kind_at = FIXED_LEN + 4;
+        not_utf8[kind_at] = 0xff;
+        let err = |b: &[u8]| Job::decode(b).expect_err("refused");
+        assert!(
+            err(&bad_state).contains("state code 77"),
+            "{}",
+            err(&bad_state)
+        );
+        assert!(err(&bad_flags).contains("flags"), "{}", err(&bad_flags));
+        assert!(
+            err(&not_utf8).contains("kind is not UTF-8"),
+            "{}",
+            err(&not_utf8)
+        );
     }
 
     #[test]

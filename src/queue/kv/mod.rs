@@ -56,14 +56,16 @@ use super::store::{
 
 /// The on-disk format this build writes. Version 2 added the write-ahead log (`queue.wal`); version 3 its
 /// second file (`queue.1.wal`), which holds acknowledged batches the engine does not have yet just as
-/// the first does. An older store (version 1: no log; version 2: one file) is upgraded in place when
-/// opened for writing. A build that knows only older versions refuses a newer store, so it cannot
-/// ignore a log file it does not know about.
-pub const FORMAT_VERSION: u32 = 3;
+/// the first does; version 4 writes a job's header in binary instead of JSON ([`Job::encode`]), and
+/// reads the JSON headers of earlier versions until their jobs are next written. An older store
+/// (version 1: no log; 2: one file; 3: JSON headers) is upgraded in place when opened for writing. A
+/// build that knows only older versions refuses a newer store, so it cannot ignore a log file it does
+/// not know about or misread a record.
+pub const FORMAT_VERSION: u32 = 4;
 
 /// Versions this build opens.
 fn readable(version: &str) -> bool {
-    matches!(version, "1" | "2") || version == FORMAT_VERSION.to_string()
+    matches!(version, "1" | "2" | "3") || version == FORMAT_VERSION.to_string()
 }
 
 /// Page cache of either engine unless `store.cache` says otherwise (both engines default to 1 GiB).
@@ -1132,5 +1134,168 @@ mod scan_each_tests {
             })
             .expect("scan");
         assert!(!any, "an empty range visits nothing");
+    }
+}
+
+#[cfg(test)]
+mod format_upgrade_tests {
+    use super::*;
+    use crate::queue::job::{JobError, JobState, RecordedError};
+    use crate::queue::store::Disposition;
+
+    /// A job as store formats 1–3 wrote it: `[u32 BE header length][JSON header][payload]`.
+    fn as_format_3(job: &Job) -> Vec<u8> {
+        let header = serde_json::to_vec(job).expect("header");
+        let mut out = (header.len() as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(&header);
+        out.extend_from_slice(&job.payload);
+        out
+    }
+
+    fn open(dir: &Path, backend: Backend) -> KvJobStore {
+        KvJobStore::open(dir, backend, KvOptions::default()).expect("store opens")
+    }
+
+    fn raw_jobs(engine: &dyn KvEngine) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut all = Vec::new();
+        engine
+            .read(&mut |tx| {
+                tx.scan_each(Table::Jobs, &[], None, &mut |k, v| {
+                    all.push((k.to_vec(), v.to_vec()));
+                    true
+                })
+            })
+            .expect("read");
+        all
+    }
+
+    #[tokio::test]
+    async fn a_format_3_store_opens_and_its_json_jobs_are_read_delivered_and_rewritten_in_binary() {
+        for backend in [Backend::Redb, Backend::Sled] {
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let store = open(tmp.path(), backend);
+            let jobs = (0..4)
+                .map(|i| {
+                    NewJob::new("k", "lane", format!("K{}", i % 2), vec![i, 0, 255])
+                        .with_idempotency_key(format!("i{i}"))
+                })
+                .collect();
+            let ids: Vec<JobId> = (store.enqueue(jobs, 1_000).await.expect("enqueue"))
+                .into_iter()
+                .map(|e| e.id)
+                .collect();
+            // One job carries a last error and a lease history, the fields a header holds only sometimes.
+            let first = store
+                .lease("lane".into(), 1, 1_000, 2_000)
+                .await
+                .expect("lease")
+                .jobs
+                .remove(0);
+            let error = RecordedError::of(&JobError::retryable("http_503", "busy"), 1_500);
+            store
+                .finish(
+                    first.id,
+                    first.lease_token.expect("token"),
+                    Disposition::RetryAt { at: 1_600, error },
+                    1_500,
+                )
+                .await
+                .expect("retry");
+            let mut before = Vec::new();
+            for id in &ids {
+                before.push(store.get(*id).await.expect("get").expect("stored"));
+            }
+            assert!(before[0].last_error.is_some() && before[0].attempts == 1);
+            store.close();
+            drop(store);
+
+            // Rewrite it as format 3 left it: every job's header in JSON, version 3 in the engine and
+            // in the marker.
+            {
+                let engine: Arc<dyn KvEngine> = match backend {
+                    Backend::Redb => Arc::new(
+                        wal::WalEngine::open(
+                            Arc::new(
+                                redb::RedbEngine::open(&tmp.path().join("queue.redb"), CACHE_BYTES)
+                                    .expect("redb"),
+                            ),
+                            tmp.path(),
+                        )
+                        .expect("log"),
+                    ),
+                    Backend::Sled => Arc::new(
+                        sled::SledEngine::open(&tmp.path().join("sled"), CACHE_BYTES)
+                            .expect("sled"),
+                    ),
+                };
+                let rows = raw_jobs(&*engine);
+                assert_eq!(rows.len(), 4);
+                engine
+                    .write(true, &mut |tx| {
+                        for (key, value) in &rows {
+                            let job = Job::decode(value).map_err(StoreError::Corrupt)?;
+                            tx.put(Table::Jobs, key, &as_format_3(&job))?;
+                        }
+                        tx.put(Table::Meta, keys::FORMAT_VERSION_KEY, b"3")
+                    })
+                    .expect("rewrite");
+                assert!(raw_jobs(&*engine).iter().all(|(_, v)| v[0] == 0));
+            }
+            let marker = tmp.path().join(MARKER);
+            let text = std::fs::read_to_string(&marker).expect("marker");
+            std::fs::write(
+                &marker,
+                text.replace("format_version = 4", "format_version = 3"),
+            )
+            .expect("marker");
+
+            let store = open(tmp.path(), backend);
+            for (id, was) in ids.iter().zip(&before) {
+                assert_eq!(
+                    store.get(*id).await.expect("get").as_ref(),
+                    Some(was),
+                    "{backend:?}: a JSON header reads back as it was written"
+                );
+            }
+            let mut delivered = 0;
+            for _ in 0..4 {
+                for job in store
+                    .lease("lane".into(), 4, 2_000, 3_000)
+                    .await
+                    .expect("lease")
+                    .jobs
+                {
+                    let done = store
+                        .finish(
+                            job.id,
+                            job.lease_token.expect("token"),
+                            Disposition::Done,
+                            2_000,
+                        )
+                        .await
+                        .expect("complete");
+                    assert_eq!(done, crate::queue::store::Transition::Applied);
+                    delivered += 1;
+                }
+            }
+            assert_eq!(
+                delivered, 4,
+                "{backend:?}: every job of the old store is delivered"
+            );
+            for id in &ids {
+                let job = store.get(*id).await.expect("get").expect("kept");
+                assert_eq!(job.state, JobState::Done);
+            }
+            let rows = raw_jobs(&*store.engine);
+            assert!(
+                rows.iter().all(|(_, v)| v[0] == 1),
+                "{backend:?}: a job written again is written in binary"
+            );
+            assert!(
+                std::fs::read_to_string(&marker)
+                    .expect("marker")
+                    .contains(&format!("format_version = {FORMAT_VERSION}"))
+            );
+        }
     }
 }

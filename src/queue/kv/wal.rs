@@ -40,6 +40,7 @@ use std::thread::JoinHandle;
 use super::keys::Table;
 use super::memtable::{Layer, Memtable};
 use super::{KvEngine, ReadFn, StoreError, WriteFn};
+use crate::queue::cursor::{Cursor, put_sized};
 
 /// The two log files; the writer moves from one to the other at each checkpoint.
 pub(crate) const WAL_FILES: [&str; 2] = ["queue.wal", "queue.1.wal"];
@@ -247,11 +248,9 @@ fn begin_record(buf: &mut Vec<u8>, lsn: u64) {
 fn encode_write(buf: &mut Vec<u8>, table: Table, key: &[u8], value: Option<&[u8]>) {
     buf.push(table.index() as u8);
     buf.push(u8::from(value.is_none()));
-    buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
-    buf.extend_from_slice(key);
+    put_sized(buf, key);
     if let Some(value) = value {
-        buf.extend_from_slice(&(value.len() as u32).to_le_bytes());
-        buf.extend_from_slice(value);
+        put_sized(buf, value);
     }
 }
 
@@ -291,20 +290,18 @@ fn decode(bytes: &[u8]) -> Option<Decoded> {
     if crc32fast::hash(body) != crc {
         return None;
     }
-    let mut r = Reader { bytes: body };
-    let lsn = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
+    let mut r = Cursor::new(body);
+    let lsn = r.u64()?;
     let count = r.u32()? as usize;
     let mut writes = Vec::with_capacity(count.min(4096));
     for _ in 0..count {
-        let table = *Table::ALL.get(r.take(1)?[0] as usize)?;
-        let delete = r.take(1)?[0] == 1;
-        let key_len = r.u32()? as usize;
-        let key = r.take(key_len)?.to_vec();
+        let table = *Table::ALL.get(r.u8()? as usize)?;
+        let delete = r.u8()? == 1;
+        let key = r.sized()?.to_vec();
         let value = if delete {
             None
         } else {
-            let value_len = r.u32()? as usize;
-            Some(r.take(value_len)?.to_vec())
+            Some(r.sized()?.to_vec())
         };
         writes.push((table, key, value));
     }
@@ -313,25 +310,6 @@ fn decode(bytes: &[u8]) -> Option<Decoded> {
         writes,
         len: (HEADER + len) as u64,
     })
-}
-
-struct Reader<'a> {
-    bytes: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.bytes.len() < n {
-            return None;
-        }
-        let (head, rest) = self.bytes.split_at(n);
-        self.bytes = rest;
-        Some(head)
-    }
-
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
-    }
 }
 
 /// The LSN the engine holds (0 for a store that never had a log).
