@@ -102,11 +102,16 @@ pub(crate) struct Layer {
 
 type Shared = Arc<RwLock<Layer>>;
 
-fn bounds<'k>(from: &'k [u8], to: Option<&'k [u8]>) -> (Bound<&'k [u8]>, Bound<&'k [u8]>) {
-    (
-        Bound::Included(from),
-        to.map_or(Bound::Unbounded, Bound::Excluded),
-    )
+/// The entries of `map` with `from <= key < to`. Only the lower bound is searched for: `range` with
+/// both bounds descends the tree twice, comparing keys all the way down for each, and the writer asks
+/// most often about ranges that hold nothing (is there an unfinished job of this ordering key?).
+fn within<'a, V>(
+    map: &'a BTreeMap<Bytes, V>,
+    from: &[u8],
+    to: Option<&'a [u8]>,
+) -> impl Iterator<Item = (&'a Bytes, &'a V)> + 'a {
+    map.range::<[u8], _>((Bound::Included(from), Bound::Unbounded))
+        .take_while(move |(key, _)| to.is_none_or(|to| key[..] < *to))
 }
 
 impl Layer {
@@ -123,13 +128,11 @@ impl Layer {
         to: Option<&'a [u8]>,
         at: u64,
     ) -> impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)> + 'a {
-        self.tables[table.index()]
-            .range::<[u8], _>(bounds(from, to))
-            .filter_map(move |(key, versions)| {
-                versions
-                    .newest(at)
-                    .map(|value| (&key[..], value.as_deref()))
-            })
+        within(&self.tables[table.index()], from, to).filter_map(move |(key, versions)| {
+            versions
+                .newest(at)
+                .map(|value| (&key[..], value.as_deref()))
+        })
     }
 
     /// Adds a batch's writes; returns how many deleted a key this layer did not have (most likely one
@@ -376,9 +379,7 @@ impl View<'_> {
         let mut sources: Vec<Source<'_>> = Vec::with_capacity(guards.len() + 1);
         if let Some(scratch) = scratch {
             sources.push(Box::new(
-                scratch
-                    .range::<[u8], _>(bounds(from, to))
-                    .map(|(key, value)| (&key[..], value.as_deref())),
+                within(scratch, from, to).map(|(key, value)| (&key[..], value.as_deref())),
             ));
         }
         for guard in &guards {
@@ -406,7 +407,7 @@ impl View<'_> {
             }
         };
         if let Some(scratch) = scratch {
-            for (key, value) in scratch.range::<[u8], _>(bounds(from, to)) {
+            for (key, value) in within(scratch, from, to) {
                 if seen(key, value.as_deref()) {
                     return Ok(true);
                 }
