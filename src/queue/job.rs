@@ -255,6 +255,8 @@ const LEASE_EXPIRES_AT: u8 = 1 << 2;
 const LAST_ERROR: u8 = 1 << 3;
 const FINISHED_AT: u8 = 1 << 4;
 const DEAD_REASON: u8 = 1 << 5;
+const KNOWN_FLAGS: u8 =
+    IDEMPOTENCY_KEY | LEASE_TOKEN | LEASE_EXPIRES_AT | LAST_ERROR | FINISHED_AT | DEAD_REASON;
 
 /// The fixed part: tag, id, seq, state, flags, attempts and four times.
 const FIXED_LEN: usize = 1 + 16 + 8 + 1 + 1 + 4 + 4 * 8;
@@ -360,7 +362,7 @@ fn decode_binary(bytes: &[u8]) -> Result<Job, String> {
     let state = JobState::from_code(code)
         .ok_or_else(|| format!("job record's state code {code} is unknown"))?;
     let flags = c.u8().ok_or_else(|| short("flags"))?;
-    if flags >> 6 != 0 {
+    if flags & !KNOWN_FLAGS != 0 {
         return Err(format!(
             "job record's flags {flags:#04x} name fields this build does not know"
         ));
@@ -375,43 +377,46 @@ fn decode_binary(bytes: &[u8]) -> Result<Job, String> {
     let lane = text(&mut c, "lane")?;
     let ordering_key = text(&mut c, "ordering key")?;
     let has = |flag: u8| flags & flag != 0;
-    let idempotency_key = match has(IDEMPOTENCY_KEY) {
-        true => Some(text(&mut c, "idempotency key")?),
-        false => None,
+    let idempotency_key = if has(IDEMPOTENCY_KEY) {
+        Some(text(&mut c, "idempotency key")?)
+    } else {
+        None
     };
-    let mut optional_u64 = |flag: u8, what: &str| match has(flag) {
-        true => c.u64().map(Some).ok_or_else(|| short(what)),
-        false => Ok(None),
+    let mut optional_u64 = |flag: u8, what: &str| {
+        if has(flag) {
+            c.u64().map(Some).ok_or_else(|| short(what))
+        } else {
+            Ok(None)
+        }
     };
     let lease_token = optional_u64(LEASE_TOKEN, "lease token")?;
     let lease_expires_at = optional_u64(LEASE_EXPIRES_AT, "lease expiry")?;
-    let last_error = match has(LAST_ERROR) {
-        true => {
-            let code = c.u8().ok_or_else(|| short("error class"))?;
-            let class = class_from_code(code)
-                .ok_or_else(|| format!("job record's error class code {code} is unknown"))?;
-            Some(RecordedError {
-                class,
-                code: text(&mut c, "error code")?,
-                message: text(&mut c, "error message")?,
-                at: c.u64().ok_or_else(|| short("error time"))?,
-            })
-        }
-        false => None,
+    let last_error = if has(LAST_ERROR) {
+        let code = c.u8().ok_or_else(|| short("error class"))?;
+        let class = class_from_code(code)
+            .ok_or_else(|| format!("job record's error class code {code} is unknown"))?;
+        Some(RecordedError {
+            class,
+            code: text(&mut c, "error code")?,
+            message: text(&mut c, "error message")?,
+            at: c.u64().ok_or_else(|| short("error time"))?,
+        })
+    } else {
+        None
     };
-    let finished_at = match has(FINISHED_AT) {
-        true => Some(c.u64().ok_or_else(|| short("finish time"))?),
-        false => None,
+    let finished_at = if has(FINISHED_AT) {
+        Some(c.u64().ok_or_else(|| short("finish time"))?)
+    } else {
+        None
     };
-    let dead_reason = match has(DEAD_REASON) {
-        true => {
-            let code = c.u8().ok_or_else(|| short("dead reason"))?;
-            Some(
-                DeadReason::from_code(code)
-                    .ok_or_else(|| format!("job record's dead reason code {code} is unknown"))?,
-            )
-        }
-        false => None,
+    let dead_reason = if has(DEAD_REASON) {
+        let code = c.u8().ok_or_else(|| short("dead reason"))?;
+        Some(
+            DeadReason::from_code(code)
+                .ok_or_else(|| format!("job record's dead reason code {code} is unknown"))?,
+        )
+    } else {
+        None
     };
     Ok(Job {
         id,
