@@ -9,7 +9,7 @@
 //! failed attempt, and wakes a lane's worker when work arrives.
 
 pub mod clock;
-mod cursor;
+pub(crate) mod cursor;
 pub mod job;
 pub mod kv;
 pub mod maintenance;
