@@ -2,6 +2,7 @@
 //! `Durability::Immediate`, so a successful commit is on disk.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -35,6 +36,9 @@ impl std::fmt::Debug for Db {
 
 #[derive(Debug)]
 pub(crate) struct RedbEngine {
+    /// A read transaction at the latest commit, shared by every reader until the next commit replaces
+    /// it (see [`KvEngine::read`]). Declared before `db` so that it is dropped first.
+    latest: Mutex<Option<Arc<Read>>>,
     db: Db,
     path: PathBuf,
 }
@@ -58,6 +62,7 @@ impl RedbEngine {
         }
         txn.commit().map_err(err)?;
         Ok(Self {
+            latest: Mutex::new(None),
             db: Db::ReadWrite(db),
             path: path.to_owned(),
         })
@@ -73,6 +78,7 @@ impl RedbEngine {
             other => err(other),
         })?;
         Ok(Self {
+            latest: Mutex::new(None),
             db: Db::ReadOnly(db),
             path: path.to_owned(),
         })
@@ -171,11 +177,12 @@ impl KvWrite for Write<'_> {
 
 type ReadTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
 
+#[derive(Debug)]
 struct Read {
     txn: redb::ReadTransaction,
-    /// Tables opened so far: opening one looks it up in redb's table of tables, and the writer's
-    /// view reads the same few tables many times per batch.
-    tables: [std::cell::OnceCell<ReadTable>; Table::ALL.len()],
+    /// Tables opened so far: opening one looks it up in redb's table of tables, and every reader of
+    /// this snapshot reads the same few tables.
+    tables: [OnceLock<ReadTable>; Table::ALL.len()],
 }
 
 impl Read {
@@ -240,7 +247,15 @@ impl KvEngine for RedbEngine {
             f(&mut w)
         };
         match result {
-            Ok(()) => txn.commit().map_err(err),
+            Ok(()) => {
+                let committed = txn.commit().map_err(err);
+                // Readers after this returns must not be handed the snapshot before the commit: the
+                // layers in memory it made redundant are released as soon as it returns. Readers
+                // during the commit may still share the old one; they hold those layers. The lock is
+                // not held across the commit, which syncs, so that readers never wait for a disk.
+                *self.latest.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                committed
+            }
             Err(e) => {
                 txn.abort().map_err(err)?;
                 Err(e)
@@ -248,19 +263,85 @@ impl KvEngine for RedbEngine {
         }
     }
 
+    /// Every reader shares one read transaction at the latest commit, begun by the first reader
+    /// after it: beginning one, opening its tables and ending it cost more than most point reads
+    /// (and redb serialises them on one lock). Only [`KvEngine::write`] commits, and it clears the
+    /// shared snapshot after its commit and before it returns, so no reader that starts after a
+    /// write returned sees the state before it.
     fn read(&self, f: &mut ReadFn<'_>) -> Result<(), StoreError> {
-        let txn = match &self.db {
-            Db::ReadWrite(db) => db.begin_read(),
-            Db::ReadOnly(db) => db.begin_read(),
-        }
-        .map_err(err)?;
-        f(&Read {
-            txn,
-            tables: Default::default(),
-        })
+        let snapshot = {
+            let mut latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
+            match &*latest {
+                Some(read) => Arc::clone(read),
+                None => {
+                    let txn = match &self.db {
+                        Db::ReadWrite(db) => db.begin_read(),
+                        Db::ReadOnly(db) => db.begin_read(),
+                    }
+                    .map_err(err)?;
+                    let read = Arc::new(Read {
+                        txn,
+                        tables: Default::default(),
+                    });
+                    *latest = Some(Arc::clone(&read));
+                    read
+                }
+            }
+        };
+        f(&*snapshot)
     }
 
     fn size_on_disk(&self) -> u64 {
         super::disk_usage(&self.path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(engine: &RedbEngine, key: &[u8]) -> Option<Vec<u8>> {
+        let mut found = None;
+        engine
+            .read(&mut |r| {
+                found = r.get(Table::Jobs, key)?;
+                Ok(())
+            })
+            .expect("read");
+        found
+    }
+
+    fn put(engine: &RedbEngine, key: &[u8], value: &[u8]) {
+        engine
+            .write(true, &mut |w| w.put(Table::Jobs, key, value))
+            .expect("write");
+    }
+
+    #[test]
+    fn a_read_after_a_commit_sees_it_and_a_read_begun_before_keeps_its_snapshot() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let engine = RedbEngine::open(&dir.path().join("store.redb"), 1 << 20).expect("open");
+        put(&engine, b"a", b"1");
+        assert_eq!(get(&engine, b"a").as_deref(), Some(&b"1"[..]));
+
+        engine
+            .read(&mut |before| {
+                put(&engine, b"a", b"2");
+                // The snapshot shared before the commit still answers as it was...
+                assert_eq!(before.get(Table::Jobs, b"a")?.as_deref(), Some(&b"1"[..]));
+                // ...while a reader starting after it is handed the new one.
+                assert_eq!(get(&engine, b"a").as_deref(), Some(&b"2"[..]));
+                Ok(())
+            })
+            .expect("read");
+        assert_eq!(get(&engine, b"a").as_deref(), Some(&b"2"[..]));
+
+        // A write that fails commits nothing, and the readers still see the last commit.
+        let failed = engine.write(true, &mut |w| {
+            w.put(Table::Jobs, b"a", b"3")?;
+            Err(StoreError::Closed)
+        });
+        assert!(failed.is_err());
+        assert_eq!(get(&engine, b"a").as_deref(), Some(&b"2"[..]));
     }
 }
