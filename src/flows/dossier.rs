@@ -29,12 +29,12 @@ use serde_json::{Map, Value};
 
 use super::callbacks::{self, event};
 use super::{
-    FlowError, Flows, Loaded, MAX_ROUNDS, applied, load, payload, put, rfc3339, to_payload,
+    FlowError, Flows, Loaded, MAX_ROUNDS, applied, load_with, payload, rfc3339, to_payload,
 };
 use crate::app::Wiring;
 use crate::queue::cursor::{Cursor, put_sized};
 use crate::queue::worker::{HandlerFuture, JobHandler};
-use crate::queue::{Change, Expect, Job, JobError, Millis, NewJob};
+use crate::queue::{Change, Expect, Job, JobError, Millis, NewJob, RecordWrite};
 
 pub const RECORD_KIND: &str = "portal.record";
 pub const STEP_KIND: &str = "portal.step";
@@ -154,9 +154,6 @@ impl StepJob {
     }
 
     fn decode_binary(bytes: &[u8]) -> Option<StepJob> {
-        fn text(c: &mut Cursor<'_>) -> Option<String> {
-            String::from_utf8(c.sized()?.to_vec()).ok()
-        }
         let mut c = Cursor::new(bytes);
         let dossier_code = text(&mut c)?;
         let event_id = text(&mut c)?;
@@ -177,6 +174,148 @@ impl StepJob {
             event_id,
             sequence,
             progress,
+        })
+    }
+}
+
+/// First byte of a dossier's and a target's state record in binary; the JSON records written before
+/// start with `{`. Both are read and written on every accepted request or delivery.
+const STATE_BINARY: u8 = 1;
+
+impl DossierState {
+    /// [`STATE_BINARY`], the code (`u32` length and UTF-8), then `next_sequence` and `updated_at`
+    /// (`u64` little-endian).
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 + 4 + self.code.len() + 16);
+        out.push(STATE_BINARY);
+        put_sized(&mut out, self.code.as_bytes());
+        out.extend_from_slice(&self.next_sequence.to_le_bytes());
+        out.extend_from_slice(&self.updated_at.to_le_bytes());
+        out
+    }
+
+    /// Reads a record of either form: binary, or the JSON of the builds before it.
+    fn decode(bytes: &[u8]) -> Result<Self, String> {
+        match bytes.split_first() {
+            Some((&STATE_BINARY, rest)) => {
+                Self::decode_binary(rest).ok_or_else(|| DAMAGED.to_owned())
+            }
+            _ => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+        }
+    }
+
+    fn decode_binary(bytes: &[u8]) -> Option<Self> {
+        let mut c = Cursor::new(bytes);
+        let state = DossierState {
+            code: text(&mut c)?,
+            next_sequence: c.u64()?,
+            updated_at: c.u64()?,
+        };
+        c.rest.is_empty().then_some(state)
+    }
+}
+
+/// Flags of a target's state record in binary.
+const RECORD_SYNCED: u8 = 1;
+const KNOWN_AT_PORTAL: u8 = 1 << 1;
+const HAS_STATUS: u8 = 1 << 2;
+const HAS_SYNCED_AT: u8 = 1 << 3;
+const HAS_ERROR: u8 = 1 << 4;
+const TARGET_FLAGS: u8 = RECORD_SYNCED | KNOWN_AT_PORTAL | HAS_STATUS | HAS_SYNCED_AT | HAS_ERROR;
+
+const DAMAGED: &str = "truncated, overlong, not UTF-8 or of unknown flags";
+
+fn text(c: &mut Cursor<'_>) -> Option<String> {
+    String::from_utf8(c.sized()?.to_vec()).ok()
+}
+
+impl TargetState {
+    /// [`STATE_BINARY`], a flags byte (the two booleans, then which optional field follows), the
+    /// status byte, `synced_at` and `last_error` when present (strings as `u32` length and UTF-8),
+    /// `records_synced` and `steps_synced` (`u64` little-endian), then the held steps: their count
+    /// (`u32`) and each one's job payload as a `u32` length and the bytes.
+    fn encode(&self) -> Vec<u8> {
+        let mut flags = 0;
+        for (set, flag) in [
+            (self.record_synced, RECORD_SYNCED),
+            (self.known_at_portal, KNOWN_AT_PORTAL),
+            (self.last_synced_status.is_some(), HAS_STATUS),
+            (self.synced_at.is_some(), HAS_SYNCED_AT),
+            (self.last_error.is_some(), HAS_ERROR),
+        ] {
+            if set {
+                flags |= flag;
+            }
+        }
+        let mut out = Vec::with_capacity(64);
+        out.push(STATE_BINARY);
+        out.push(flags);
+        if let Some(status) = self.last_synced_status {
+            out.push(status);
+        }
+        for text in [&self.synced_at, &self.last_error].into_iter().flatten() {
+            put_sized(&mut out, text.as_bytes());
+        }
+        out.extend_from_slice(&self.records_synced.to_le_bytes());
+        out.extend_from_slice(&self.steps_synced.to_le_bytes());
+        out.extend_from_slice(&(self.held.len() as u32).to_le_bytes());
+        for step in &self.held {
+            put_sized(&mut out, &step.encode());
+        }
+        out
+    }
+
+    /// Reads a record of either form: binary, or the JSON of the builds before it.
+    fn decode(bytes: &[u8]) -> Result<Self, String> {
+        match bytes.split_first() {
+            Some((&STATE_BINARY, rest)) => {
+                Self::decode_binary(rest).ok_or_else(|| DAMAGED.to_owned())
+            }
+            _ => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+        }
+    }
+
+    fn decode_binary(bytes: &[u8]) -> Option<Self> {
+        let mut c = Cursor::new(bytes);
+        let flags = c.u8()?;
+        if flags & !TARGET_FLAGS != 0 {
+            return None;
+        }
+        let last_synced_status = if flags & HAS_STATUS != 0 {
+            Some(c.u8()?)
+        } else {
+            None
+        };
+        let synced_at = if flags & HAS_SYNCED_AT != 0 {
+            Some(text(&mut c)?)
+        } else {
+            None
+        };
+        let last_error = if flags & HAS_ERROR != 0 {
+            Some(text(&mut c)?)
+        } else {
+            None
+        };
+        let records_synced = c.u64()?;
+        let steps_synced = c.u64()?;
+        let count = c.u32()? as usize;
+        // Each held step takes at least its length: a count beyond what is left is damage, not a
+        // reason to reserve memory for it.
+        let mut held = Vec::with_capacity(count.min(c.rest.len() / 4));
+        for _ in 0..count {
+            held.push(StepJob::decode_binary(
+                c.sized()?.strip_prefix(&[STEP_BINARY])?,
+            )?);
+        }
+        c.rest.is_empty().then_some(TargetState {
+            record_synced: flags & RECORD_SYNCED != 0,
+            known_at_portal: flags & KNOWN_AT_PORTAL != 0,
+            last_synced_status,
+            synced_at,
+            last_error,
+            held,
+            records_synced,
+            steps_synced,
         })
     }
 }
@@ -441,16 +580,18 @@ pub fn check_event(
 }
 
 async fn state(flows: &Flows, code: &str) -> Result<Loaded<DossierState>, FlowError> {
-    Ok(load(&flows.ctx.queue, RECORDS, code)
-        .await?
-        .unwrap_or_else(|| Loaded {
-            value: DossierState {
-                code: code.to_owned(),
-                next_sequence: 1,
-                ..Default::default()
-            },
-            version: 0,
-        }))
+    Ok(
+        load_with(&flows.ctx.queue, RECORDS, code, DossierState::decode)
+            .await?
+            .unwrap_or_else(|| Loaded {
+                value: DossierState {
+                    code: code.to_owned(),
+                    next_sequence: 1,
+                    ..Default::default()
+                },
+                version: 0,
+            }),
+    )
 }
 
 fn target_key(code: &str, target: &str) -> String {
@@ -462,12 +603,17 @@ async fn target_state(
     code: &str,
     target: &str,
 ) -> Result<Loaded<TargetState>, FlowError> {
-    Ok(load(&flows.ctx.queue, TARGETS, &target_key(code, target))
-        .await?
-        .unwrap_or(Loaded {
-            value: TargetState::default(),
-            version: 0,
-        }))
+    Ok(load_with(
+        &flows.ctx.queue,
+        TARGETS,
+        &target_key(code, target),
+        TargetState::decode,
+    )
+    .await?
+    .unwrap_or(Loaded {
+        value: TargetState::default(),
+        version: 0,
+    }))
 }
 
 fn write_state(loaded: &Loaded<DossierState>, code: &str) -> crate::queue::RecordWrite {
@@ -475,7 +621,7 @@ fn write_state(loaded: &Loaded<DossierState>, code: &str) -> crate::queue::Recor
         0 => Expect::Absent,
         v => Expect::Version(v),
     };
-    put(RECORDS, code, expect, &loaded.value)
+    RecordWrite::put(RECORDS, code, expect, loaded.value.encode())
 }
 
 /// The change that accepts a record: one job per target. Re-plan on a conflict.
@@ -550,7 +696,7 @@ pub struct TargetView {
 }
 
 pub async fn view(flows: &Flows, code: &str) -> Result<Option<Vec<TargetView>>, FlowError> {
-    if load::<DossierState>(&flows.ctx.queue, RECORDS, code)
+    if load_with(&flows.ctx.queue, RECORDS, code, DossierState::decode)
         .await?
         .is_none()
     {
@@ -629,7 +775,12 @@ impl Sync {
                 v => Expect::Version(v),
             };
             let change = Change {
-                writes: vec![put(TARGETS, &key, expect, &loaded.value)],
+                writes: vec![RecordWrite::put(
+                    TARGETS,
+                    &key,
+                    expect,
+                    loaded.value.encode(),
+                )],
                 jobs,
             };
             if applied(&self.0.ctx.queue.commit(change).await?) {
@@ -650,7 +801,12 @@ impl Sync {
         let mut ts = target_state(&self.0, code, target).await?.value;
         let jobs = f(&mut ts);
         Ok(Change {
-            writes: vec![put(TARGETS, &target_key(code, target), Expect::Any, &ts)],
+            writes: vec![RecordWrite::put(
+                TARGETS,
+                target_key(code, target),
+                Expect::Any,
+                ts.encode(),
+            )],
             jobs,
         })
     }
@@ -928,6 +1084,133 @@ mod tests {
         let mut not_utf8 = bytes;
         not_utf8[1 + 4] = 0xff;
         refused(not_utf8);
+    }
+
+    fn target_state(flags: u8, held: usize) -> TargetState {
+        TargetState {
+            record_synced: flags & RECORD_SYNCED != 0,
+            known_at_portal: flags & KNOWN_AT_PORTAL != 0,
+            last_synced_status: (flags & HAS_STATUS != 0).then_some(4),
+            synced_at: (flags & HAS_SYNCED_AT != 0).then(|| "2026-11-27T09:00:00Z".into()),
+            last_error: (flags & HAS_ERROR != 0).then(|| "error_code 99: Lỗi hệ thống".into()),
+            held: (0..held)
+                .map(|i| StepJob {
+                    sequence: i as u64 + 1,
+                    ..step()
+                })
+                .collect(),
+            records_synced: 3,
+            steps_synced: u64::MAX,
+        }
+    }
+
+    /// Compared through JSON: the state records do not implement `PartialEq`.
+    fn same<T: Serialize>(a: &T, b: &T) -> bool {
+        serde_json::to_value(a).ok() == serde_json::to_value(b).ok()
+    }
+
+    #[test]
+    fn state_records_round_trip_in_binary_in_every_combination_of_their_optional_fields() {
+        for flags in 0..=TARGET_FLAGS {
+            for held in [0, 1, 3] {
+                let ts = target_state(flags, held);
+                let bytes = ts.encode();
+                assert_eq!(bytes.first(), Some(&STATE_BINARY));
+                let back = TargetState::decode(&bytes).expect("decodes");
+                assert!(same(&back, &ts), "flags {flags:#b}, {held} held");
+            }
+        }
+        let ds = DossierState {
+            code: "H56.22-241127-0001".into(),
+            next_sequence: 42,
+            updated_at: 1_795_000_000_123,
+        };
+        assert!(same(
+            &DossierState::decode(&ds.encode()).expect("decodes"),
+            &ds
+        ));
+    }
+
+    #[test]
+    fn state_records_in_json_from_an_earlier_build_still_read() {
+        // As builds before the binary records stored them (`serde_json::to_vec`).
+        let ds = DossierState::decode(
+            br#"{"code":"H56.22-241127-0001","next_sequence":9,"updated_at":1795000000123}"#,
+        )
+        .expect("decodes");
+        assert_eq!(
+            (ds.code.as_str(), ds.next_sequence, ds.updated_at),
+            ("H56.22-241127-0001", 9, 1_795_000_000_123)
+        );
+        let step_json = String::from_utf8(to_payload(&step())).expect("utf-8");
+        let legacy = format!(
+            r#"{{"record_synced":false,"known_at_portal":true,"last_error":"timeout","held":[{step_json}],"records_synced":1,"steps_synced":8}}"#
+        );
+        let ts = TargetState::decode(legacy.as_bytes()).expect("decodes");
+        let mut expected = target_state(KNOWN_AT_PORTAL | HAS_ERROR, 1);
+        expected.last_error = Some("timeout".into());
+        expected.held[0].sequence = step().sequence;
+        (expected.records_synced, expected.steps_synced) = (1, 8);
+        assert!(same(&ts, &expected));
+        // The oldest records had no counters and no held steps: they default.
+        let ts = TargetState::decode(br#"{"record_synced":true}"#).expect("decodes");
+        assert!(same(
+            &ts,
+            &TargetState {
+                record_synced: true,
+                ..Default::default()
+            }
+        ));
+    }
+
+    #[test]
+    fn a_damaged_state_record_is_an_error_not_a_panic() {
+        let targets = target_state(TARGET_FLAGS, 2).encode();
+        let dossier = DossierState {
+            code: "H1".into(),
+            ..Default::default()
+        }
+        .encode();
+        type Decodes = fn(&[u8]) -> bool;
+        let decodes: [(&Vec<u8>, Decodes); 2] = [
+            (&targets, |b| TargetState::decode(b).is_ok()),
+            (&dossier, |b| DossierState::decode(b).is_ok()),
+        ];
+        for (bytes, decodes) in decodes {
+            assert!(decodes(bytes));
+            for cut in 0..bytes.len() {
+                assert!(!decodes(&bytes[..cut]), "cut at {cut}");
+            }
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert!(!decodes(&longer));
+        }
+        // A flag this build does not know, a string that is not UTF-8, a held step that is not
+        // one, and a count of held steps far beyond the bytes: refused, nothing reserved for them.
+        let mut unknown = target_state(0, 0).encode();
+        unknown[1] = 1 << 5;
+        assert_eq!(
+            TargetState::decode(&unknown).err().as_deref(),
+            Some(DAMAGED)
+        );
+        let mut not_utf8 = target_state(HAS_SYNCED_AT, 0).encode();
+        not_utf8[2 + 4] = 0xff;
+        assert_eq!(
+            TargetState::decode(&not_utf8).err().as_deref(),
+            Some(DAMAGED)
+        );
+        let mut not_a_step = target_state(0, 1).encode();
+        let tag_at = 2 + 16 + 4 + 4;
+        assert_eq!(not_a_step[tag_at], STEP_BINARY);
+        not_a_step[tag_at] = b'{';
+        assert_eq!(
+            TargetState::decode(&not_a_step).err().as_deref(),
+            Some(DAMAGED)
+        );
+        let mut huge = target_state(0, 0).encode();
+        let count_at = huge.len() - 4;
+        huge[count_at..].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(TargetState::decode(&huge).err().as_deref(), Some(DAMAGED));
     }
 
     #[test]

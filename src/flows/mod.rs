@@ -179,13 +179,26 @@ pub(crate) async fn load<T: DeserializeOwned>(
     collection: &'static str,
     key: &str,
 ) -> Result<Option<Loaded<T>>, FlowError> {
+    load_with(queue, collection, key, |bytes| {
+        serde_json::from_slice(bytes).map_err(|e| e.to_string())
+    })
+    .await
+}
+
+/// [`load`] for a record with its own encoding (`decode` says what is wrong with a bad one).
+pub(crate) async fn load_with<T>(
+    queue: &Queue,
+    collection: &'static str,
+    key: &str,
+    decode: impl FnOnce(&[u8]) -> Result<T, String>,
+) -> Result<Option<Loaded<T>>, FlowError> {
     let Some(record) = queue.record(collection, key).await? else {
         return Ok(None);
     };
-    let value = serde_json::from_slice(&record.value).map_err(|e| FlowError::Corrupt {
+    let value = decode(&record.value).map_err(|message| FlowError::Corrupt {
         collection,
         key: key.to_owned(),
-        message: e.to_string(),
+        message,
     })?;
     Ok(Some(Loaded {
         value,
