@@ -194,14 +194,8 @@ impl DossierState {
         out
     }
 
-    /// Reads a record of either form: binary, or the JSON of the builds before it.
     fn decode(bytes: &[u8]) -> Result<Self, String> {
-        match bytes.split_first() {
-            Some((&STATE_BINARY, rest)) => {
-                Self::decode_binary(rest).ok_or_else(|| DAMAGED.to_owned())
-            }
-            _ => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
-        }
+        decode_state(bytes, Self::decode_binary)
     }
 
     fn decode_binary(bytes: &[u8]) -> Option<Self> {
@@ -224,6 +218,18 @@ const HAS_ERROR: u8 = 1 << 4;
 const TARGET_FLAGS: u8 = RECORD_SYNCED | KNOWN_AT_PORTAL | HAS_STATUS | HAS_SYNCED_AT | HAS_ERROR;
 
 const DAMAGED: &str = "truncated, overlong, not UTF-8 or of unknown flags";
+
+/// Reads a state record of either form: binary (`binary` reads what follows [`STATE_BINARY`]), or
+/// the JSON of the builds before it.
+fn decode_state<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    binary: fn(&[u8]) -> Option<T>,
+) -> Result<T, String> {
+    match bytes.split_first() {
+        Some((&STATE_BINARY, rest)) => binary(rest).ok_or_else(|| DAMAGED.to_owned()),
+        _ => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+    }
+}
 
 fn text(c: &mut Cursor<'_>) -> Option<String> {
     String::from_utf8(c.sized()?.to_vec()).ok()
@@ -265,14 +271,8 @@ impl TargetState {
         out
     }
 
-    /// Reads a record of either form: binary, or the JSON of the builds before it.
     fn decode(bytes: &[u8]) -> Result<Self, String> {
-        match bytes.split_first() {
-            Some((&STATE_BINARY, rest)) => {
-                Self::decode_binary(rest).ok_or_else(|| DAMAGED.to_owned())
-            }
-            _ => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
-        }
+        decode_state(bytes, Self::decode_binary)
     }
 
     fn decode_binary(bytes: &[u8]) -> Option<Self> {
