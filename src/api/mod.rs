@@ -424,6 +424,98 @@ agency_code = "A"
     }
 
     #[tokio::test]
+    async fn dossier_state_an_earlier_build_wrote_in_json_carries_on_and_is_rewritten_in_binary() {
+        use crate::queue::{Change, Expect, RecordWrite};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let queue = open_queue(&dir.path().join("store"), None);
+        // What a build before the binary state records left: four steps sent, the record synced.
+        let seed = |collection, key: &str, json: &str| {
+            RecordWrite::put(collection, key, Expect::Absent, json.as_bytes().to_vec())
+        };
+        queue
+            .commit(Change {
+                writes: vec![
+                    seed(
+                        "dossier",
+                        "H56-0002",
+                        r#"{"code":"H56-0002","next_sequence":5,"updated_at":1795000000000}"#,
+                    ),
+                    seed(
+                        "dossier_target",
+                        "H56-0002\u{1f}national",
+                        r#"{"record_synced":true,"known_at_portal":true,"last_synced_status":4,"synced_at":"2026-12-01T08:00:00Z","held":[],"records_synced":1,"steps_synced":4}"#,
+                    ),
+                ],
+                jobs: vec![],
+            })
+            .await
+            .expect("seed");
+        let (addr, server) = serve_portal_api(dir.path(), &queue).await;
+        let client = reqwest::Client::new();
+        let response = client
+            .post(format!("http://{addr}/v1/dossiers/H56-0002/events"))
+            .bearer_auth("test")
+            .json(&serde_json::json!({
+                "status": "processing", "occurred_at": "2026-12-07T09:00:00+07:00",
+                "handler": "Cán bộ A", "content": "Thẩm định"
+            }))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status().as_u16(), 202);
+        let body: serde_json::Value = response.json().await.expect("json");
+        assert_eq!(body["sequence"], 5, "{body}");
+        let view: serde_json::Value = client
+            .get(format!("http://{addr}/v1/dossiers/H56-0002"))
+            .bearer_auth("test")
+            .send()
+            .await
+            .expect("request")
+            .json()
+            .await
+            .expect("json");
+        let national = &view["targets"][0];
+        assert_eq!(
+            (
+                &national["target"],
+                &national["steps_synced"],
+                &national["records_synced"],
+                &national["last_synced_status"],
+                &national["pending"],
+            ),
+            (
+                &serde_json::json!("national"),
+                &serde_json::json!(4),
+                &serde_json::json!(1),
+                &serde_json::json!(4),
+                &serde_json::json!(1),
+            ),
+            "{view}"
+        );
+        // The dossier's state was written back, in binary now, with the next sequence after it.
+        let stored = queue
+            .record("dossier", "H56-0002")
+            .await
+            .expect("read")
+            .expect("record");
+        assert_eq!(stored.value.first(), Some(&1), "{:?}", stored.value);
+        let response = client
+            .post(format!("http://{addr}/v1/dossiers/H56-0002/events"))
+            .bearer_auth("test")
+            .json(&serde_json::json!({
+                "status": "processing", "occurred_at": "2026-12-07T10:00:00+07:00",
+                "handler": "Cán bộ A", "content": "Trình ký"
+            }))
+            .send()
+            .await
+            .expect("request");
+        let body: serde_json::Value = response.json().await.expect("json");
+        assert_eq!(body["sequence"], 6, "{body}");
+        server.abort();
+        let _ = server.await;
+    }
+
+    #[tokio::test]
     async fn a_portal_request_the_store_cannot_write_answers_503_and_leaves_nothing_behind() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store_dir = dir.path().join("store");
