@@ -426,6 +426,7 @@ agency_code = "A"
     #[tokio::test]
     async fn dossier_state_an_earlier_build_wrote_in_json_carries_on_and_is_rewritten_in_binary() {
         use crate::queue::{Change, Expect, RecordWrite};
+        use serde_json::json;
         let dir = tempfile::tempdir().expect("tempdir");
         let queue = open_queue(&dir.path().join("store"), None);
         // What a build before the binary state records left: four steps sent, the record synced.
@@ -452,19 +453,23 @@ agency_code = "A"
             .expect("seed");
         let (addr, server) = serve_portal_api(dir.path(), &queue).await;
         let client = reqwest::Client::new();
-        let response = client
-            .post(format!("http://{addr}/v1/dossiers/H56-0002/events"))
-            .bearer_auth("test")
-            .json(&serde_json::json!({
-                "status": "processing", "occurred_at": "2026-12-07T09:00:00+07:00",
-                "handler": "Cán bộ A", "content": "Thẩm định"
-            }))
-            .send()
-            .await
-            .expect("request");
-        assert_eq!(response.status().as_u16(), 202);
-        let body: serde_json::Value = response.json().await.expect("json");
-        assert_eq!(body["sequence"], 5, "{body}");
+        // Posts a step and answers the sequence it was given.
+        let post_event = |occurred_at: &'static str| {
+            let request = client
+                .post(format!("http://{addr}/v1/dossiers/H56-0002/events"))
+                .bearer_auth("test")
+                .json(&serde_json::json!({
+                    "status": "processing", "occurred_at": occurred_at,
+                    "handler": "Cán bộ A", "content": "Thẩm định"
+                }));
+            async move {
+                let response = request.send().await.expect("request");
+                assert_eq!(response.status().as_u16(), 202);
+                let body: serde_json::Value = response.json().await.expect("json");
+                body["sequence"].clone()
+            }
+        };
+        assert_eq!(post_event("2026-12-07T09:00:00+07:00").await, 5);
         let view: serde_json::Value = client
             .get(format!("http://{addr}/v1/dossiers/H56-0002"))
             .bearer_auth("test")
@@ -475,21 +480,16 @@ agency_code = "A"
             .await
             .expect("json");
         let national = &view["targets"][0];
+        let fields = [
+            "target",
+            "steps_synced",
+            "records_synced",
+            "last_synced_status",
+            "pending",
+        ];
         assert_eq!(
-            (
-                &national["target"],
-                &national["steps_synced"],
-                &national["records_synced"],
-                &national["last_synced_status"],
-                &national["pending"],
-            ),
-            (
-                &serde_json::json!("national"),
-                &serde_json::json!(4),
-                &serde_json::json!(1),
-                &serde_json::json!(4),
-                &serde_json::json!(1),
-            ),
+            fields.map(|f| national[f].clone()),
+            [json!("national"), json!(4), json!(1), json!(4), json!(1)],
             "{view}"
         );
         // The dossier's state was written back, in binary now, with the next sequence after it.
@@ -499,18 +499,7 @@ agency_code = "A"
             .expect("read")
             .expect("record");
         assert_eq!(stored.value.first(), Some(&1), "{:?}", stored.value);
-        let response = client
-            .post(format!("http://{addr}/v1/dossiers/H56-0002/events"))
-            .bearer_auth("test")
-            .json(&serde_json::json!({
-                "status": "processing", "occurred_at": "2026-12-07T10:00:00+07:00",
-                "handler": "Cán bộ A", "content": "Trình ký"
-            }))
-            .send()
-            .await
-            .expect("request");
-        let body: serde_json::Value = response.json().await.expect("json");
-        assert_eq!(body["sequence"], 6, "{body}");
+        assert_eq!(post_event("2026-12-07T10:00:00+07:00").await, 6);
         server.abort();
         let _ = server.await;
     }

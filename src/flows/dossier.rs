@@ -58,7 +58,7 @@ pub fn valid_code(code: &str) -> bool {
 }
 
 /// Sync state of one dossier.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DossierState {
     pub code: String,
     /// The sequence number the next step gets (from 1).
@@ -66,7 +66,7 @@ pub struct DossierState {
     pub updated_at: Millis,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetState {
     #[serde(default)]
     pub record_synced: bool,
@@ -1104,11 +1104,6 @@ mod tests {
         }
     }
 
-    /// Compared through JSON: the state records do not implement `PartialEq`.
-    fn same<T: Serialize>(a: &T, b: &T) -> bool {
-        serde_json::to_value(a).ok() == serde_json::to_value(b).ok()
-    }
-
     #[test]
     fn state_records_round_trip_in_binary_in_every_combination_of_their_optional_fields() {
         for flags in 0..=TARGET_FLAGS {
@@ -1117,7 +1112,7 @@ mod tests {
                 let bytes = ts.encode();
                 assert_eq!(bytes.first(), Some(&STATE_BINARY));
                 let back = TargetState::decode(&bytes).expect("decodes");
-                assert!(same(&back, &ts), "flags {flags:#b}, {held} held");
+                assert_eq!(back, ts, "flags {flags:#b}, {held} held");
             }
         }
         let ds = DossierState {
@@ -1125,10 +1120,7 @@ mod tests {
             next_sequence: 42,
             updated_at: 1_795_000_000_123,
         };
-        assert!(same(
-            &DossierState::decode(&ds.encode()).expect("decodes"),
-            &ds
-        ));
+        assert_eq!(DossierState::decode(&ds.encode()), Ok(ds));
     }
 
     #[test]
@@ -1151,16 +1143,16 @@ mod tests {
         expected.last_error = Some("timeout".into());
         expected.held[0].sequence = step().sequence;
         (expected.records_synced, expected.steps_synced) = (1, 8);
-        assert!(same(&ts, &expected));
+        assert_eq!(ts, expected);
         // The oldest records had no counters and no held steps: they default.
         let ts = TargetState::decode(br#"{"record_synced":true}"#).expect("decodes");
-        assert!(same(
-            &ts,
-            &TargetState {
+        assert_eq!(
+            ts,
+            TargetState {
                 record_synced: true,
                 ..Default::default()
             }
-        ));
+        );
     }
 
     #[test]
