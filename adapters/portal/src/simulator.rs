@@ -21,7 +21,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use dvc_upstream::sim::{self, Fault, FaultPlan, Faults, Ledger, Running};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -212,7 +214,7 @@ async fn auth(
 }
 
 #[derive(Deserialize)]
-struct Call {
+struct Call<'a> {
     session: String,
     #[serde(default)]
     madonvi: String,
@@ -221,8 +223,58 @@ struct Call {
     mahoso: Option<String>,
     #[serde(default, rename = "isUpdating")]
     is_updating: Option<String>,
-    #[serde(default)]
-    data: Option<Value>,
+    /// Kept as the caller's text and read once, as the service's own items.
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+}
+
+/// A call by its service, with `data` read as that service's items.
+enum Items {
+    Lookup,
+    Records(Result<Vec<DossierRecord>, serde_json::Error>),
+    Steps(Result<Vec<Progress>, serde_json::Error>),
+    Unknown,
+}
+
+impl Items {
+    fn read(service: &str, data: Option<&RawValue>) -> Self {
+        fn items<T: DeserializeOwned>(data: Option<&RawValue>) -> serde_json::Result<Vec<T>> {
+            data.map_or_else(|| Ok(Vec::new()), |raw| serde_json::from_str(raw.get()))
+        }
+        match service {
+            TRA_CUU_HO_SO => Self::Lookup,
+            DONG_BO_HO_SO => Self::Records(items(data)),
+            CAP_NHAT_TIEN_DO => Self::Steps(items(data)),
+            _ => Self::Unknown,
+        }
+    }
+}
+
+/// The dossier codes a call names, for the ledger: its `mahoso`, or each item's `MaHoSo` (`""` for an
+/// item without one), or none when `data` is not a list.
+fn named(call: &Call<'_>, items: &Items) -> Vec<String> {
+    if let Some(m) = &call.mahoso {
+        return vec![m.clone()];
+    }
+    match items {
+        Items::Records(Ok(records)) => records.iter().map(|r| r.ma_ho_so.clone()).collect(),
+        Items::Steps(Ok(steps)) => steps.iter().map(|s| s.ma_ho_so.clone()).collect(),
+        _ => match call
+            .data
+            .map(|raw| serde_json::from_str::<Value>(raw.get()))
+        {
+            Some(Ok(Value::Array(items))) => items
+                .iter()
+                .map(|i| {
+                    i.get("MaHoSo")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned()
+                })
+                .collect(),
+            _ => vec![],
+        },
+    }
 }
 
 async fn integration(
@@ -247,19 +299,8 @@ async fn integration(
         .is_updating
         .as_deref()
         .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    let named: Vec<String> = match (&call.mahoso, &call.data) {
-        (Some(m), _) => vec![m.clone()],
-        (None, Some(Value::Array(items))) => items
-            .iter()
-            .map(|i| {
-                i.get("MaHoSo")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned()
-            })
-            .collect(),
-        _ => vec![],
-    };
+    let items = Items::read(&service, call.data);
+    let named = named(&call, &items);
     let valid = sim
         .sessions
         .lock()
@@ -294,8 +335,8 @@ async fn integration(
     let Ok(mut store) = sim.store.lock() else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
-    let (code, message, result): (i64, String, Option<Value>) = match service.as_str() {
-        TRA_CUU_HO_SO => {
+    let (code, message, result): (i64, String, Option<Value>) = match items {
+        Items::Lookup => {
             let found: Vec<Value> = call
                 .mahoso
                 .as_ref()
@@ -304,9 +345,7 @@ async fn integration(
                 .unwrap_or_default();
             (0, "Thành công".to_owned(), Some(Value::Array(found)))
         }
-        DONG_BO_HO_SO => {
-            let records: Result<Vec<DossierRecord>, _> =
-                serde_json::from_value(call.data.clone().unwrap_or(Value::Array(vec![])));
+        Items::Records(records) => {
             match records {
                 Err(e) => (7, format!("Dữ liệu không hợp lệ: {e}"), None),
                 Ok(records) => {
@@ -325,31 +364,27 @@ async fn integration(
                 }
             }
         }
-        CAP_NHAT_TIEN_DO => {
-            let steps: Result<Vec<Progress>, _> =
-                serde_json::from_value(call.data.clone().unwrap_or(Value::Array(vec![])));
-            match steps {
-                Err(e) => (7, format!("Dữ liệu không hợp lệ: {e}"), None),
-                Ok(steps) if steps.len() > MAX_STEPS_PER_CALL => {
-                    (5, "Vượt quá số lượng bản ghi cho phép".into(), None)
-                }
-                Ok(steps)
-                    if steps
-                        .iter()
-                        .any(|s| !store.dossiers.contains_key(&s.ma_ho_so)) =>
-                {
-                    (4, "Hồ sơ không tồn tại".into(), None)
-                }
-                Ok(steps) => {
-                    for step in steps {
-                        let arrival = store.steps.len() as u64 + 1;
-                        store.steps.push(StoredStep { arrival, step });
-                    }
-                    (0, "Cập nhật tiến độ thành công".into(), None)
-                }
+        Items::Steps(steps) => match steps {
+            Err(e) => (7, format!("Dữ liệu không hợp lệ: {e}"), None),
+            Ok(steps) if steps.len() > MAX_STEPS_PER_CALL => {
+                (5, "Vượt quá số lượng bản ghi cho phép".into(), None)
             }
-        }
-        _ => (8, "Dịch vụ không tồn tại".into(), None),
+            Ok(steps)
+                if steps
+                    .iter()
+                    .any(|s| !store.dossiers.contains_key(&s.ma_ho_so)) =>
+            {
+                (4, "Hồ sơ không tồn tại".into(), None)
+            }
+            Ok(steps) => {
+                for step in steps {
+                    let arrival = store.steps.len() as u64 + 1;
+                    store.steps.push(StoredStep { arrival, step });
+                }
+                (0, "Cập nhật tiến độ thành công".into(), None)
+            }
+        },
+        Items::Unknown => (8, "Dịch vụ không tồn tại".into(), None),
     };
     drop(store);
     let outcome = if code == 0 {

@@ -275,3 +275,70 @@ async fn two_targets_share_one_server_but_nothing_else() {
     );
     assert!(national.dossier("D-1").is_some() && provincial.dossier("D-1").is_none());
 }
+
+/// The ledger names the dossiers of every call, from its typed items when they read, and item by item
+/// (`""` for one without `MaHoSo`) when they do not, so a refused call is still traceable.
+#[tokio::test]
+async fn the_ledger_names_a_calls_dossiers_whether_or_not_its_data_reads() {
+    let s = setup(FaultPlan::default()).await;
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("{}{path}", s.running.base_url());
+    let login: serde_json::Value = http
+        .post(url("/auth"))
+        .json(&serde_json::json!({"username": "dvc-dev", "password": "dev-password"}))
+        .send()
+        .await
+        .expect("auth")
+        .json()
+        .await
+        .expect("auth body");
+    let session = login["session"].as_str().expect("session").to_owned();
+    let calls = [
+        serde_json::json!({"session": session, "madonvi": "X", "service": "CapNhatTienDoHoSoMC",
+            "data": [{"MaHoSo": "A"}, {"MaHoSo": "B"}]}),
+        serde_json::json!({"session": session, "madonvi": "X", "service": "CapNhatTienDoHoSoMC",
+            "data": [{"MaHoSo": "C"}, {"NoiDungXuLy": "no code"}, 5]}),
+        serde_json::json!({"session": "expired", "madonvi": "X", "service": "DongBoHoSoMC",
+            "data": [{"MaHoSo": "D", "MaTTHC": "1"}]}),
+        serde_json::json!({"session": session, "madonvi": "X", "service": "TraCuuHoSo",
+            "mahoso": "E"}),
+        serde_json::json!({"session": session, "madonvi": "X", "service": "CapNhatTienDoHoSoMC",
+            "data": {"MaHoSo": "F"}}),
+        serde_json::json!({"session": session, "madonvi": "X", "service": "KhongCo",
+            "data": [{"MaHoSo": "G"}]}),
+    ];
+    let mut codes = Vec::new();
+    for call in &calls {
+        let answer: serde_json::Value = http
+            .post(url("/integration"))
+            .json(call)
+            .send()
+            .await
+            .expect("call")
+            .json()
+            .await
+            .expect("answer");
+        codes.push(answer["error_code"].as_i64().expect("error_code"));
+    }
+    assert_eq!(codes, [4, 7, 2, 0, 7, 8]);
+    let named: Vec<(String, Vec<String>)> = s
+        .sim
+        .ledger
+        .snapshot()
+        .into_iter()
+        .filter(|e| e.service != "auth")
+        .map(|e| (e.outcome, e.dossiers))
+        .collect();
+    let owned = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    assert_eq!(
+        named,
+        [
+            ("error_code:4".to_owned(), owned(&["A", "B"])),
+            ("error_code:7".to_owned(), owned(&["C", "", ""])),
+            ("error_code:2".to_owned(), owned(&["D"])),
+            ("ok".to_owned(), owned(&["E"])),
+            ("error_code:7".to_owned(), owned(&[])),
+            ("error_code:8".to_owned(), owned(&["G"])),
+        ]
+    );
+}
