@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::json;
 use sha2::Digest;
 
 use super::{cpu_seconds, percentile};
@@ -167,24 +166,54 @@ agency_code = "000.00.00.H56"
     Ok(path)
 }
 
-/// Requests of one dossier: the record, then `events` steps.
-fn requests(run: &str, i: usize, events: usize) -> Vec<(http::Method, String, serde_json::Value)> {
+/// Requests of one dossier: the record, then `events` steps, their bodies already serialised (from
+/// structs, not `serde_json::Value` trees: the generator shares the two cores with the daemon).
+fn requests(
+    run: &str,
+    i: usize,
+    events: usize,
+) -> serde_json::Result<Vec<(http::Method, String, bytes::Bytes)>> {
+    #[derive(serde::Serialize)]
+    struct Record {
+        procedure_code: &'static str,
+        status: &'static str,
+        owner_name: &'static str,
+        received_at: &'static str,
+    }
+    #[derive(serde::Serialize)]
+    struct Event<'a> {
+        status: &'static str,
+        occurred_at: &'static str,
+        handler: &'static str,
+        content: &'a str,
+    }
+    fn body(v: &impl serde::Serialize) -> serde_json::Result<bytes::Bytes> {
+        serde_json::to_vec(v).map(bytes::Bytes::from)
+    }
     let code = format!("{run}-{i:06}");
     let mut out = vec![(
         http::Method::PUT,
         format!("/v1/dossiers/{code}"),
-        json!({"procedure_code": "1.001612", "status": "new", "owner_name": "Bench",
-               "received_at": "2026-11-27T08:00:00+07:00"}),
+        body(&Record {
+            procedure_code: "1.001612",
+            status: "new",
+            owner_name: "Bench",
+            received_at: "2026-11-27T08:00:00+07:00",
+        })?,
     )];
     for k in 1..=events {
         out.push((
             http::Method::POST,
             format!("/v1/dossiers/{code}/events"),
-            json!({"status": "processing", "occurred_at": "2026-11-27T09:00:00+07:00",
-                   "handler": "Cán bộ", "content": format!("step {k}")}),
+            body(&Event {
+                status: "processing",
+                occurred_at: "2026-11-27T09:00:00+07:00",
+                handler: "Cán bộ",
+                content: &format!("step {k}"),
+            })?,
         ));
     }
-    out
+    Ok(out)
 }
 
 struct Drive {
@@ -222,7 +251,7 @@ impl Connection {
         &mut self,
         method: http::Method,
         path: &str,
-        body: &serde_json::Value,
+        body: bytes::Bytes,
     ) -> anyhow::Result<u16> {
         use http_body_util::BodyExt as _;
         let request = http::Request::builder()
@@ -231,9 +260,7 @@ impl Connection {
             .header(http::header::HOST, self.host.clone())
             .header(http::header::AUTHORIZATION, BEARER)
             .header(http::header::CONTENT_TYPE, "application/json")
-            .body(http_body_util::Full::new(bytes::Bytes::from(
-                serde_json::to_vec(body)?,
-            )))?;
+            .body(http_body_util::Full::new(body))?;
         self.sender.ready().await?;
         let response = self.sender.send_request(request).await?;
         let status = response.status().as_u16();
@@ -270,9 +297,9 @@ async fn drive(
                 if i >= dossiers {
                     break;
                 }
-                for (method, path, body) in requests(&run, i, events) {
+                for (method, path, body) in requests(&run, i, events)? {
                     let t = Instant::now();
-                    let status = connection.send(method, &path, &body).await?;
+                    let status = connection.send(method, &path, body).await?;
                     lat.push(t.elapsed().as_secs_f64() * 1000.0);
                     if status != expect {
                         bail!("{path} answered {status}");
