@@ -5,6 +5,7 @@
 //! and status codes — never from ids, messages or personal data. Counters move where things happen;
 //! gauges (queue depth, lane state, store size, free disk) are read at scrape time.
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -59,9 +60,11 @@ pub struct LaneLabels {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub route: String,
-    pub method: String,
-    pub status: String,
+    /// The route's template, never the concrete path (which holds ids). Borrowed for the API's own
+    /// routes, so counting a request allocates nothing.
+    pub route: Cow<'static, str>,
+    pub method: Cow<'static, str>,
+    pub status: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -404,7 +407,7 @@ mod deploy_tests {
         let req = RequestLabels {
             route: "/".into(),
             method: "GET".into(),
-            status: "200".into(),
+            status: 200,
         };
         m.api_requests.get_or_create(&req).inc();
         m.api_seconds.get_or_create(&req).observe(0.1);
