@@ -314,6 +314,11 @@ pub struct E2eBenchArgs {
     /// meanwhile) before its RSS is read again: idle after work, with its caches warm.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub settle: std::time::Duration,
+    /// Run the default scenario this many times, each with a fresh daemon, store and simulator, and
+    /// end with a table of every run and each column's median: the machine's speed drifts from
+    /// minute to minute, and the reference figures are medians of three runs.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub runs: u32,
     /// Directory for the temporary store; must be on the disk being measured (not tmpfs).
     #[arg(long, value_name = "DIR", default_value = "target/bench-e2e")]
     pub dir: PathBuf,

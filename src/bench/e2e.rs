@@ -9,7 +9,11 @@
 //! one-hop ceiling (the same requests straight to a loopback server that answers 200 without storing
 //! anything) and the disk's `4 KiB write + fdatasync` rate.
 //!
-//! Whatever the speed, it then checks that every accepted record and step reached the simulator
+//! The scenario runs `--runs` times (default 3, as the issue's reference figures are medians of three
+//! runs), each with a fresh daemon, store and simulator, and ends with a table of every run and each
+//! column's median.
+//!
+//! Whatever the speed, each run then checks that every accepted record and step reached the simulator
 //! exactly once and in order, and fails if not (the CI smoke run relies on that).
 //!
 //! `--backlog N` adds the second scenario: N steps accepted while the portal is down, then the daemon
@@ -411,6 +415,58 @@ pub async fn run(args: E2eBenchArgs) -> anyhow::Result<()> {
     crate::tls::install_crypto_provider();
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
+    let mut runs = Vec::with_capacity(args.runs as usize);
+    for n in 1..=args.runs {
+        let figures = scenario(&args).await?;
+        println!("\n== bench e2e: {} ==", crate::bench::machine());
+        if args.runs > 1 {
+            println!("run {n} of {}", args.runs);
+        }
+        figures.print(&args);
+        if !figures.exactly_once() {
+            bail!("the portal did not receive every accepted event exactly once and in order");
+        }
+        runs.push(figures);
+    }
+    if runs.len() > 1 {
+        print_medians(&runs);
+    }
+    if args.backlog > 0 {
+        let tmp = tempfile::tempdir_in(&args.dir)?;
+        backlog(&args, tmp.path()).await?;
+    }
+    Ok(())
+}
+
+/// What one run of the default scenario measured.
+#[derive(Debug, Clone, Copy)]
+struct Figures {
+    fsync_rate: f64,
+    fsync_p50_ms: f64,
+    ceiling_per_s: f64,
+    ceiling_p50_ms: f64,
+    ceiling_p99_ms: f64,
+    lane_concurrency: usize,
+    accepted_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    drain_s: f64,
+    delivered_per_s: f64,
+    progress_calls: usize,
+    cpu_ms_per_event: f64,
+    idle_rss_mib: f64,
+    peak_rss_mib: f64,
+    rss_after_mib: f64,
+    ready_ms: f64,
+    store_kib_per_1000: f64,
+    missing: usize,
+    duplicated: usize,
+    disordered: usize,
+}
+
+/// One run of the default scenario: a fresh store, daemon and simulator; then the one-hop ceiling.
+async fn scenario(args: &E2eBenchArgs) -> anyhow::Result<Figures> {
     let tmp = tempfile::tempdir_in(&args.dir)?;
     let (fsync_rate, fsync_p50) = super::fsync_baseline(tmp.path(), Duration::from_secs(2))?;
 
@@ -481,52 +537,125 @@ pub async fn run(args: E2eBenchArgs) -> anyhow::Result<()> {
     ceiling.stop().await;
     tokio::time::sleep(args.settle.saturating_sub(delivered_at.elapsed())).await;
     let (rss_after, _) = rss_mib(pid);
+    drop(daemon);
+    portal.stop().await;
 
     let lat = &accepted.latencies_ms;
-    println!("\n== bench e2e: {} ==", crate::bench::machine());
-    println!(
-        "workload: {} dossiers × (1 record + {} events) = {requests_total} requests over {} connections; one portal target; lane concurrency {}",
-        args.dossiers, args.events, args.connections, lane_concurrency
-    );
-    println!(
-        "disk: 4 KiB write + fdatasync {fsync_rate:.0}/s (p50 {fsync_p50:.2} ms); one-hop ceiling {:.0} req/s (p50 {:.2} / p99 {:.2} ms)",
-        hop.accepted as f64 / hop.wall.as_secs_f64(),
-        percentile(&hop.latencies_ms, 0.5),
-        percentile(&hop.latencies_ms, 0.99)
-    );
-    println!(
-        "accepted: {:.0}/s; latency p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms",
-        accepted.accepted as f64 / accepted.wall.as_secs_f64(),
-        percentile(lat, 0.5),
-        percentile(lat, 0.99),
-        percentile(lat, 0.999)
-    );
-    println!(
-        "delivered: all {steps} steps and {} records in {:.2} s from the first request = {:.0} events/s ({progress_calls} progress calls, {:.1} steps per call)",
-        args.dossiers,
-        drain.as_secs_f64(),
-        requests_total as f64 / drain.as_secs_f64(),
-        steps as f64 / progress_calls.max(1) as f64
-    );
-    println!(
-        "daemon: {:.3} ms CPU per event; RSS idle {idle_rss:.1} MiB, peak {peak_rss:.1} MiB, idle again {rss_after:.1} MiB {:.0} s after the drain; ready {:.0} ms after start; store {:.1} KiB per 1,000 events",
-        cpu * 1000.0 / requests_total as f64,
-        args.settle.as_secs_f64(),
-        ready_after.as_secs_f64() * 1000.0,
-        store_bytes as f64 / 1024.0 / requests_total as f64 * 1000.0
-    );
-    println!(
-        "exactly once: {missing} missing, {duplicated} duplicated, {disordered} dossiers out of order"
-    );
-    drop(daemon);
-    if missing + duplicated + disordered > 0 {
-        bail!("the portal did not receive every accepted event exactly once and in order");
+    Ok(Figures {
+        fsync_rate,
+        fsync_p50_ms: fsync_p50,
+        ceiling_per_s: hop.accepted as f64 / hop.wall.as_secs_f64(),
+        ceiling_p50_ms: percentile(&hop.latencies_ms, 0.5),
+        ceiling_p99_ms: percentile(&hop.latencies_ms, 0.99),
+        lane_concurrency,
+        accepted_per_s: accepted.accepted as f64 / accepted.wall.as_secs_f64(),
+        p50_ms: percentile(lat, 0.5),
+        p99_ms: percentile(lat, 0.99),
+        p999_ms: percentile(lat, 0.999),
+        drain_s: drain.as_secs_f64(),
+        delivered_per_s: requests_total as f64 / drain.as_secs_f64(),
+        progress_calls,
+        cpu_ms_per_event: cpu * 1000.0 / requests_total as f64,
+        idle_rss_mib: idle_rss,
+        peak_rss_mib: peak_rss,
+        rss_after_mib: rss_after,
+        ready_ms: ready_after.as_secs_f64() * 1000.0,
+        store_kib_per_1000: store_bytes as f64 / 1024.0 / requests_total as f64 * 1000.0,
+        missing,
+        duplicated,
+        disordered,
+    })
+}
+
+impl Figures {
+    fn exactly_once(&self) -> bool {
+        self.missing + self.duplicated + self.disordered == 0
     }
-    if args.backlog > 0 {
-        backlog(&args, tmp.path()).await?;
+
+    fn print(&self, args: &E2eBenchArgs) {
+        let requests_total = args.dossiers * (1 + args.events);
+        let steps = args.dossiers * args.events;
+        println!(
+            "workload: {} dossiers × (1 record + {} events) = {requests_total} requests over {} connections; one portal target; lane concurrency {}",
+            args.dossiers, args.events, args.connections, self.lane_concurrency
+        );
+        println!(
+            "disk: 4 KiB write + fdatasync {:.0}/s (p50 {:.2} ms); one-hop ceiling {:.0} req/s (p50 {:.2} / p99 {:.2} ms)",
+            self.fsync_rate,
+            self.fsync_p50_ms,
+            self.ceiling_per_s,
+            self.ceiling_p50_ms,
+            self.ceiling_p99_ms
+        );
+        println!(
+            "accepted: {:.0}/s; latency p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms",
+            self.accepted_per_s, self.p50_ms, self.p99_ms, self.p999_ms
+        );
+        println!(
+            "delivered: all {steps} steps and {} records in {:.2} s from the first request = {:.0} events/s ({} progress calls, {:.1} steps per call)",
+            args.dossiers,
+            self.drain_s,
+            self.delivered_per_s,
+            self.progress_calls,
+            steps as f64 / self.progress_calls.max(1) as f64
+        );
+        println!(
+            "daemon: {:.3} ms CPU per event; RSS idle {:.1} MiB, peak {:.1} MiB, idle again {:.1} MiB {:.0} s after the drain; ready {:.0} ms after start; store {:.1} KiB per 1,000 events",
+            self.cpu_ms_per_event,
+            self.idle_rss_mib,
+            self.peak_rss_mib,
+            self.rss_after_mib,
+            args.settle.as_secs_f64(),
+            self.ready_ms,
+            self.store_kib_per_1000
+        );
+        println!(
+            "exactly once: {} missing, {} duplicated, {} dossiers out of order",
+            self.missing, self.duplicated, self.disordered
+        );
     }
-    portal.stop().await;
-    Ok(())
+}
+
+/// Every run as a row, then the median of each column (each column's own median, as the reference
+/// figures of the issue are medians of three runs).
+fn print_medians(runs: &[Figures]) {
+    /// A column: its heading, its figure, and the digits printed after the point.
+    type Column = (&'static str, fn(&Figures) -> f64, usize);
+    let columns: [Column; 13] = [
+        ("disk fsync/s", |f| f.fsync_rate, 0),
+        ("one-hop req/s", |f| f.ceiling_per_s, 0),
+        ("accepted/s", |f| f.accepted_per_s, 0),
+        ("p50 ms", |f| f.p50_ms, 2),
+        ("p99 ms", |f| f.p99_ms, 2),
+        ("p999 ms", |f| f.p999_ms, 2),
+        ("delivered/s", |f| f.delivered_per_s, 0),
+        ("CPU ms/event", |f| f.cpu_ms_per_event, 3),
+        ("RSS idle MiB", |f| f.idle_rss_mib, 1),
+        ("peak RSS MiB", |f| f.peak_rss_mib, 1),
+        ("idle again MiB", |f| f.rss_after_mib, 1),
+        ("ready ms", |f| f.ready_ms, 0),
+        ("KiB/1,000 events", |f| f.store_kib_per_1000, 1),
+    ];
+    println!(
+        "\n== bench e2e: {} runs, each column's median last ==",
+        runs.len()
+    );
+    let header: Vec<&str> = columns.iter().map(|c| c.0).collect();
+    println!("| run | {} |", header.join(" | "));
+    println!("|---|{}", "---|".repeat(columns.len()));
+    let row = |name: String, value: &dyn Fn(fn(&Figures) -> f64) -> f64| {
+        let cells: Vec<String> = columns
+            .iter()
+            .map(|(_, get, digits)| format!("{:.*}", *digits, value(*get)))
+            .collect();
+        println!("| {name} | {} |", cells.join(" | "));
+    };
+    for (i, f) in runs.iter().enumerate() {
+        row((i + 1).to_string(), &|get| get(f));
+    }
+    row("**median**".into(), &|get| {
+        super::median(runs.iter().map(get).collect())
+    });
 }
 
 /// The second scenario: a backlog accepted while the portal is down, a restart, then the drain.

@@ -1081,6 +1081,8 @@ fn the_end_to_end_benchmark_delivers_everything_exactly_once_at_a_small_size() {
         "500",
         "--settle",
         "1s",
+        "--runs",
+        "2",
         "--dir",
         dir.path().to_str().expect("path"),
     ]);
@@ -1089,11 +1091,41 @@ fn the_end_to_end_benchmark_delivers_everything_exactly_once_at_a_small_size() {
         .expect("the benchmark finishes");
     let out = bench.out_lines.join("\n");
     assert!(status.success(), "{out}\n{:?}", bench.err_lines);
-    assert!(
-        out.contains("exactly once: 0 missing, 0 duplicated, 0 dossiers out of order"),
+    assert_eq!(
+        out.matches("exactly once: 0 missing, 0 duplicated, 0 dossiers out of order")
+            .count(),
+        2,
         "{out}"
     );
-    assert!(out.contains("accepted: "), "{out}");
+    assert_eq!(out.matches("\naccepted: ").count(), 2, "{out}");
+    // Both runs as rows, then each column's median of them (two runs: their mean, to the printed digits).
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .filter(|l| {
+            ["| 1 |", "| 2 |", "| **median** |"]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .map(|l| {
+            l.split('|')
+                .skip(2)
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect()
+        })
+        .collect();
+    assert_eq!(rows.len(), 3, "{out}");
+    assert_eq!(rows[0].len(), 13, "{out}");
+    for (column, median) in rows[2].iter().enumerate() {
+        let (a, b) = (rows[0][column], rows[1][column]);
+        let figure = |cell: &str| -> f64 { cell.parse().expect("a figure") };
+        let digits = median.split('.').nth(1).map_or(0, str::len);
+        let unit = 10f64.powi(-i32::try_from(digits).expect("digits"));
+        assert!(
+            (figure(median) - f64::midpoint(figure(a), figure(b))).abs() <= unit,
+            "column {column}: {a} and {b} give {median}\n{out}"
+        );
+    }
     assert!(
         out.lines().any(|l| l.starts_with("daemon: ")
             && l.contains(" MiB 1 s after the drain; ")
