@@ -20,7 +20,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 
 use self::auth::Tokens;
 use self::problem::{ApiError, Code, Lang};
@@ -41,30 +41,48 @@ pub(crate) use jobs::JobView;
 pub(crate) use jobs::rfc3339 as jobs_rfc3339;
 
 pub(crate) fn router(state: ApiState, body_limit: usize) -> Router {
-    let metrics = state.metrics.clone();
-    Router::new()
-        .route("/v1/openapi.json", get(openapi_document))
-        .route("/v1/identity/verifications", post(identity::create))
-        .route("/v1/identity/verifications/{id}", get(identity::show))
-        .route("/v1/shipments", post(shipments::create))
-        .route("/v1/shipments/{id}", get(shipments::show))
-        .route("/v1/shipments/{id}/cancel", post(shipments::cancel))
-        .route(
+    let routes: [(&'static str, MethodRouter<Arc<ApiState>>); 13] = [
+        ("/v1/openapi.json", get(openapi_document)),
+        ("/v1/identity/verifications", post(identity::create)),
+        ("/v1/identity/verifications/{id}", get(identity::show)),
+        ("/v1/shipments", post(shipments::create)),
+        ("/v1/shipments/{id}", get(shipments::show)),
+        ("/v1/shipments/{id}/cancel", post(shipments::cancel)),
+        (
             "/v1/dossiers/{code}",
             get(dossiers::show).put(dossiers::put_record),
-        )
-        .route("/v1/dossiers/{code}/events", post(dossiers::post_event))
-        .route("/v1/jobs", get(jobs::list))
-        .route("/v1/jobs/replay", post(jobs::replay))
-        .route("/v1/jobs/{id}", get(jobs::show))
-        .route("/v1/jobs/{id}/retry", post(jobs::retry))
-        .route("/v1/jobs/{id}/discard", post(jobs::discard))
-        .fallback(not_found)
+        ),
+        ("/v1/dossiers/{code}/events", post(dossiers::post_event)),
+        ("/v1/jobs", get(jobs::list)),
+        ("/v1/jobs/replay", post(jobs::replay)),
+        ("/v1/jobs/{id}", get(jobs::show)),
+        ("/v1/jobs/{id}/retry", post(jobs::retry)),
+        ("/v1/jobs/{id}/discard", post(jobs::discard)),
+    ];
+    let counting = state.metrics.clone().map(|metrics| {
+        Arc::new(Counting {
+            metrics,
+            templates: routes.iter().map(|(path, _)| *path).collect(),
+        })
+    });
+    let mut api = Router::new();
+    for (path, methods) in routes {
+        api = api.route(path, methods);
+    }
+    api.fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn(move |req, next| {
-            around(metrics.clone(), req, next)
+            around(counting.clone(), req, next)
         }))
         .with_state(Arc::new(state))
+}
+
+/// What [`around`] counts requests with: the metrics, and the router's route templates, which a
+/// request's labels borrow instead of copying.
+#[derive(Debug)]
+struct Counting {
+    metrics: Arc<crate::metrics::Metrics>,
+    templates: Vec<&'static str>,
 }
 
 /// What every answer goes through, in one middleware (each layer would cost every request a boxed
@@ -75,7 +93,7 @@ pub(crate) fn router(state: ApiState, body_limit: usize) -> Router {
 /// - a request that matched a route is counted by route template (never the concrete path, which
 ///   holds ids), method and status.
 async fn around(
-    metrics: Option<Arc<crate::metrics::Metrics>>,
+    counting: Option<Arc<Counting>>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
@@ -89,14 +107,16 @@ async fn around(
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
         })
         .map_or_else(|| ulid::Ulid::new().to_string(), str::to_owned);
-    let counted = metrics.and_then(|m| {
+    let counted = counting.and_then(|c| {
         let route = req.extensions().get::<axum::extract::MatchedPath>()?;
-        Some((m, template(route.as_str()), method_label(req.method())))
+        let route = template(&c.templates, route.as_str());
+        Some((c, route, method_label(req.method())))
     });
     let started = std::time::Instant::now();
     let span = tracing::debug_span!("request", request_id = %id);
     let mut response = as_problem(tracing::Instrument::instrument(next.run(req), span).await);
-    if let Some((m, route, method)) = counted {
+    if let Some((c, route, method)) = counted {
+        let m = &c.metrics;
         let labels = crate::metrics::RequestLabels {
             route,
             method,
@@ -113,29 +133,13 @@ async fn around(
     response
 }
 
-/// Every route template of [`router`], so that a request's metric labels borrow it.
-const ROUTES: [&str; 13] = [
-    "/v1/openapi.json",
-    "/v1/identity/verifications",
-    "/v1/identity/verifications/{id}",
-    "/v1/shipments",
-    "/v1/shipments/{id}",
-    "/v1/shipments/{id}/cancel",
-    "/v1/dossiers/{code}",
-    "/v1/dossiers/{code}/events",
-    "/v1/jobs",
-    "/v1/jobs/replay",
-    "/v1/jobs/{id}",
-    "/v1/jobs/{id}/retry",
-    "/v1/jobs/{id}/discard",
-];
-
-/// `route` as a label: one of [`ROUTES`], or a copy for a route this list has not caught up with.
-fn template(route: &str) -> Cow<'static, str> {
-    ROUTES
+/// `route` as a label: borrowed from the router's `templates`, or a copy of a template it does not
+/// know (none today: every matched path is one of them).
+fn template(templates: &[&'static str], route: &str) -> Cow<'static, str> {
+    templates
         .iter()
-        .find(|r| **r == route)
-        .map_or_else(|| Cow::Owned(route.to_owned()), |r| Cow::Borrowed(*r))
+        .find(|t| **t == route)
+        .map_or_else(|| Cow::Owned(route.to_owned()), |t| Cow::Borrowed(*t))
 }
 
 /// The method as a label, borrowed for the methods the API serves.
@@ -386,6 +390,27 @@ mod tests {
             !text.contains("H56-000123") && !text.contains("01ARZ3"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_route_label_borrows_the_routers_template_and_copies_anything_else() {
+        let templates = ["/v1/jobs", "/v1/jobs/{id}"];
+        assert!(matches!(
+            template(&templates, "/v1/jobs/{id}"),
+            Cow::Borrowed("/v1/jobs/{id}")
+        ));
+        assert!(matches!(
+            template(&templates, "/v1/other"),
+            Cow::Owned(ref s) if s == "/v1/other"
+        ));
+        assert!(matches!(
+            method_label(&axum::http::Method::PUT),
+            Cow::Borrowed("PUT")
+        ));
+        assert!(matches!(
+            method_label(&axum::http::Method::PATCH),
+            Cow::Owned(ref s) if s == "PATCH"
+        ));
     }
 
     fn open_queue(dir: &std::path::Path, crash: Option<CrashPlan>) -> Queue {
