@@ -500,6 +500,8 @@ fn every_accepted_request_reaches_its_upstream_once_and_in_order_despite_faults(
     }
 
     // Delivered results got their "result returned" step; shipment changes were called back, signed.
+    // The step is planned in the commit that records the delivery and reaches the portal afterwards,
+    // through the same faults as every step, so it is waited for like the callback.
     let delivered = w.wait_until(Duration::from_secs(30), |w| {
         let cb = w.callbacks.lock().expect("lock");
         cb.good
@@ -507,20 +509,14 @@ fn every_accepted_request_reaches_its_upstream_once_and_in_order_despite_faults(
             .any(|(t, b)| t == "shipment.status_changed" && b["data"]["status"] == "delivered")
     });
     assert!(delivered, "no delivery was called back");
+    let returned = w.wait_until(Duration::from_secs(30), |w| {
+        w.national.steps().iter().any(|s| s.step.trang_thai == "10")
+    });
+    assert!(returned, "a delivered result adds a result-returned step");
     let cb = w.callbacks.lock().expect("lock");
     assert_eq!(cb.bad, 0, "every callback carries a valid signature");
     assert!(cb.good.iter().any(|(t, _)| t == "dossier.sync.completed"));
     drop(cb);
-    let returned = w
-        .national
-        .steps()
-        .iter()
-        .filter(|s| s.step.trang_thai == "10")
-        .count();
-    assert!(
-        returned > 0,
-        "a delivered result adds a result-returned step"
-    );
 
     // The flows' metrics moved and pass promtool.
     let metrics = w.rt.block_on(async {
