@@ -123,7 +123,10 @@ async fn run_offline(args: &JobsArgs, dir: &std::path::Path) -> anyhow::Result<(
                 state,
                 kind: filter.kind.clone(),
                 lane: filter.target.clone(),
-                ordering_key: filter.dossier.clone(),
+                dossier: match &filter.dossier {
+                    Some(code) => Some(crate::flows::identity::dossier_jobs(&queue, code).await?),
+                    None => None,
+                },
             };
             let jobs: Vec<Value> = queue
                 .list(filter, None, *limit)

@@ -110,6 +110,8 @@ pub struct Metrics {
     pub tracking_events: Family<OutcomeLabels, Counter>,
     depth: Family<DepthLabels, Gauge>,
     overdue: Family<LaneLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    blocked_keys: Family<LaneLabels, Gauge>,
+    blocked_jobs: Family<LaneLabels, Gauge>,
     lane_state: Family<DepthLabels, Gauge>,
     store_bytes: Gauge,
     disk_free_bytes: Gauge,
@@ -138,6 +140,8 @@ impl Default for Metrics {
             tracking_events: Family::default(),
             depth: Family::default(),
             overdue: Family::default(),
+            blocked_keys: Family::default(),
+            blocked_jobs: Family::default(),
             lane_state: Family::default(),
             store_bytes: Gauge::default(),
             disk_free_bytes: Gauge::default(),
@@ -226,6 +230,16 @@ impl Metrics {
             self.overdue.clone(),
         );
         r.register(
+            "queue_blocked_keys",
+            "Keys of each lane whose head is a dead job: nothing more of theirs runs until it is retried or discarded",
+            self.blocked_keys.clone(),
+        );
+        r.register(
+            "queue_blocked_jobs",
+            "Jobs of each lane waiting behind a dead job of their key",
+            self.blocked_jobs.clone(),
+        );
+        r.register(
             "lane_state",
             "1 for the state each lane's worker is in (running, backing_off, paused, stopped)",
             self.lane_state.clone(),
@@ -256,6 +270,15 @@ impl Metrics {
                 }
             }
             for c in counts {
+                let lane = LaneLabels {
+                    lane: c.lane.clone(),
+                };
+                self.blocked_keys
+                    .get_or_create(&lane)
+                    .set(c.blocked_keys as i64);
+                self.blocked_jobs
+                    .get_or_create(&lane)
+                    .set(c.blocked_jobs as i64);
                 for state in JobState::ALL {
                     self.depth
                         .get_or_create(&DepthLabels {
@@ -420,6 +443,12 @@ mod deploy_tests {
         m.overdue
             .get_or_create(&LaneLabels { lane: "l".into() })
             .set(1.0);
+        m.blocked_keys
+            .get_or_create(&LaneLabels { lane: "l".into() })
+            .set(1);
+        m.blocked_jobs
+            .get_or_create(&LaneLabels { lane: "l".into() })
+            .set(2);
         m.lane_state
             .get_or_create(&DepthLabels {
                 lane: "l".into(),

@@ -59,6 +59,9 @@ pub struct LaneView {
     pub dead: u64,
     pub done: u64,
     pub oldest_due_seconds: f64,
+    /// Keys whose head is dead, and the jobs waiting behind them.
+    pub blocked_keys: u64,
+    pub blocked_jobs: u64,
     pub completed_total: u64,
     /// Failed attempts since start, by error class.
     pub retried_total: BTreeMap<String, u64>,
@@ -101,6 +104,8 @@ pub fn build(readyz: &Value, metrics: &str) -> StatusView {
                     _ => {}
                 }
             }
+            "dvc_connector_queue_blocked_keys" => lanes.entry(lane).or_default().blocked_keys = n,
+            "dvc_connector_queue_blocked_jobs" => lanes.entry(lane).or_default().blocked_jobs = n,
             "dvc_connector_queue_oldest_due_seconds" => {
                 lanes.entry(lane).or_default().oldest_due_seconds = s.value
             }
@@ -179,6 +184,8 @@ pub async fn run_offline(
                 dead: c.dead,
                 done: c.done,
                 oldest_due_seconds: overdue,
+                blocked_keys: c.blocked_keys,
+                blocked_jobs: c.blocked_jobs,
                 ..LaneView::default()
             },
         );
@@ -213,8 +220,16 @@ fn print(base: &str, v: &StatusView) {
     );
     println!();
     println!(
-        "{:<20} {:<12} {:>7} {:>7} {:>6} {:>9} {:>10} {:>9}  RETRIED (by class)",
-        "LANE", "STATE", "READY", "LEASED", "DEAD", "OVERDUE", "DELIVERED", "IN FLIGHT"
+        "{:<20} {:<12} {:>7} {:>7} {:>6} {:>16} {:>9} {:>10} {:>9}  RETRIED (by class)",
+        "LANE",
+        "STATE",
+        "READY",
+        "LEASED",
+        "DEAD",
+        "BLOCKED BY DEAD",
+        "OVERDUE",
+        "DELIVERED",
+        "IN FLIGHT"
     );
     for (lane, l) in &v.lanes {
         let retried = l
@@ -227,13 +242,15 @@ fn print(base: &str, v: &StatusView) {
             Some(r) => format!("{} ({r})", l.state),
             None => l.state.clone(),
         };
+        let blocked = format!("{} in {} keys", l.blocked_jobs, l.blocked_keys);
         println!(
-            "{:<20} {:<12} {:>7} {:>7} {:>6} {:>8.0}s {:>10} {:>9}  {}",
+            "{:<20} {:<12} {:>7} {:>7} {:>6} {:>16} {:>8.0}s {:>10} {:>9}  {}",
             lane,
             state,
             l.ready,
             l.leased,
             l.dead,
+            blocked,
             l.oldest_due_seconds,
             l.completed_total,
             l.in_flight,

@@ -8,11 +8,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::ApiState;
 use super::auth::Admin;
+use super::idempotency;
 use super::problem::{ApiError, Code, Lang};
 use crate::queue::{AdminOutcome, Job, JobFilter, JobId, JobState, Millis};
 
@@ -91,22 +95,34 @@ pub struct JobList {
     pub next_cursor: Option<String>,
 }
 
-/// Parses the shared filters; every problem is reported with its parameter.
-fn filter(
+/// The parameters of `GET /v1/jobs`; `replay` takes the filters and `all`.
+const LIST_PARAMS: [&str; 6] = ["state", "kind", "target", "dossier_code", "limit", "cursor"];
+const REPLAY_PARAMS: [&str; 5] = ["state", "kind", "target", "dossier_code", "all"];
+
+/// Parses the shared filters; every problem is reported with its parameter. An empty value is
+/// refused like any other invalid one.
+async fn filter(
+    state: &ApiState,
     params: &HashMap<String, String>,
+    known: &[&str],
     lang: Lang,
 ) -> Result<(JobFilter, usize, Option<JobId>), ApiError> {
     let mut error = ApiError::new(Code::InvalidQuery, lang);
     for key in params.keys() {
-        if !["state", "kind", "target", "dossier_code", "limit", "cursor"].contains(&key.as_str()) {
+        if !known.contains(&key.as_str()) {
             error = error.field(
                 key,
                 "unknown_parameter",
-                "expected state, kind, target, dossier_code, limit or cursor",
+                format!("expected one of {}", known.join(", ")),
             );
         }
     }
-    let state = match params.get("state") {
+    for (key, value) in params {
+        if known.contains(&key.as_str()) && value.is_empty() {
+            error = error.field(key, "invalid_value", "must not be empty");
+        }
+    }
+    let state_filter = match params.get("state").filter(|s| !s.is_empty()) {
         None => None,
         Some(s) => JobState::parse(s).or_else(|| {
             error = error.clone().field(
@@ -117,7 +133,7 @@ fn filter(
             None
         }),
     };
-    let limit = match params.get("limit") {
+    let limit = match params.get("limit").filter(|l| !l.is_empty()) {
         None => DEFAULT_LIMIT,
         Some(l) => match l.parse::<usize>() {
             Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
@@ -131,7 +147,7 @@ fn filter(
             }
         },
     };
-    let cursor = match params.get("cursor") {
+    let cursor = match params.get("cursor").filter(|c| !c.is_empty()) {
         None => None,
         Some(c) => JobId::from_string(c).ok().or_else(|| {
             error = error.clone().field(
@@ -142,16 +158,33 @@ fn filter(
             None
         }),
     };
+    if let Some(code) = params.get("dossier_code").filter(|c| !c.is_empty())
+        && !crate::flows::dossier::valid_code(code)
+    {
+        error = error.field(
+            "dossier_code",
+            "invalid_dossier_code",
+            "1 to 64 of A-Z a-z 0-9 . _ -",
+        );
+    }
     if !error.errors.is_empty() {
         return Err(error);
     }
     let non_empty = |k: &str| params.get(k).filter(|v| !v.is_empty()).cloned();
+    let dossier = match non_empty("dossier_code") {
+        None => None,
+        Some(code) => Some(
+            crate::flows::identity::dossier_jobs(&state.queue, &code)
+                .await
+                .map_err(|e| ApiError::store(&e, lang))?,
+        ),
+    };
     Ok((
         JobFilter {
-            state,
+            state: state_filter,
             kind: non_empty("kind"),
             lane: non_empty("target"),
-            ordering_key: non_empty("dossier_code"),
+            dossier,
         },
         limit,
         cursor,
@@ -174,7 +207,7 @@ pub async fn list(
     lang: Lang,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<JobList>, ApiError> {
-    let (filter, limit, cursor) = filter(&params, lang)?;
+    let (filter, limit, cursor) = filter(&state, &params, &LIST_PARAMS, lang).await?;
     let jobs = state
         .queue
         .list(filter, cursor, limit)
@@ -261,19 +294,41 @@ pub async fn discard(
     act(&state, &id, lang, "discard", &caller.name).await
 }
 
-#[derive(Debug, Serialize)]
-pub struct Replayed {
-    pub requeued: usize,
-}
-
-/// Requeues every dead job matching the filters (state, if given, must be `dead`).
+/// Requeues every dead job matching the filters (state, if given, must be `dead`). Filters come only as
+/// query parameters; a body is refused (a client that put its filters there would otherwise requeue
+/// every dead job), and a replay of everything must say `all=true`. An `Idempotency-Key` is checked
+/// like on every POST, and a repeated key answers the first replay's count.
 pub async fn replay(
     State(state): State<Arc<ApiState>>,
     Admin(caller): Admin,
     lang: Lang,
-    Query(params): Query<HashMap<String, String>>,
-) -> Result<Json<Replayed>, ApiError> {
-    let (filter, _, _) = filter(&params, lang)?;
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if !body.is_empty() {
+        return Err(ApiError::new(Code::InvalidQuery, lang).field(
+            "body",
+            "unexpected_body",
+            "replay takes its filters as query parameters (state, kind, target, dossier_code, all); send no body",
+        ));
+    }
+    let query = query.unwrap_or_default();
+    let params: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    let (filter, _, _) = filter(&state, &params, &REPLAY_PARAMS, lang).await?;
+    let all = match params.get("all").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return Err(ApiError::new(Code::InvalidQuery, lang).field(
+                "all",
+                "invalid_value",
+                "expected true or false",
+            ));
+        }
+    };
     if filter.state.is_some_and(|s| s != JobState::Dead) {
         return Err(ApiError::new(Code::InvalidQuery, lang).field(
             "state",
@@ -281,6 +336,21 @@ pub async fn replay(
             "only dead jobs are replayed",
         ));
     }
+    // `state=dead` alone narrows nothing: replay only ever takes dead jobs.
+    let narrowed = filter.kind.is_some() || filter.lane.is_some() || filter.dossier.is_some();
+    if !narrowed && !all {
+        return Err(ApiError::new(Code::InvalidQuery, lang).field(
+            "all",
+            "required",
+            "no filter given: say all=true to requeue every dead job",
+        ));
+    }
+    let route = format!("POST /v1/jobs/replay?{query}");
+    let idem = match idempotency::claim(&state, &caller.name, &headers, &route, &body, lang).await?
+    {
+        idempotency::Claim::Replay(response) => return Ok(response),
+        idempotency::Claim::Fresh(idem) => idem,
+    };
     let mut requeued = 0;
     loop {
         let n = state
@@ -294,5 +364,9 @@ pub async fn replay(
         }
     }
     tracing::info!(requeued, by = %caller.name, "operator replayed dead jobs");
-    Ok(Json(Replayed { requeued }))
+    let answer = serde_json::json!({ "requeued": requeued });
+    if let Some(idem) = &idem {
+        idem.update(&state, StatusCode::OK, &answer).await;
+    }
+    Ok((StatusCode::OK, Json(answer)).into_response())
 }

@@ -553,6 +553,25 @@ async fn summary(
         p.orders_duplicated,
         p.duplicate_attempts
     );
+    // The simulators judged every request by the upstream contract, as strict upstreams would.
+    let mut violations: Vec<String> = Vec::new();
+    let named = |sim: &'static str, v: Vec<dvc_upstream::judge::Violation>| {
+        v.into_iter()
+            .map(move |v| format!("{sim}: {} {} ({})", v.field, v.kind.as_str(), v.detail))
+    };
+    violations.extend(named("population", sims.population.violations()));
+    violations.extend(named("postal", sims.postal.violations()));
+    violations.extend(named("national", sims.national.violations()));
+    violations.extend(named("provincial", sims.provincial.violations()));
+    ok &= violations.is_empty();
+    println!(
+        "  {} upstream contract: {} requests refused for breaking a rule",
+        mark(violations.is_empty()),
+        violations.len()
+    );
+    for v in violations.iter().take(10) {
+        println!("      {v}");
+    }
     let faults = |entries: Vec<String>| {
         entries
             .iter()

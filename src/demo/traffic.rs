@@ -248,7 +248,7 @@ pub async fn dossier(
     }
     let recipient = json!({
         "name": person.full_name(), "phone": format!("09{:08}", i * 7919 % 100_000_000),
-        "address": format!("{} Lê Lợi, Hải Châu", i + 1), "province_code": "48", "ward_code": "20194",
+        "address": format!("{} Lê Lợi, Hải Châu", i + 1), "province_code": "48", "ward_code": "20197",
     });
     let shipment = |kind: &str| {
         json!({ "dossier_code": code, "kind": kind, "recipient": recipient,

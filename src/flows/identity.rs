@@ -32,6 +32,9 @@ use crate::queue::{Change, Committed, Expect, Job, JobError, Millis, NewJob};
 pub const KIND: &str = "identity.verify";
 pub const LANE: &str = "population";
 pub(crate) const RECORDS: &str = "verification";
+/// `{dossier_code}/{verification id}` for every verification that named a dossier, written with the
+/// verification, so the dossier's jobs can be found by their ordering key (the verification id).
+const BY_DOSSIER: &str = "verification_dossier";
 const CACHE: &str = "verdict_cache";
 
 /// Which population DB operation answers the request.
@@ -367,6 +370,33 @@ pub async fn cached(flows: &Flows, checked: &Checked) -> Result<Option<Outcome>,
 }
 
 /// The record and job that accept a checked request; the API adds its idempotency record and commits.
+/// Every job of a dossier: its records, steps and shipments by their keys, and the identity checks that
+/// named it (found through [`BY_DOSSIER`]).
+pub async fn dossier_jobs(
+    queue: &crate::queue::Queue,
+    code: &str,
+) -> Result<crate::queue::DossierJobs, crate::queue::StoreError> {
+    let mut jobs = crate::queue::DossierJobs::new(code);
+    let prefix = format!("{code}/");
+    let mut after = None;
+    loop {
+        let page = queue
+            .records(BY_DOSSIER, &prefix, after.clone(), 500)
+            .await?;
+        let Some((last, _)) = page.last() else { break };
+        after = Some(last.clone());
+        let full = page.len() == 500;
+        jobs.also.extend(
+            page.into_iter()
+                .filter_map(|(key, _)| key.strip_prefix(&prefix).map(str::to_owned)),
+        );
+        if !full {
+            break;
+        }
+    }
+    Ok(jobs)
+}
+
 pub fn accept(flows: &Flows, checked: &Checked) -> Change {
     let verification = Verification {
         id: checked.ask.id.clone(),
@@ -383,8 +413,17 @@ pub fn accept(flows: &Flows, checked: &Checked) -> Change {
         error_code: None,
         cache_key: checked.cache_key.clone(),
     };
+    let mut writes = vec![put(RECORDS, &checked.ask.id, Expect::Absent, &verification)];
+    if let Some(code) = &checked.dossier_code {
+        writes.push(put(
+            BY_DOSSIER,
+            &format!("{code}/{}", checked.ask.id),
+            Expect::Any,
+            &(),
+        ));
+    }
     Change {
-        writes: vec![put(RECORDS, &checked.ask.id, Expect::Absent, &verification)],
+        writes,
         jobs: vec![NewJob::new(
             KIND,
             LANE,

@@ -170,6 +170,7 @@ pub struct Request {
     pub recipient: Party,
     #[serde(default)]
     pub sender: Option<Party>,
+    /// Required (checked in [`check`], so its absence is a 422 naming the field like every other).
     #[serde(default)]
     pub description: String,
     #[serde(default)]
@@ -196,13 +197,16 @@ pub struct Checked {
     order: CreateOrder,
 }
 
+/// Checks a party and answers it with its codes in the current catalogue's form: the province's
+/// two-digit code (a pre-2025 code mapped to the province that absorbed it), the ward's five digits, and
+/// no district unless one was given.
 fn check_party(
     faults: &mut Vec<Invalid>,
     p: &Party,
-    fields: [&'static str; 5],
+    fields: [&'static str; 6],
     ward_required: bool,
-) {
-    let [name, phone, address, province, ward] = fields;
+) -> Party {
+    let [name, phone, address, province, ward, district] = fields;
     if p.name.trim().is_empty() || p.name.chars().count() > 200 {
         faults.push(invalid(name, "required", "1 to 200 characters"));
     }
@@ -217,22 +221,56 @@ fn check_party(
     if p.address.trim().is_empty() || p.address.chars().count() > 500 {
         faults.push(invalid(address, "required", "1 to 500 characters"));
     }
-    let code_ok = |c: &str| (1..=10).contains(&c.len()) && c.bytes().all(|b| b.is_ascii_digit());
-    if !code_ok(p.province_code.trim()) {
+    let catalogue = dvc_upstream::admin::catalogue();
+    let province_code = match catalogue.province(&p.province_code) {
+        Ok(found) => Some(found.code),
+        Err(e) => {
+            faults.push(invalid(province, e.code(), e.to_string()));
+            None
+        }
+    };
+    let ward_code = match (p.ward_code.as_deref().map(str::trim), &province_code) {
+        (Some(w), Some(province)) => match catalogue.ward(province, w) {
+            Ok(code) => Some(code),
+            Err(e) => {
+                faults.push(invalid(ward, e.code(), e.to_string()));
+                None
+            }
+        },
+        (Some(_), None) => None,
+        (None, _) if ward_required => {
+            faults.push(invalid(ward, "required", "ward_code is required"));
+            None
+        }
+        (None, _) => None,
+    };
+    let district_code = p
+        .district_code
+        .as_deref()
+        .map(str::trim)
+        .filter(|d| !d.is_empty());
+    if let Some(d) = district_code
+        && !(d.len() <= 5 && d.bytes().all(|b| b.is_ascii_digit()))
+    {
         faults.push(invalid(
-            province,
+            district,
             "invalid_admin_code",
-            "a national administrative unit code (digits)",
+            "a district code (up to 5 digits), only when known",
         ));
     }
-    match p.ward_code.as_deref().map(str::trim) {
-        Some(w) if !code_ok(w) => faults.push(invalid(
-            ward,
-            "invalid_admin_code",
-            "a national administrative unit code (digits)",
-        )),
-        None if ward_required => faults.push(invalid(ward, "required", "ward_code is required")),
-        _ => {}
+    Party {
+        name: p.name.trim().to_owned(),
+        phone: p.phone.trim().to_owned(),
+        address: p.address.trim().to_owned(),
+        province_code: province_code.unwrap_or_default(),
+        ward_code,
+        district_code: district_code.map(str::to_owned),
+        email: p
+            .email
+            .as_deref()
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(str::to_owned),
     }
 }
 
@@ -258,7 +296,7 @@ pub fn check(flows: &Flows, req: &Request) -> Result<Checked, Vec<Invalid>> {
             None
         }
     };
-    check_party(
+    let recipient = check_party(
         &mut faults,
         &req.recipient,
         [
@@ -267,34 +305,34 @@ pub fn check(flows: &Flows, req: &Request) -> Result<Checked, Vec<Invalid>> {
             "recipient.address",
             "recipient.province_code",
             "recipient.ward_code",
+            "recipient.district_code",
         ],
         true,
     );
     let configured = flows.ctx.settings.flows.postal.sender.as_ref();
     let sender = match (&req.sender, configured) {
-        (Some(s), _) => {
-            check_party(
-                &mut faults,
-                s,
-                [
-                    "sender.name",
-                    "sender.phone",
-                    "sender.address",
-                    "sender.province_code",
-                    "sender.ward_code",
-                ],
-                false,
-            );
-            s.clone()
-        }
+        (Some(s), _) => check_party(
+            &mut faults,
+            s,
+            [
+                "sender.name",
+                "sender.phone",
+                "sender.address",
+                "sender.province_code",
+                "sender.ward_code",
+                "sender.district_code",
+            ],
+            false,
+        ),
+        // Checked against the catalogue when the settings were loaded.
         (None, Some(c)) => Party {
             name: c.name.clone(),
             phone: c.phone.clone(),
             address: c.address.clone(),
             province_code: c.province_code.clone(),
-            ward_code: None,
-            district_code: Some(c.district_code.clone()).filter(|d| !d.is_empty()),
-            email: Some(c.email.clone()).filter(|e| !e.is_empty()),
+            ward_code: c.ward_code.clone(),
+            district_code: c.district_code.clone(),
+            email: c.email.clone(),
         },
         (None, None) => {
             faults.push(invalid(
@@ -313,7 +351,13 @@ pub fn check(flows: &Flows, req: &Request) -> Result<Checked, Vec<Invalid>> {
             "VND from 0 to 100,000,000,000",
         ));
     }
-    if req.description.chars().count() > 1000 {
+    if req.description.trim().is_empty() {
+        faults.push(invalid(
+            "description",
+            "required",
+            "what is sent: 1 to 1000 characters",
+        ));
+    } else if req.description.chars().count() > 1000 {
         faults.push(invalid(
             "description",
             "too_long",
@@ -331,25 +375,25 @@ pub fn check(flows: &Flows, req: &Request) -> Result<Checked, Vec<Invalid>> {
         .as_ref()
         .map(|p| p.customer_code.clone())
         .unwrap_or_default();
-    let r = &req.recipient;
+    let r = &recipient;
     let order = CreateOrder {
         customer_code,
         order_number: String::new(),
         cod_amount: cod as f64,
-        sender_name: sender.name.trim().to_owned(),
-        sender_address: sender.address.trim().to_owned(),
-        sender_tel: sender.phone.trim().to_owned(),
+        sender_name: sender.name.clone(),
+        sender_address: sender.address.clone(),
+        sender_tel: sender.phone.clone(),
         sender_email: sender.email.clone().unwrap_or_default(),
-        sender_province: sender.province_code.trim().to_owned(),
-        sender_district: sender.district_code.clone().unwrap_or_default(),
+        sender_province: sender.province_code.clone(),
+        sender_district: sender.district_code.clone(),
         sender_desc: req.note.clone().unwrap_or_default(),
         description: req.description.clone(),
-        receiver_name: r.name.trim().to_owned(),
-        receiver_address: r.address.trim().to_owned(),
-        receiver_tel: r.phone.trim().to_owned(),
+        receiver_name: r.name.clone(),
+        receiver_address: r.address.clone(),
+        receiver_tel: r.phone.clone(),
         receiver_email: r.email.clone().unwrap_or_default(),
-        receiver_province: r.province_code.trim().to_owned(),
-        receiver_district: r.district_code.clone().unwrap_or_default(),
+        receiver_province: r.province_code.clone(),
+        receiver_district: r.district_code.clone(),
     };
     Ok(Checked {
         dossier_code: req.dossier_code.clone(),
@@ -641,7 +685,10 @@ impl Postal {
             .await?;
             return Ok(());
         }
-        if current.status != Status::Queued {
+        // A `failed` shipment is one whose create was dead-lettered: an operator's retry or replay of
+        // that job must create the order (or adopt the one VNPost already has: the order number is
+        // deterministic), not be marked done without a call.
+        if !matches!(current.status, Status::Queued | Status::Failed) {
             return Ok(());
         }
         let o = &cj.order;
@@ -661,11 +708,12 @@ impl Postal {
             )
         })?;
         self.update(&cj.shipment_id, |s| {
-            if s.tracking_code.is_some() && s.status != Status::Queued {
+            let unsubmitted = matches!(s.status, Status::Queued | Status::Failed);
+            if s.tracking_code.is_some() && !unsubmitted {
                 return false;
             }
             s.tracking_code = Some(created.item_code.clone());
-            if s.status == Status::Queued {
+            if unsubmitted {
                 s.status = Status::Submitted;
                 s.events.push(Event {
                     status: Status::Submitted,

@@ -185,6 +185,13 @@ fn t(lang: Lang, key: &'static str) -> &'static str {
                 "Dead"
             }
         }
+        "blocked" => {
+            if vi {
+                "Chờ sau lỗi dừng"
+            } else {
+                "Blocked by dead"
+            }
+        }
         "overdue" => {
             if vi {
                 "Chậm nhất"
@@ -526,13 +533,14 @@ pub async fn page(
     // Lanes.
     let _ = write!(
         html,
-        "<h2>{}</h2><table id=\"lanes\"><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr>",
+        "<h2>{}</h2><table id=\"lanes\"><tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr>",
         esc(l("lanes")),
         esc(l("lane")),
         esc(l("state")),
         esc(l("ready_jobs")),
         esc(l("leased")),
         esc(l("dead")),
+        esc(l("blocked")),
         esc(l("overdue")),
         esc(l("last_hour"))
     );
@@ -558,7 +566,7 @@ pub async fn page(
         let overdue = state.queue.overdue(lane).await.unwrap_or_default();
         let _ = write!(
             html,
-            "<tr><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}s</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td class=\"{}\" data-blocked-keys=\"{}\">{} / {}</td><td>{}s</td><td>{}</td></tr>",
             esc(lane),
             class,
             esc(&state_text),
@@ -566,6 +574,10 @@ pub async fn page(
             c.leased,
             if c.dead > 0 { "bad" } else { "" },
             c.dead,
+            if c.blocked_jobs > 0 { "bad" } else { "" },
+            c.blocked_keys,
+            c.blocked_jobs,
+            c.blocked_keys,
             overdue.as_secs(),
             chart(&state.history.per_minute(lane))
         );
@@ -721,7 +733,11 @@ pub async fn page(
             .queue
             .list(
                 JobFilter {
-                    ordering_key: Some(code.to_owned()),
+                    dossier: Some(
+                        crate::flows::identity::dossier_jobs(&state.queue, code)
+                            .await
+                            .unwrap_or_else(|_| crate::queue::DossierJobs::new(code)),
+                    ),
                     ..Default::default()
                 },
                 None,

@@ -36,8 +36,8 @@ pub use self::job::{
 pub use self::kv::{Backend, KvJobStore, KvOptions};
 pub use self::schedule::{Decision, RetryPolicies, RetryPolicy};
 pub use self::store::{
-    AdminOutcome, Change, Committed, Disposition, Enqueued, Expect, JobFilter, JobStore,
-    LaneCounts, Leased, Record, RecordWrite, StoreError, Transition,
+    AdminOutcome, Change, Committed, Disposition, DossierJobs, Enqueued, Expect, JobFilter,
+    JobStore, LaneCounts, Leased, Record, RecordWrite, StoreError, Transition,
 };
 
 use self::schedule::millis;

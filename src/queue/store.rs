@@ -104,7 +104,7 @@ pub struct JobFilter {
     pub state: Option<JobState>,
     pub kind: Option<String>,
     pub lane: Option<String>,
-    pub ordering_key: Option<String>,
+    pub dossier: Option<DossierJobs>,
 }
 
 impl JobFilter {
@@ -113,9 +113,38 @@ impl JobFilter {
             && self.kind.as_deref().is_none_or(|k| k == job.kind)
             && self.lane.as_deref().is_none_or(|l| l == job.lane)
             && self
-                .ordering_key
-                .as_deref()
-                .is_none_or(|k| k == job.ordering_key)
+                .dossier
+                .as_ref()
+                .is_none_or(|d| d.matches(&job.ordering_key))
+    }
+}
+
+/// The jobs of one dossier, by ordering key: its records and steps and its result shipment (the code
+/// itself), its pickups (`{code}-TG{n}`), and the other keys the caller found for it (the identity
+/// checks that named the dossier, whose key is the verification id).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DossierJobs {
+    pub code: String,
+    pub also: Vec<String>,
+}
+
+impl DossierJobs {
+    pub fn new(code: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            also: Vec::new(),
+        }
+    }
+
+    pub fn matches(&self, ordering_key: &str) -> bool {
+        if ordering_key == self.code {
+            return true;
+        }
+        let pickup = ordering_key
+            .strip_prefix(self.code.as_str())
+            .and_then(|rest| rest.strip_prefix("-TG"))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        pickup || self.also.iter().any(|k| k == ordering_key)
     }
 }
 
@@ -128,6 +157,10 @@ pub struct LaneCounts {
     pub done: u64,
     pub dead: u64,
     pub discarded: u64,
+    /// Keys whose head is a dead job: nothing more of theirs runs until it is retried or discarded.
+    pub blocked_keys: u64,
+    /// Jobs waiting behind those dead heads (ready, not runnable).
+    pub blocked_jobs: u64,
 }
 
 impl LaneCounts {

@@ -83,9 +83,12 @@ pub struct Sender {
     pub name: String,
     pub phone: String,
     pub address: String,
+    /// The current two-digit code (checked against the catalogue; a pre-2025 code is mapped).
     pub province_code: String,
-    pub district_code: String,
-    pub email: String,
+    pub ward_code: Option<String>,
+    /// Only when known.
+    pub district_code: Option<String>,
+    pub email: Option<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -74,6 +74,7 @@ pub(crate) struct RawSender {
     pub phone: Option<String>,
     pub address: Option<String>,
     pub province_code: Option<String>,
+    pub ward_code: Option<String>,
     pub district_code: Option<String>,
     pub email: Option<String>,
 }

@@ -1006,13 +1006,52 @@ fn flows(c: &mut Checker<'_>, raw: &RawFlows) -> FlowSettings {
         let phone = field("phone", &s.phone);
         let address = field("address", &s.address);
         let province_code = field("province_code", &s.province_code);
+        // The sender's codes are checked against the administrative catalogue here, once, so a
+        // shipment that uses them needs no further check.
+        let catalogue = dvc_upstream::admin::catalogue();
+        let province_code = province_code.and_then(|p| match catalogue.province(&p) {
+            Ok(found) => Some(found.code),
+            Err(e) => {
+                c.fail("flows.postal.sender.province_code", format!("`{p}`: {e}"));
+                None
+            }
+        });
+        let ward_code = match (s.ward_code.as_deref().map(str::trim), &province_code) {
+            (Some(w), Some(p)) => match catalogue.ward(p, w) {
+                Ok(code) => Some(code),
+                Err(e) => {
+                    c.fail("flows.postal.sender.ward_code", format!("`{w}`: {e}"));
+                    None
+                }
+            },
+            _ => None,
+        };
+        let district_code = s
+            .district_code
+            .as_deref()
+            .map(str::trim)
+            .filter(|d| !d.is_empty());
+        if let Some(d) = district_code
+            && !(d.len() <= 5 && d.bytes().all(|b| b.is_ascii_digit()))
+        {
+            c.fail(
+                "flows.postal.sender.district_code",
+                format!("`{d}`: a district code (up to 5 digits); leave the key out when unknown"),
+            );
+        }
         Some(Sender {
             name: name?,
             phone: phone?,
             address: address?,
             province_code: province_code?,
-            district_code: s.district_code.clone().unwrap_or_default(),
-            email: s.email.clone().unwrap_or_default(),
+            ward_code,
+            district_code: district_code.map(str::to_owned),
+            email: s
+                .email
+                .as_deref()
+                .map(str::trim)
+                .filter(|e| !e.is_empty())
+                .map(str::to_owned),
         })
     });
     let postal = PostalFlowSettings {

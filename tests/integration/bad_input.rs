@@ -45,7 +45,7 @@ fn verification() -> Value {
 fn shipment() -> Value {
     json!({"dossier_code": "BAD-0001", "kind": "result_delivery", "description": "x",
            "recipient": {"name": "Võ Ngọc Trang", "phone": "0905123456", "address": "1 Lê Lợi",
-                         "province_code": "48", "ward_code": "20194"}})
+                         "province_code": "48", "ward_code": "20197"}})
 }
 
 fn record() -> Value {

@@ -230,6 +230,34 @@ province_code = "48"
         (daemon, api)
     }
 
+    /// Every rule of the upstream contract that a request broke, as `simulator: field kind`.
+    pub(crate) fn violations(&self) -> Vec<String> {
+        let name = |sim: &str, v: &dvc_upstream::judge::Violation| {
+            format!("{sim}: {} {} ({})", v.field, v.kind.as_str(), v.detail)
+        };
+        let mut out: Vec<String> = Vec::new();
+        out.extend(
+            self.population
+                .violations()
+                .iter()
+                .map(|v| name("population", v)),
+        );
+        out.extend(self.postal.violations().iter().map(|v| name("postal", v)));
+        out.extend(
+            self.national
+                .violations()
+                .iter()
+                .map(|v| name("national", v)),
+        );
+        out.extend(
+            self.provincial
+                .violations()
+                .iter()
+                .map(|v| name("provincial", v)),
+        );
+        out
+    }
+
     /// Waits until `done` holds for the portal and postal ledgers (at most `timeout`).
     fn wait_until(&self, timeout: Duration, done: impl Fn(&World) -> bool) -> bool {
         let deadline = Instant::now() + timeout;
@@ -240,6 +268,21 @@ province_code = "48"
             std::thread::sleep(Duration::from_millis(100));
         }
         done(self)
+    }
+}
+
+/// Every test that drives the daemon against the simulators ends by requiring that no request broke the
+/// upstream contract: the simulators judge each one by the contract's rules, as a strict upstream would.
+impl Drop for World {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let violations = self.violations();
+        assert!(
+            violations.is_empty(),
+            "requests broke the upstream contract: {violations:#?}"
+        );
     }
 }
 
@@ -321,6 +364,11 @@ fn assert_guarantees(w: &World, report: &Report, max_repeats: usize) -> usize {
             "{name}: steps sent before their dossier: {refused:?}"
         );
     }
+    let violations = w.violations();
+    assert!(
+        violations.is_empty(),
+        "requests broke the upstream contract: {violations:#?}"
+    );
     let created = created_orders(&w.postal);
     let expected: Vec<&String> = report.dossiers.iter().flat_map(|d| &d.orders).collect();
     for order in &expected {
@@ -822,7 +870,7 @@ fn the_api_checks_ids_before_any_upstream_call_scopes_tokens_and_replays_idempot
     let shipment = json!({
         "dossier_code": "IDEM-0001", "kind": "dossier_pickup", "description": "Nhận hồ sơ",
         "recipient": {"name": "Võ Ngọc Trang", "phone": "0905123456", "address": "1 Lê Lợi",
-                      "province_code": "48", "ward_code": "20194"},
+                      "province_code": "48", "ward_code": "20197"},
     });
     let first = a.send(
         post.clone(),
@@ -1246,7 +1294,7 @@ fn a_cancelled_pickup_is_cancelled_at_vnpost_and_the_next_pickup_gets_the_next_n
     let pickup = json!({
         "dossier_code": "PICK-0001", "kind": "dossier_pickup", "description": "Nhận hồ sơ tại nhà",
         "recipient": {"name": "Võ Ngọc Trang", "phone": "0905123456", "address": "1 Lê Lợi",
-                      "province_code": "48", "ward_code": "20194"},
+                      "province_code": "48", "ward_code": "20197"},
     });
     let post = |body: &Value| {
         a.send(

@@ -14,7 +14,7 @@ async fn the_dev_config_reaches_all_three_simulators() {
             .await
             .expect("bind")
     };
-    let (pop, _) = dvc_population::simulator::start(
+    let (pop, population_sim) = dvc_population::simulator::start(
         bind().await,
         dvc_population::simulator::SimulatorConfig::with_fixture().expect("fixture"),
     )
@@ -102,6 +102,8 @@ async fn the_dev_config_reaches_all_three_simulators() {
         .sync_dossier(
             &dvc_portal::wire::DossierRecord {
                 ma_ho_so: "DEV-1".into(),
+                ma_tthc: "1.001776".into(),
+                trang_thai_ho_so: "2".into(),
                 ..Default::default()
             },
             false,
@@ -117,4 +119,8 @@ async fn the_dev_config_reaches_all_three_simulators() {
             .all(|e| e.routing_code == "DVCQG"),
         "routing code from the config"
     );
+    // The simulators judged every request by the contract: none broke a rule.
+    assert_eq!(population_sim.violations(), vec![]);
+    assert_eq!(postal_sim.violations(), vec![]);
+    assert_eq!(portal_sim.violations(), vec![]);
 }

@@ -5,10 +5,14 @@
 //!   upstream's own code and a message that carries no personal data.
 //! - [`http`]: the one way to build an HTTP client — rustls, connect and total timeouts always set, custom
 //!   CA bundle and client certificate allowed, invalid certificates never accepted.
-//! - [`sim`]: fault injection and request ledgers for the simulators.
+//! - [`sim`]: fault injection and request ledgers for the simulators; [`judge`]: the rule tables they
+//!   check every request against.
+//! - [`admin`]: the administrative catalogue (provinces and wards since 2025-07-01).
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod http;
+pub mod judge;
 pub mod sim;
 pub mod token;
 

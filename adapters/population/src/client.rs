@@ -240,9 +240,28 @@ impl PopulationClient {
                     rb
                 },
             )
-            .await?;
+            .await
+            .map_err(|e| officer_refused(e, officer))?;
         classify(answer.status, answer.retry_after.as_deref(), &answer.body)
     }
+}
+
+/// A 401 that a freshly issued gateway token did not cure, on a call that carried an officer's
+/// `AuthHash`, is the officer's credentials being refused: that lookup fails for good (dead letter
+/// `officer_refused`, naming the officer, never the citizen) while other officers' lookups go on. Without
+/// an `AuthHash`, or when the token endpoint itself refuses us, it stays an auth error that pauses the
+/// lane.
+fn officer_refused(e: UpstreamError, officer: &Officer) -> UpstreamError {
+    if e.class == ErrorClass::Auth && e.code == "http_401" && officer.auth_hash.is_some() {
+        return UpstreamError::permanent(
+            "officer_refused",
+            format!(
+                "the gateway refused the AuthHash of officer {} with a freshly issued token",
+                officer.code
+            ),
+        );
+    }
+    e
 }
 
 /// Turns an HTTP answer into a response or a classified error.

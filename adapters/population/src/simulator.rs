@@ -1,9 +1,13 @@
-//! A simulator of the LGSP gateway in front of the population DB, speaking the same SOAP as the client
-//! (both use [`crate::wire`]).
+//! A simulator of the LGSP gateway in front of the population DB. It judges every request by the
+//! contract's rules ([`crate::rules`], written on their own: envelope and namespaces, the operation's
+//! children in order, `SOAPAction`, the content type, `lgspaccesstoken` when configured) and answers a
+//! violation with a SOAP `Client` fault naming the field, recorded in the ledger. Answers are written with
+//! [`crate::wire`].
 //!
 //! - `POST /token` — client credentials (HTTP Basic) → a bearer token that expires after
 //!   `token_lifetime`;
-//! - `POST /dancu/soap` — both operations; 401 without a valid token; answers from a registry of
+//! - `POST /dancu/soap` — both operations; 401 without a valid token, and 401 for an officer whose
+//!   `AuthHash` is not in the configured officer table (when there is one); answers from a registry of
 //!   synthetic citizens (`fixtures/population/citizens.json`);
 //! - the control endpoint of [`dvc_upstream::sim`] (faults, ledger), plus `POST /_control/revoke-tokens`
 //!   to expire every token at once.
@@ -23,11 +27,13 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use dvc_upstream::judge::{self, Violation};
 use dvc_upstream::sim::{self, Fault, FaultPlan, Faults, Ledger, Running, TokenIssuer};
 use serde::{Deserialize, Serialize};
 
 use crate::matching::{BirthDate, normalize_name, strip_diacritics};
-use crate::wire::{self, CongDan, Request};
+use crate::rules;
+use crate::wire::{self, CongDan};
 
 /// One synthetic citizen, as in the fixture file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +107,13 @@ pub struct SimulatorConfig {
     pub client_id: String,
     pub client_secret: String,
     pub token_lifetime: Duration,
+    /// Officers' gateway keys → passwords. Empty: `AuthHash` is not checked. Otherwise every call must
+    /// carry the `AuthHash` of one of them, or is refused with 401.
+    pub officers: HashMap<String, String>,
+    /// The static `lgspaccesstoken` every call must carry, when the gateway wants one.
+    pub lgsp_access_token: Option<String>,
+    /// The media type of requests (`text/xml`; some gateways want `application/xml`).
+    pub content_type: String,
     pub faults: FaultPlan,
 }
 
@@ -112,6 +125,9 @@ impl SimulatorConfig {
             client_id: "dvc-dev".into(),
             client_secret: "dev-secret".into(),
             token_lifetime: Duration::from_secs(300),
+            officers: HashMap::new(),
+            lgsp_access_token: None,
+            content_type: "text/xml".into(),
             faults: FaultPlan::default(),
         })
     }
@@ -125,10 +141,14 @@ pub struct LedgerEntry {
     pub request_id: String,
     pub officer: String,
     pub citizen_id: String,
-    /// `found`, `not_found`, `token_issued`, `unauthorized`, `bad_request`, or the fault drawn.
+    /// `found`, `not_found`, `token_issued`, `unauthorized`, `officer_refused`, `invalid`, or the
+    /// fault drawn.
     pub outcome: String,
     pub auth_hash: bool,
     pub lgsp_access_token: bool,
+    /// The first rule the request broke (the outcome is then `invalid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub violation: Option<Violation>,
 }
 
 #[derive(Debug)]
@@ -137,6 +157,9 @@ pub struct Simulator {
     pub ledger: Arc<Ledger<LedgerEntry>>,
     registry: HashMap<String, SimCitizen>,
     tokens: TokenIssuer,
+    officers: HashMap<String, String>,
+    lgsp_access_token: Option<String>,
+    content_type: String,
 }
 
 impl Simulator {
@@ -154,7 +177,37 @@ impl Simulator {
                 config.client_secret,
                 config.token_lifetime,
             ),
+            officers: config.officers,
+            lgsp_access_token: config.lgsp_access_token,
+            content_type: config.content_type,
         })
+    }
+
+    /// Every rule broken so far, in arrival order.
+    pub fn violations(&self) -> Vec<Violation> {
+        self.ledger
+            .snapshot()
+            .into_iter()
+            .filter_map(|e| e.violation)
+            .collect()
+    }
+
+    /// True when the officer table is empty, or the call's `AuthHash` is one of its officers'.
+    fn officer_accepted(&self, headers: &HeaderMap) -> bool {
+        use base64::Engine as _;
+        if self.officers.is_empty() {
+            return true;
+        }
+        headers
+            .get("authhash")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
+            .and_then(|raw| String::from_utf8(raw).ok())
+            .and_then(|pair| {
+                let (key, pass) = pair.split_once(':')?;
+                Some(self.officers.get(key).is_some_and(|p| p == pass))
+            })
+            .unwrap_or(false)
     }
 
     /// Expires every issued token (the gateway restarted or rotated its keys).
@@ -201,6 +254,7 @@ async fn token(State(sim): State<Arc<Simulator>>, headers: HeaderMap, body: Byte
         outcome: outcome.into(),
         auth_hash: false,
         lgsp_access_token: false,
+        violation: None,
     });
     response
 }
@@ -219,28 +273,40 @@ fn xml(status: StatusCode, body: String) -> Response {
         .into_response()
 }
 
+fn client_fault(violation: &Violation) -> Response {
+    xml(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        wire::Response::Fault {
+            code: "soap:Client".into(),
+            message: format!(
+                "Yêu cầu không hợp lệ: {} ({})",
+                violation.field, violation.detail
+            ),
+        }
+        .encode(),
+    )
+}
+
 async fn soap(State(sim): State<Arc<Simulator>>, headers: HeaderMap, body: Bytes) -> Response {
-    let request = Request::decode(&body);
+    let judged = rules::request(&body);
+    let field = |name: &str| {
+        judged
+            .as_ref()
+            .map(|j| j.get(name).to_owned())
+            .unwrap_or_default()
+    };
     let mut entry = LedgerEntry {
-        operation: request
+        operation: judged
             .as_ref()
-            .map(|r| r.operation().as_str().to_owned())
+            .map(|j| j.operation.to_owned())
             .unwrap_or_default(),
-        request_id: request
-            .as_ref()
-            .map(|r| r.request_id().to_owned())
-            .unwrap_or_default(),
-        officer: request
-            .as_ref()
-            .map(|r| r.officer().to_owned())
-            .unwrap_or_default(),
-        citizen_id: request
-            .as_ref()
-            .map(|r| r.citizen_id().to_owned())
-            .unwrap_or_default(),
+        request_id: field("MaYeuCau"),
+        officer: field("MaCanBo"),
+        citizen_id: field("SoDinhDanh"),
         outcome: String::new(),
         auth_hash: headers.contains_key("authhash"),
         lgsp_access_token: headers.contains_key("lgspaccesstoken"),
+        violation: None,
     };
     if !sim.tokens.valid(&headers) {
         entry.outcome = "unauthorized".into();
@@ -251,6 +317,34 @@ async fn soap(State(sim): State<Arc<Simulator>>, headers: HeaderMap, body: Bytes
         )
             .into_response();
     }
+    if !sim.officer_accepted(&headers) {
+        entry.outcome = "officer_refused".into();
+        sim.ledger.record(entry);
+        return (
+            StatusCode::UNAUTHORIZED,
+            "officer credentials (AuthHash) missing or refused",
+        )
+            .into_response();
+    }
+    let mut violations = match &judged {
+        Ok(j) => rules::headers(&headers, j.operation, &sim.content_type),
+        Err(v) => v.clone(),
+    };
+    if let Some(expected) = &sim.lgsp_access_token
+        && let Some(v) = judge::header(&headers, "lgspaccesstoken", Some(expected), false)
+    {
+        violations.push(v);
+    }
+    if let Some(first) = violations.into_iter().next() {
+        entry.outcome = "invalid".into();
+        let response = client_fault(&first);
+        entry.violation = Some(first);
+        sim.ledger.record(entry);
+        return response;
+    }
+    let Ok(request) = judged else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
     if let Some(fault) = sim.faults.draw().await {
         entry.outcome = fault.as_str().into();
         sim.ledger.record(entry);
@@ -272,33 +366,15 @@ async fn soap(State(sim): State<Arc<Simulator>>, headers: HeaderMap, body: Bytes
             ),
         };
     }
-    let request = match request {
-        Ok(r) => r,
-        Err(e) => {
-            entry.outcome = "bad_request".into();
-            sim.ledger.record(entry);
-            return xml(
-                StatusCode::BAD_REQUEST,
-                wire::Response::Fault {
-                    code: "soap:Client".into(),
-                    message: e.to_string(),
-                }
-                .encode(),
-            );
-        }
-    };
-    let citizen = sim.registry.get(request.citizen_id());
-    let response = match &request {
-        Request::Existence(r) => {
-            let found = citizen.is_some_and(|c| {
-                strip_diacritics(&normalize_name(&c.full_name()))
-                    == strip_diacritics(&normalize_name(&r.ho_va_ten))
-            });
-            wire::Response::Exists(found)
-        }
-        Request::Record(_) => {
-            wire::Response::Records(citizen.map(|c| vec![c.record()]).unwrap_or_default())
-        }
+    let citizen = sim.registry.get(request.get("SoDinhDanh"));
+    let response = if request.operation == "XacThucThongTinCongDan" {
+        let found = citizen.is_some_and(|c| {
+            strip_diacritics(&normalize_name(&c.full_name()))
+                == strip_diacritics(&normalize_name(request.get("HoVaTen")))
+        });
+        wire::Response::Exists(found)
+    } else {
+        wire::Response::Records(citizen.map(|c| vec![c.record()]).unwrap_or_default())
     };
     entry.outcome = match &response {
         wire::Response::Exists(true) => "found",

@@ -1,4 +1,8 @@
-//! A simulator of the portal protocol, on the same wire types as the client.
+//! A simulator of the portal protocol that judges every request by the contract's rules (the tables in
+//! [`crate::rules`], written from the contract, not from the client's wire types): a call that breaks
+//! one (a field missing, a number where a string belongs, a date in another format, more than ten steps,
+//! a wrong `dstcode`) answers `error_code` 7 naming the field, and the violation is recorded in the
+//! ledger.
 //!
 //! - `POST /auth` — `{username, password}` → `{error_code: 0, session}`; sessions expire after
 //!   `session_lifetime` (then every call answers `error_code` 2);
@@ -27,9 +31,11 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use dvc_upstream::judge::{self, Violation, ViolationKind};
+
+use crate::rules;
 use crate::wire::{
-    CAP_NHAT_TIEN_DO, DONG_BO_HO_SO, DossierRecord, Login, MAX_STEPS_PER_CALL, Progress,
-    TRA_CUU_HO_SO,
+    CAP_NHAT_TIEN_DO, DONG_BO_HO_SO, DossierRecord, MAX_STEPS_PER_CALL, Progress, TRA_CUU_HO_SO,
 };
 
 #[derive(Debug, Clone)]
@@ -37,6 +43,8 @@ pub struct SimulatorConfig {
     pub username: String,
     pub password: String,
     pub session_lifetime: Duration,
+    /// The `dstcode` every service call must carry; `None`: any non-empty value, or none.
+    pub routing_code: Option<String>,
     pub faults: FaultPlan,
 }
 
@@ -47,6 +55,7 @@ impl Default for SimulatorConfig {
             username: "dvc-dev".into(),
             password: "dev-password".into(),
             session_lifetime: Duration::from_secs(600),
+            routing_code: None,
             faults: FaultPlan::default(),
         }
     }
@@ -66,6 +75,9 @@ pub struct LedgerEntry {
     pub outcome: String,
     /// The `dstcode` header as received.
     pub routing_code: String,
+    /// The first rule the call broke (the outcome is then `error_code:7`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub violation: Option<Violation>,
 }
 
 /// A step as the portal stored it, with its arrival position.
@@ -142,7 +154,77 @@ impl Simulator {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
                 .into(),
+            violation: None,
         });
+    }
+
+    /// Every rule broken so far, in arrival order.
+    pub fn violations(&self) -> Vec<Violation> {
+        self.ledger
+            .snapshot()
+            .into_iter()
+            .filter_map(|e| e.violation)
+            .collect()
+    }
+
+    /// Records a refused call and answers `error_code` 7 naming the field, as a portal refuses invalid
+    /// data.
+    fn refuse(
+        &self,
+        service: &str,
+        dossiers: Vec<String>,
+        headers: &HeaderMap,
+        violations: Vec<Violation>,
+    ) -> Response {
+        let first = violations.into_iter().next();
+        let message = first.as_ref().map_or_else(String::new, |v| {
+            format!("Dữ liệu không hợp lệ: {} ({})", v.field, v.detail)
+        });
+        self.ledger.record(LedgerEntry {
+            service: service.into(),
+            dossiers,
+            is_updating: false,
+            outcome: "error_code:7".into(),
+            routing_code: headers
+                .get("dstcode")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .into(),
+            violation: first,
+        });
+        answer(7, &message, None)
+    }
+
+    /// The header rules of every call: a JSON body, and the routing code when one is configured.
+    fn header_violations(&self, headers: &HeaderMap) -> Vec<Violation> {
+        let mut out = Vec::new();
+        let json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if !json {
+            out.push(Violation::new(
+                ViolationKind::BadHeader,
+                "content-type",
+                "expected application/json",
+            ));
+        }
+        let routing = headers.get("dstcode").map(|v| v.to_str().unwrap_or(""));
+        match (&self.config.routing_code, routing) {
+            (Some(expected), Some(got)) if got == expected => {}
+            (Some(expected), _) => out.push(Violation::new(
+                ViolationKind::BadHeader,
+                "dstcode",
+                format!("expected the routing code {expected}"),
+            )),
+            (None, Some(got)) if got.trim().is_empty() => out.push(Violation::new(
+                ViolationKind::BadHeader,
+                "dstcode",
+                "sent empty: leave the header out when there is no routing code",
+            )),
+            (None, _) => {}
+        }
+        out
     }
 }
 
@@ -192,12 +274,22 @@ async fn store_view(State(sim): State<Arc<Simulator>>) -> Json<Value> {
     Json(json!({ "dossiers": dossiers, "steps": steps }))
 }
 
-async fn auth(
-    State(sim): State<Arc<Simulator>>,
-    headers: HeaderMap,
-    Json(login): Json<Login>,
-) -> Response {
-    if login.username != sim.config.username || login.password != sim.config.password {
+async fn auth(State(sim): State<Arc<Simulator>>, headers: HeaderMap, body: Bytes) -> Response {
+    let login = match judge::json_object(&body) {
+        Ok(login) => login,
+        Err(v) => return sim.refuse("auth", vec![], &headers, vec![v]),
+    };
+    let mut violations = judge::object(&login, "", rules::LOGIN, false);
+    violations.extend(
+        sim.header_violations(&headers)
+            .into_iter()
+            .filter(|v| v.field != "dstcode"),
+    );
+    if !violations.is_empty() {
+        return sim.refuse("auth", vec![], &headers, violations);
+    }
+    let text = |k: &str| login.get(k).and_then(Value::as_str).unwrap_or_default();
+    if text("username") != sim.config.username || text("password") != sim.config.password {
         sim.record("auth", vec![], false, "unauthorized", &headers);
         return answer(1, "Sai tên đăng nhập hoặc mật khẩu", None);
     }
@@ -282,16 +374,49 @@ async fn integration(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let judged = match judge::json_object(&body) {
+        Ok(call) => call,
+        Err(v) => return sim.refuse("", vec![], &headers, vec![v]),
+    };
+    let mut violations = rules::service_call(&judged);
+    violations.extend(sim.header_violations(&headers));
+    if !violations.is_empty() {
+        let service = judged
+            .get("service")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let named = match judged.get("data") {
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|i| {
+                    i.get("MaHoSo")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned()
+                })
+                .collect(),
+            _ => judged
+                .get("mahoso")
+                .and_then(Value::as_str)
+                .map(|m| vec![m.to_owned()])
+                .unwrap_or_default(),
+        };
+        return sim.refuse(service, named, &headers, violations);
+    }
+    // The call passed the rules; read it for what it asks.
     let call: Call = match serde_json::from_slice(&body) {
         Ok(c) => c,
         Err(e) => {
-            sim.record("", vec![], false, "invalid", &headers);
-            return (
-                StatusCode::BAD_REQUEST,
-                [(header::CONTENT_TYPE, "text/plain")],
-                format!("bad request: {e}"),
-            )
-                .into_response();
+            return sim.refuse(
+                "",
+                vec![],
+                &headers,
+                vec![Violation::new(
+                    ViolationKind::Unreadable,
+                    "(body)",
+                    e.to_string(),
+                )],
+            );
         }
     };
     let service = call.service.clone();

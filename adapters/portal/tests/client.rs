@@ -320,7 +320,8 @@ async fn the_ledger_names_a_calls_dossiers_whether_or_not_its_data_reads() {
             .expect("answer");
         codes.push(answer["error_code"].as_i64().expect("error_code"));
     }
-    assert_eq!(codes, [4, 7, 2, 0, 7, 8]);
+    // Incomplete steps and records break the contract's rules: refused with 7 before anything else.
+    assert_eq!(codes, [7, 7, 7, 0, 7, 8]);
     let named: Vec<(String, Vec<String>)> = s
         .sim
         .ledger
@@ -333,12 +334,23 @@ async fn the_ledger_names_a_calls_dossiers_whether_or_not_its_data_reads() {
     assert_eq!(
         named,
         [
-            ("error_code:4".to_owned(), owned(&["A", "B"])),
+            ("error_code:7".to_owned(), owned(&["A", "B"])),
             ("error_code:7".to_owned(), owned(&["C", "", ""])),
-            ("error_code:2".to_owned(), owned(&["D"])),
+            ("error_code:7".to_owned(), owned(&["D"])),
             ("ok".to_owned(), owned(&["E"])),
             ("error_code:7".to_owned(), owned(&[])),
             ("error_code:8".to_owned(), owned(&["G"])),
         ]
+    );
+    let violations: Vec<String> = s.sim.violations().iter().map(|v| v.field.clone()).collect();
+    assert_eq!(
+        violations,
+        [
+            "data[0].NguoiXuLy",
+            "data[0].NguoiXuLy",
+            "isUpdating",
+            "data"
+        ],
+        "each refused call names its first broken rule"
     );
 }

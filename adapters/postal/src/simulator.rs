@@ -1,8 +1,12 @@
-//! A simulator of VNPost's API, on the same wire types as the client.
+//! A simulator of VNPost's API that judges every request by the contract's rules (the tables in
+//! [`crate::rules`], written from the contract, not from the client's wire types).
 //!
 //! - `POST /token` — HTTP Basic `customer_key:secret_key`, form `grant_type=client_credentials`;
 //! - `POST /order/post` — 201 `Status 100` with a new S10 tracking code; a repeated `OrderNumber` for the
-//!   same `CustomerCode` answers 409 `Status 101` with the existing code; missing fields answer 400;
+//!   same `CustomerCode` answers 409 `Status 101` with the existing code; a request that breaks a rule
+//!   (a required field missing or empty, a district sent as `""`, a province code that is not a current
+//!   one, a number as a string, a field VNPost does not have) answers 400 `Status 110` naming the field,
+//!   and the violation is recorded in the ledger;
 //! - `GET /order/cancel?CustomerCode&OrderNumber` — 201 `Status 100`; 409 `Status 102` once delivered;
 //! - `GET /order/tracking?pagesize&lastId` — the customer-wide feed, ascending 24-hex ids;
 //! - the control endpoint of [`dvc_upstream::sim`], plus `POST /_control/revoke-tokens`.
@@ -25,7 +29,9 @@ use dvc_upstream::sim::{self, Fault, FaultPlan, Faults, Ledger, Running, TokenIs
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::wire::{CreateOrder, Embedded, ObjectId, OrderResult, TrackingEvent, TrackingPage};
+use dvc_upstream::judge::{self, Violation, ViolationKind};
+
+use crate::wire::{Embedded, ObjectId, OrderResult, TrackingEvent, TrackingPage};
 
 #[derive(Debug, Clone)]
 pub struct SimulatorConfig {
@@ -64,6 +70,9 @@ pub struct LedgerEntry {
     /// `created`, `duplicate`, `invalid`, `cancelled`, `not_found`, `cannot_cancel`, `events:N`,
     /// `token_issued`, `unauthorized`, or the fault drawn.
     pub outcome: String,
+    /// The first rule the request broke (the outcome is then `invalid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub violation: Option<Violation>,
 }
 
 #[derive(Debug)]
@@ -216,7 +225,32 @@ impl Simulator {
             operation: operation.into(),
             order_number: order_number.into(),
             outcome: outcome.into(),
+            violation: None,
         });
+    }
+
+    /// Records a refused request and answers 400 `Status 110` naming the field, as VNPost does.
+    fn refuse(&self, operation: &str, order_number: &str, violations: Vec<Violation>) -> Response {
+        let first = violations.into_iter().next();
+        let message = first.as_ref().map_or_else(String::new, |v| {
+            format!("Dữ liệu không hợp lệ: {} ({})", v.field, v.detail)
+        });
+        self.ledger.record(LedgerEntry {
+            operation: operation.into(),
+            order_number: order_number.into(),
+            outcome: "invalid".into(),
+            violation: first,
+        });
+        result(StatusCode::BAD_REQUEST, 110, &message, "")
+    }
+
+    /// Every rule broken so far, in arrival order.
+    pub fn violations(&self) -> Vec<Violation> {
+        self.ledger
+            .snapshot()
+            .into_iter()
+            .filter_map(|e| e.violation)
+            .collect()
     }
 
     /// Draws a fault; answers for it if one was drawn.
@@ -287,43 +321,53 @@ async fn create(State(sim): State<Arc<Simulator>>, headers: HeaderMap, body: Byt
         sim.record("create", "", "unauthorized");
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    let order: CreateOrder = match serde_json::from_slice(&body) {
-        Ok(o) => o,
-        Err(e) => {
-            sim.record("create", "", "invalid");
-            return result(
-                StatusCode::BAD_REQUEST,
-                2,
-                &format!("Dữ liệu không hợp lệ: {e}"),
-                "",
-            );
-        }
+    let order = match judge::json_object(&body) {
+        Ok(order) => order,
+        Err(v) => return sim.refuse("create", "", vec![v]),
     };
-    if let Some(response) = sim.fault("create", &order.order_number).await {
+    let text = |name: &str| {
+        order
+            .get(name)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (customer_code, order_number) = (text("CustomerCode"), text("OrderNumber"));
+    let mut violations: Vec<Violation> = judge::header(&headers, "content-type", None, false)
+        .into_iter()
+        .chain(
+            headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.starts_with("application/json"))
+                .map(|_| {
+                    Violation::new(
+                        ViolationKind::BadHeader,
+                        "content-type",
+                        "expected application/json",
+                    )
+                }),
+        )
+        .collect();
+    violations.extend(crate::rules::create_order(&order));
+    if !violations.is_empty() {
+        return sim.refuse("create", &order_number, violations);
+    }
+    if let Some(response) = sim.fault("create", &order_number).await {
         return response;
     }
-    let missing = order.missing_fields();
-    if !missing.is_empty() {
-        sim.record("create", &order.order_number, "invalid");
-        return result(
-            StatusCode::BAD_REQUEST,
-            2,
-            &format!("Thiếu thông tin bắt buộc: {}", missing.join(", ")),
-            "",
-        );
-    }
-    if order.customer_code != sim.config.customer_code {
-        sim.record("create", &order.order_number, "invalid");
+    if customer_code != sim.config.customer_code {
+        sim.record("create", &order_number, "invalid");
         return result(StatusCode::BAD_REQUEST, 3, "CustomerCode không hợp lệ", "");
     }
     let Ok(mut book) = sim.book.lock() else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
-    let key = (order.customer_code.clone(), order.order_number.clone());
+    let key = (customer_code, order_number.clone());
     if let Some(existing) = book.orders.get(&key) {
         let item = existing.item_code.clone();
         drop(book);
-        sim.record("create", &order.order_number, "duplicate");
+        sim.record("create", &order_number, "duplicate");
         return result(StatusCode::CONFLICT, 101, "Mã đơn hàng đã tồn tại", &item);
     }
     book.next_serial += 1;
@@ -347,43 +391,42 @@ async fn create(State(sim): State<Arc<Simulator>>, headers: HeaderMap, body: Byt
     );
     book.order_keys.push(key);
     drop(book);
-    sim.record("create", &order.order_number, "created");
+    sim.record("create", &order_number, "created");
     result(StatusCode::CREATED, 100, "Tạo đơn hàng thành công", &item)
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct CancelQuery {
-    customer_code: String,
-    order_number: String,
 }
 
 async fn cancel(
     State(sim): State<Arc<Simulator>>,
     headers: HeaderMap,
-    Query(q): Query<CancelQuery>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> Response {
+    let order_number = q.get("OrderNumber").cloned().unwrap_or_default();
     if !sim.authorized(&headers) {
-        sim.record("cancel", &q.order_number, "unauthorized");
+        sim.record("cancel", &order_number, "unauthorized");
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    if let Some(response) = sim.fault("cancel", &q.order_number).await {
+    let violations = crate::rules::cancel_query(&q);
+    if !violations.is_empty() {
+        return sim.refuse("cancel", &order_number, violations);
+    }
+    if let Some(response) = sim.fault("cancel", &order_number).await {
         return response;
     }
+    let customer_code = q.get("CustomerCode").cloned().unwrap_or_default();
     let Ok(mut book) = sim.book.lock() else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
     sim.advance(&mut book);
-    let key = (q.customer_code.clone(), q.order_number.clone());
+    let key = (customer_code, order_number.clone());
     let Some(order) = book.orders.get(&key) else {
         drop(book);
-        sim.record("cancel", &q.order_number, "not_found");
+        sim.record("cancel", &order_number, "not_found");
         return result(StatusCode::BAD_REQUEST, 4, "Không tìm thấy đơn hàng", "");
     };
     let last = order.path[..order.published].last().copied();
     if matches!(last, Some(4) | Some(6)) {
         drop(book);
-        sim.record("cancel", &q.order_number, "cannot_cancel");
+        sim.record("cancel", &order_number, "cannot_cancel");
         return result(
             StatusCode::CONFLICT,
             102,
@@ -399,47 +442,40 @@ async fn cancel(
         sim.publish(&mut book, &key, &item, 7, Instant::now());
     }
     drop(book);
-    sim.record("cancel", &q.order_number, "cancelled");
+    sim.record("cancel", &order_number, "cancelled");
     result(StatusCode::CREATED, 100, "Hủy đơn hàng thành công", "")
-}
-
-#[derive(Deserialize)]
-struct FeedQuery {
-    pagesize: u32,
-    #[serde(rename = "lastId")]
-    last_id: String,
 }
 
 async fn tracking(
     State(sim): State<Arc<Simulator>>,
     headers: HeaderMap,
-    Query(q): Query<FeedQuery>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     if !sim.authorized(&headers) {
         sim.record("tracking", "", "unauthorized");
         return StatusCode::UNAUTHORIZED.into_response();
     }
+    let violations = crate::rules::tracking_query(&q);
+    if !violations.is_empty() {
+        return sim.refuse("tracking", "", violations);
+    }
     if let Some(response) = sim.fault("tracking", "").await {
         return response;
     }
-    if q.pagesize == 0 || q.pagesize > 1000 || !crate::wire::is_feed_id(&q.last_id) {
-        sim.record("tracking", "", "invalid");
-        return (
-            StatusCode::BAD_REQUEST,
-            "pagesize 1-1000 and a 24-hex lastId are required",
-        )
-            .into_response();
-    }
+    let pagesize: usize = q.get("pagesize").and_then(|p| p.parse().ok()).unwrap_or(1);
     let Ok(mut book) = sim.book.lock() else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
     sim.advance(&mut book);
-    let last = q.last_id.to_ascii_lowercase();
+    let last = q
+        .get("lastId")
+        .map(|l| l.to_ascii_lowercase())
+        .unwrap_or_default();
     let docs: Vec<TrackingEvent> = book
         .feed
         .iter()
         .filter(|e| e.id.oid > last)
-        .take(q.pagesize as usize)
+        .take(pagesize)
         .cloned()
         .collect();
     drop(book);

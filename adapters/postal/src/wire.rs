@@ -19,8 +19,13 @@ pub struct CreateOrder {
     #[serde(default)]
     pub sender_email: String,
     pub sender_province: String,
-    #[serde(default)]
-    pub sender_district: String,
+    /// Sent only when known: two-level local government has no districts since 2025-07-01.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "empty_as_none"
+    )]
+    pub sender_district: Option<String>,
     #[serde(default)]
     pub sender_desc: String,
     #[serde(default)]
@@ -31,8 +36,20 @@ pub struct CreateOrder {
     #[serde(default)]
     pub receiver_email: String,
     pub receiver_province: String,
-    #[serde(default)]
-    pub receiver_district: String,
+    /// Sent only when known, like the sender's.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "empty_as_none"
+    )]
+    pub receiver_district: Option<String>,
+}
+
+/// Reads `""` and `null` as absent: job payloads written before districts became optional carry `""`,
+/// which a strict VNPost refuses.
+fn empty_as_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let v: Option<String> = Option::deserialize(d)?;
+    Ok(v.filter(|s| !s.trim().is_empty()))
 }
 
 impl CreateOrder {
@@ -232,7 +249,7 @@ mod tests {
             sender_tel: "02923812345".into(),
             sender_email: String::new(),
             sender_province: "92".into(),
-            sender_district: String::new(),
+            sender_district: None,
             sender_desc: "Giấy chứng nhận đăng ký hộ kinh doanh".into(),
             description: "Trả kết quả hồ sơ H56.22-241127-0001".into(),
             receiver_name: "Nguyễn Văn An".into(),
@@ -240,7 +257,7 @@ mod tests {
             receiver_tel: "0912345678".into(),
             receiver_email: "an@example.vn".into(),
             receiver_province: "92".into(),
-            receiver_district: String::new(),
+            receiver_district: None,
         }
     }
 

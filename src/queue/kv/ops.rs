@@ -868,6 +868,37 @@ pub(crate) fn counts(tx: &dyn KvRead) -> Result<Vec<LaneCounts>, StoreError> {
         });
         *entry.slot(state) = n;
     }
+    // Jobs held behind a dead letter: per-key FIFO keeps a key's later jobs waiting while its head is
+    // dead, so a lane can look healthy (ready jobs, nothing overdue) while those never run.
+    let prefix = [JobState::Dead.code()];
+    let end = keys::prefix_end(&prefix);
+    let mut from = prefix.to_vec();
+    loop {
+        let chunk = tx.scan(Table::ByState, &from, end.as_deref(), SCAN_CHUNK)?;
+        let Some((last, _)) = chunk.last() else { break };
+        from = last.clone();
+        from.push(0);
+        for (key, _) in &chunk {
+            let job = load_existing(tx, keys::id_suffix(key)?)?;
+            if head_of(tx, &job.lane, &job.ordering_key)? != Some(job.id) {
+                continue;
+            }
+            let key_prefix = keys::keys_prefix(&job.lane, &job.ordering_key);
+            let key_end = keys::prefix_end(&key_prefix);
+            let queued = tx
+                .scan(Table::Keys, &key_prefix, key_end.as_deref(), usize::MAX)?
+                .len() as u64;
+            if queued > 1
+                && let Some(entry) = by_lane.get_mut(&job.lane)
+            {
+                entry.blocked_keys += 1;
+                entry.blocked_jobs += queued - 1;
+            }
+        }
+        if chunk.len() < SCAN_CHUNK {
+            break;
+        }
+    }
     Ok(by_lane.into_values().collect())
 }
 
