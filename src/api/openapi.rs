@@ -64,11 +64,19 @@ fn filters() -> Vec<Value> {
             let description = match *name {
                 "kind" => "Job kind, e.g. `portal.step`",
                 "target" => "Lane, e.g. `portal:national`",
-                _ => "Dossier code (the ordering key)",
+                _ => "Dossier code: every job of the dossier (records, steps, the result shipment, pickups `{code}-TG{n}`, and the identity checks that named it)",
             };
-            json!({ "name": name, "in": "query", "required": false, "description": description, "schema": { "type": "string" } })
+            json!({ "name": name, "in": "query", "required": false, "description": description, "schema": { "type": "string", "minLength": 1 } })
         })
         .collect()
+}
+
+/// `replay`'s parameters: the filters, `state` (only `dead`), and `all`.
+fn replay_parameters() -> Vec<Value> {
+    let mut p = filters();
+    p.push(json!({ "name": "state", "in": "query", "required": false, "description": "Only `dead`: replay takes dead jobs only", "schema": { "type": "string", "enum": ["dead"] } }));
+    p.push(json!({ "name": "all", "in": "query", "required": false, "description": "`true` to requeue every dead job; required when no kind, target or dossier_code narrows the replay", "schema": { "type": "string", "enum": ["true", "false"] } }));
+    p
 }
 
 fn with_responses(ok: Value, errors: &[&str]) -> Value {
@@ -180,8 +188,8 @@ fn portal_schemas() -> serde_json::Map<String, Value> {
             "type": "object", "additionalProperties": false, "required": required,
             "properties": {
                 "name": { "type": "string" }, "phone": { "type": "string", "description": "9–15 digits, optionally after +" },
-                "address": { "type": "string" }, "province_code": { "type": "string", "description": "National administrative unit code" },
-                "ward_code": { "type": "string" }, "district_code": { "type": "string", "description": "Only when known (two-tier local government since 2025-07-01)" },
+                "address": { "type": "string" }, "province_code": { "type": "string", "pattern": "^[0-9]{1,3}$", "description": "Province code of the administrative catalogue in force since 2025-07-01; a pre-2025 code is mapped to the province that absorbed it (docs/PROTOCOLS.md)" },
+                "ward_code": { "type": "string", "pattern": "^[0-9]{1,5}$", "description": "Commune or ward code of the current catalogue, inside the province" }, "district_code": { "type": "string", "pattern": "^[0-9]{0,5}$", "description": "Only when known (two-level local government since 2025-07-01): left out of the VNPost order when absent or empty" },
                 "email": { "type": "string" }
             }
         })
@@ -216,13 +224,13 @@ fn portal_schemas() -> serde_json::Map<String, Value> {
         },
         "Pending": { "type": "object", "required": ["id", "status"], "properties": { "id": { "type": "string" }, "status": { "const": "pending" } } },
         "ShipmentRequest": {
-            "type": "object", "additionalProperties": false, "required": ["dossier_code", "kind", "recipient"],
+            "type": "object", "additionalProperties": false, "required": ["dossier_code", "kind", "recipient", "description"],
             "properties": {
                 "dossier_code": { "type": "string" },
                 "kind": { "type": "string", "enum": ["result_delivery", "dossier_pickup"] },
                 "recipient": party(&["name", "phone", "address", "province_code", "ward_code"]),
                 "sender": party(&["name", "phone", "address", "province_code"]),
-                "description": { "type": "string" },
+                "description": { "type": "string", "minLength": 1, "maxLength": 1000, "description": "What is sent (VNPost's Description)" },
                 "cod_amount": { "type": "integer", "minimum": 0, "description": "VND", "default": 0 },
                 "note": { "type": "string" }
             }
@@ -328,8 +336,10 @@ pub fn document() -> Value {
                 "responses": with_responses(job, &["400", "401", "403", "404", "409", "503"])
             } },
             "/v1/jobs/replay": { "post": {
-                "operationId": "replayJobs", "summary": "Requeue every dead job matching the filters (scope admin)", "tags": ["operations"],
-                "parameters": filters(),
+                "operationId": "replayJobs", "summary": "Requeue every dead job matching the filters (scope admin)",
+                "description": "Filters come only as query parameters: a request body, an unknown parameter or an empty value is refused with 400 naming it. With no `kind`, `target` or `dossier_code`, `all=true` is required. A repeated `Idempotency-Key` answers the first replay's count.",
+                "tags": ["operations"],
+                "parameters": replay_parameters(),
                 "responses": with_responses(json!({ "200": { "description": "How many were requeued", "content": { "application/json": { "schema": { "type": "object", "required": ["requeued"], "properties": { "requeued": { "type": "integer", "minimum": 0 } } } } } } }), &["400", "401", "403", "503"])
             } }
         },

@@ -587,6 +587,18 @@ impl Verify {
         let birth = BirthDate::parse_iso(&ask.date_of_birth).ok_or_else(|| {
             JobError::permanent("invalid_date_of_birth", "stored date does not parse")
         })?;
+        // When the gateway wants officers' credentials (some are configured), a lookup on behalf of an
+        // officer who has none is refused here, without a call: it could only earn a 401 that says
+        // nothing about the other officers' lookups.
+        if !settings.officers.is_empty() && !settings.officers.contains_key(&ask.officer_id) {
+            return Err(JobError::permanent(
+                "officer_unknown",
+                format!(
+                    "officer {} has no gateway credentials in upstreams.population.officers",
+                    ask.officer_id
+                ),
+            ));
+        }
         let officer = crate::upstreams::officer(settings, &ask.officer_id);
         match ask.mode {
             Mode::Exists => {

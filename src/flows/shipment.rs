@@ -115,6 +115,23 @@ pub struct Shipment {
     /// Feed event ids already applied (the last few), so a re-read page is not applied twice.
     #[serde(default, skip_serializing)]
     pub applied_feed_ids: Vec<String>,
+    /// A `failed` result delivery that a new request replaced (same order number, corrected data):
+    /// the shipment that carries the order now. Its own dead create, if retried, sends nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<String>,
+    /// The ordering key of this shipment's jobs when it is not the order number: a replacement's jobs
+    /// must not queue behind the dead create of the shipment it replaced (`{order_number}~{id}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_key: Option<String>,
+}
+
+impl Shipment {
+    /// The ordering key of this shipment's create and cancel jobs.
+    fn queue_key(&self) -> String {
+        self.queue_key
+            .clone()
+            .unwrap_or_else(|| self.order_number.clone())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -424,11 +441,22 @@ pub async fn plan(flows: &Flows, checked: &Checked) -> Result<Plan, FlowError> {
     let q = &flows.ctx.queue;
     let key = key_of(&checked.dossier_code, checked.kind);
     let entry = load::<KeyEntry>(q, KEYS, &key).await?;
+    // A result delivery whose order failed is replaced by a new request (the portal corrected the
+    // recipient): same order number, so VNPost still sees at most one order.
+    let mut replaced = None;
     let (expect, pickup) = match &entry {
         None => (Expect::Absent, 1),
         Some(e) => {
             let existing = load::<Shipment>(q, RECORDS, &e.value.shipment_id).await?;
             match existing {
+                Some(s)
+                    if checked.kind == ShipmentKind::ResultDelivery
+                        && s.value.status == Status::Failed
+                        && s.value.superseded_by.is_none() =>
+                {
+                    replaced = Some(s);
+                    (Expect::Version(e.version), e.value.pickups)
+                }
                 Some(s)
                     if checked.kind == ShipmentKind::ResultDelivery
                         || !s.value.status.is_final() =>
@@ -458,34 +486,44 @@ pub async fn plan(flows: &Flows, checked: &Checked) -> Result<Plan, FlowError> {
         created_at: now,
         cancel_requested: false,
         applied_feed_ids: vec![],
+        superseded_by: None,
+        queue_key: replaced.as_ref().map(|_| format!("{order_number}~{id}")),
     };
     let mut order = checked.order.clone();
     order.order_number = order_number.clone();
+    let mut writes = Vec::new();
+    if let Some(mut old) = replaced {
+        old.value.superseded_by = Some(id.clone());
+        writes.push(old.write_back(RECORDS, &old.value.id.clone()));
+    }
     let change = Change {
-        writes: vec![
-            put(
-                KEYS,
-                &key,
-                expect,
-                &KeyEntry {
-                    shipment_id: id.clone(),
-                    pickups: pickup,
-                },
-            ),
-            put(RECORDS, &id, Expect::Absent, &shipment),
-            put(
-                ORDERS,
-                &order_number,
-                Expect::Any,
-                &OrderEntry {
-                    shipment_id: id.clone(),
-                },
-            ),
-        ],
+        writes: writes
+            .into_iter()
+            .chain([
+                put(
+                    KEYS,
+                    &key,
+                    expect,
+                    &KeyEntry {
+                        shipment_id: id.clone(),
+                        pickups: pickup,
+                    },
+                ),
+                put(RECORDS, &id, Expect::Absent, &shipment),
+                put(
+                    ORDERS,
+                    &order_number,
+                    Expect::Any,
+                    &OrderEntry {
+                        shipment_id: id.clone(),
+                    },
+                ),
+            ])
+            .collect(),
         jobs: vec![NewJob::new(
             CREATE_KIND,
             LANE,
-            order_number,
+            shipment.queue_key(),
             to_payload(&CreateJob {
                 shipment_id: id,
                 order,
@@ -525,7 +563,7 @@ pub async fn plan_cancel(flows: &Flows, id: &str) -> Result<CancelPlan, FlowErro
             NewJob::new(
                 CANCEL_KIND,
                 LANE,
-                loaded.value.order_number.clone(),
+                loaded.value.queue_key(),
                 to_payload(&CancelJob {
                     shipment_id: id.to_owned(),
                 }),
@@ -688,7 +726,9 @@ impl Postal {
         // A `failed` shipment is one whose create was dead-lettered: an operator's retry or replay of
         // that job must create the order (or adopt the one VNPost already has: the order number is
         // deterministic), not be marked done without a call.
-        if !matches!(current.status, Status::Queued | Status::Failed) {
+        if !matches!(current.status, Status::Queued | Status::Failed)
+            || current.superseded_by.is_some()
+        {
             return Ok(());
         }
         let o = &cj.order;

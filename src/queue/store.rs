@@ -137,6 +137,9 @@ impl DossierJobs {
     }
 
     pub fn matches(&self, ordering_key: &str) -> bool {
+        // `~` never occurs in a dossier code: what follows it tells apart the jobs of a shipment that
+        // replaced a failed one under the same order number.
+        let ordering_key = ordering_key.split('~').next().unwrap_or(ordering_key);
         if ordering_key == self.code {
             return true;
         }

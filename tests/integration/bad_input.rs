@@ -282,6 +282,19 @@ fn cases() -> Vec<Case> {
             json!({"recipient": {"name": "A", "phone": "0905123456", "address": "x", "province_code": "HN", "ward_code": "1"}}),
         ),
         (
+            "ward merged away in 2025",
+            json!({"recipient": {"name": "A", "phone": "0905123456", "address": "x", "province_code": "48", "ward_code": "20194"}}),
+        ),
+        (
+            "ward of another province",
+            json!({"recipient": {"name": "A", "phone": "0905123456", "address": "x", "province_code": "48", "ward_code": "00070"}}),
+        ),
+        (
+            "no such province",
+            json!({"recipient": {"name": "A", "phone": "0905123456", "address": "x", "province_code": "03", "ward_code": "20197"}}),
+        ),
+        ("no description", json!({"description": ""})),
+        (
             "recipient extra field",
             json!({"recipient": {"name": "A", "phone": "0905123456", "address": "x", "province_code": "48", "ward_code": "1", "cccd": "083173316997"}}),
         ),

@@ -61,6 +61,29 @@ async fn receive(
     StatusCode::NO_CONTENT
 }
 
+/// How a [`World`] is set up.
+pub(crate) struct Options {
+    /// Fault rate of every simulator.
+    pub(crate) rate: f64,
+    /// VNPost's orders move one status every this long.
+    pub(crate) postal_step: Duration,
+    /// Officers in the daemon's configuration: (MaCanBo, gateway key, password).
+    pub(crate) officers: Vec<(&'static str, &'static str, &'static str)>,
+    /// The gateway's officer table (key, password); empty: AuthHash is not checked.
+    pub(crate) gateway_officers: Vec<(&'static str, &'static str)>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            rate: 0.0,
+            postal_step: Duration::from_millis(150),
+            officers: Vec::new(),
+            gateway_officers: Vec::new(),
+        }
+    }
+}
+
 /// Simulators, a callback receiver, and a configuration pointing the daemon at them.
 pub(crate) struct World {
     pub(crate) rt: tokio::runtime::Runtime,
@@ -91,6 +114,23 @@ impl World {
 
     /// As `start`, with VNPost's orders moving one status every `postal_step`.
     pub(crate) fn start_with(dir: &Path, rate: f64, postal_step: Duration) -> World {
+        Self::start_opts(
+            dir,
+            Options {
+                rate,
+                postal_step,
+                ..Options::default()
+            },
+        )
+    }
+
+    pub(crate) fn start_opts(dir: &Path, opts: Options) -> World {
+        let Options {
+            rate,
+            postal_step,
+            officers,
+            gateway_officers,
+        } = opts;
         dvc_connector::tls::install_crypto_provider();
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         let callbacks = Arc::new(Mutex::new(Callbacks::default()));
@@ -99,6 +139,10 @@ impl World {
             let mut pop =
                 dvc_population::simulator::SimulatorConfig::with_fixture().expect("fixture");
             pop.faults = faults(1, rate);
+            pop.officers = gateway_officers
+                .iter()
+                .map(|(k, p)| ((*k).to_owned(), (*p).to_owned()))
+                .collect();
             let (pop_run, population) =
                 dvc_population::simulator::start(bind().await.expect("bind"), pop).expect("start");
             let (postal_run, postal) = dvc_postal::simulator::start(
@@ -200,7 +244,14 @@ name = "Bộ phận Một cửa"
 phone = "02363888999"
 address = "24 Trần Phú"
 province_code = "48"
+{officers}
 "#,
+            officers = officers
+                .iter()
+                .map(|(code, key, pass)| format!(
+                    "[upstreams.population.officers.{code}]\nkey = \"{key}\"\npassword = \"{pass}\"\n"
+                ))
+                .collect::<String>(),
             portal = sha256_hex(PORTAL_TOKEN),
             admin = sha256_hex(ADMIN_TOKEN),
             pop = base(0),
@@ -259,7 +310,7 @@ province_code = "48"
     }
 
     /// Waits until `done` holds for the portal and postal ledgers (at most `timeout`).
-    fn wait_until(&self, timeout: Duration, done: impl Fn(&World) -> bool) -> bool {
+    pub(crate) fn wait_until(&self, timeout: Duration, done: impl Fn(&World) -> bool) -> bool {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if done(self) {
@@ -310,7 +361,7 @@ fn all_steps_arrived(sim: &Sim, report: &Report) -> bool {
     })
 }
 
-fn created_orders(postal: &dvc_postal::simulator::Simulator) -> BTreeMap<String, usize> {
+pub(crate) fn created_orders(postal: &dvc_postal::simulator::Simulator) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
     for e in postal.ledger.snapshot() {
         if e.operation == "create" && e.outcome == "created" {
@@ -669,14 +720,14 @@ fn report_retries(r: &Report) -> u64 {
     r.retried_requests
 }
 
-struct Api<'a> {
-    rt: &'a tokio::runtime::Runtime,
-    base: String,
-    client: reqwest::Client,
+pub(crate) struct Api<'a> {
+    pub(crate) rt: &'a tokio::runtime::Runtime,
+    pub(crate) base: String,
+    pub(crate) client: reqwest::Client,
 }
 
 impl Api<'_> {
-    fn send(
+    pub(crate) fn send(
         &self,
         method: reqwest::Method,
         path: &str,

@@ -11,6 +11,7 @@ mod flows;
 mod helpers;
 mod jobs_api;
 mod metrics;
+mod recovery;
 mod simulate;
 mod tls;
 mod upstreams;

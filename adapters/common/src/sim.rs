@@ -458,3 +458,96 @@ impl TokenIssuer {
         }
     }
 }
+
+/// One request as it arrived on the wire.
+#[derive(Debug, Clone)]
+pub struct Captured {
+    pub method: String,
+    pub path: String,
+    /// The raw query string, `""` when there is none.
+    pub query: String,
+    pub headers: axum::http::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Captured {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+type Answer = Arc<dyn Fn(&Captured) -> (u16, String) + Send + Sync>;
+
+/// A loopback server that records every request byte for byte and answers what `answer` says: for
+/// tests that compare what a client puts on the wire with a hand-written fixture.
+pub struct Capture {
+    requests: Arc<Mutex<Vec<Captured>>>,
+    running: Running,
+}
+
+impl std::fmt::Debug for Capture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Capture")
+            .field("addr", &self.running.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Capture {
+    /// Starts on `127.0.0.1:0`. The answer's body is sent as XML when it starts with `<`, else as JSON.
+    pub async fn start(
+        answer: impl Fn(&Captured) -> (u16, String) + Send + Sync + 'static,
+    ) -> Capture {
+        let requests: Arc<Mutex<Vec<Captured>>> = Arc::default();
+        let answer: Answer = Arc::new(answer);
+        let state = (requests.clone(), answer);
+        let router = Router::new()
+            .fallback(
+                |State((requests, answer)): State<(Arc<Mutex<Vec<Captured>>>, Answer)>,
+                 request: axum::extract::Request| async move {
+                    let (parts, body) = request.into_parts();
+                    let body = axum::body::to_bytes(body, 16 << 20)
+                        .await
+                        .map(|b| b.to_vec())
+                        .unwrap_or_default();
+                    let captured = Captured {
+                        method: parts.method.to_string(),
+                        path: parts.uri.path().to_owned(),
+                        query: parts.uri.query().unwrap_or("").to_owned(),
+                        headers: parts.headers,
+                        body,
+                    };
+                    let (status, text) = answer(&captured);
+                    if let Ok(mut r) = requests.lock() {
+                        r.push(captured);
+                    }
+                    let content_type = if text.starts_with('<') {
+                        "text/xml; charset=utf-8"
+                    } else {
+                        "application/json"
+                    };
+                    (
+                        StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+                        [(header::CONTENT_TYPE, content_type)],
+                        text,
+                    )
+                        .into_response()
+                },
+            )
+            .with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let running = serve(listener, router).expect("serve");
+        Capture { requests, running }
+    }
+
+    pub fn base_url(&self) -> String {
+        self.running.base_url()
+    }
+
+    /// Every request so far, in arrival order.
+    pub fn requests(&self) -> Vec<Captured> {
+        self.requests.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+}

@@ -1,5 +1,5 @@
 //! The 12-digit personal identification number (số định danh cá nhân, on the CCCD card) and the checks
-//! that need no upstream call (`shared/spec/upstreams.md` §4).
+//! that need no upstream call (docs/PROTOCOLS.md).
 //!
 //! Digits 1–3: the province where the birth was registered (one of the 63 pre-2025 codes), or 101–295 for
 //! a birth registered abroad (the country codes of Circular 07/2016/TT-BCA's annex). Digit 4: sex and

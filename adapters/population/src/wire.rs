@@ -1,4 +1,4 @@
-//! The SOAP 1.1 messages of the two operations (`shared/spec/upstreams.md` §1), written and read here
+//! The SOAP 1.1 messages of the two operations (docs/PROTOCOLS.md, the population database), written and read here
 //! for both the client and the simulator.
 //!
 //! Reading is deliberately strict where it matters for safety and lenient where deployments differ:

@@ -356,3 +356,163 @@ async fn faults_can_be_changed_at_runtime_over_the_control_endpoint() {
         "unknown fault keys are refused"
     );
 }
+
+/// A strict gateway judges each SOAP request by the contract: children out of order are refused with a
+/// SOAP `Client` fault naming the element, recorded in the ledger.
+#[tokio::test]
+async fn the_simulator_refuses_a_planted_violation_and_the_ledger_names_it() {
+    let s = setup(FaultPlan::default(), Duration::from_secs(300)).await;
+    let http = reqwest::Client::new();
+    let base = s.running.base_url();
+    let token: serde_json::Value = http
+        .post(format!("{base}/token"))
+        .basic_auth("dvc-dev", Some("dev-secret"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=client_credentials")
+        .send()
+        .await
+        .expect("token")
+        .json()
+        .await
+        .expect("json");
+    let bearer = token["access_token"].as_str().expect("token").to_owned();
+    let good = include_str!("../../../fixtures/population/xac-thuc-request.xml");
+    let send = |body: String, action: &'static str| {
+        let http = http.clone();
+        let url = format!("{base}/dancu/soap");
+        let bearer = bearer.clone();
+        async move {
+            let r = http
+                .post(url)
+                .bearer_auth(bearer)
+                .header("content-type", "text/xml; charset=utf-8")
+                .header("SOAPAction", action)
+                .body(body)
+                .send()
+                .await
+                .expect("call");
+            (r.status().as_u16(), r.text().await.expect("body"))
+        }
+    };
+    let swapped = good.replace(
+        "<dc:MaDichVu>033</dc:MaDichVu>\n      <dc:MaCanBo>CB-0042</dc:MaCanBo>",
+        "<dc:MaCanBo>CB-0042</dc:MaCanBo>\n      <dc:MaDichVu>033</dc:MaDichVu>",
+    );
+    assert_ne!(swapped, good, "the plant applies");
+    let (status, body) = send(swapped, "XacThucThongTinCongDan").await;
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body.contains("soap:Client") && body.contains("MaDichVu"),
+        "{body}"
+    );
+    let v = s.sim.violations().pop().expect("violation recorded");
+    assert_eq!(
+        (v.field.as_str(), v.kind.as_str()),
+        ("MaDichVu", "out_of_order")
+    );
+    // A wrong SOAPAction is a violation too.
+    let (status, _) = send(good.to_owned(), "XacMinhThongTinNhanThan").await;
+    assert_eq!(status, 500);
+    let v = s.sim.violations().pop().expect("violation recorded");
+    assert_eq!(
+        (v.field.as_str(), v.kind.as_str()),
+        ("SOAPAction", "bad_header")
+    );
+    // The hand-written request passes.
+    let (status, body) = send(good.to_owned(), "XacThucThongTinCongDan").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(s.sim.violations().len(), 2);
+}
+
+/// What the client sends, captured on the wire, is the hand-written fixture of each operation, element
+/// for element (the request id is fresh per call, so only its form is compared).
+#[tokio::test]
+async fn the_client_sends_what_the_hand_written_fixtures_say() {
+    let fixture = |name: &str| {
+        std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../fixtures/population")
+                .join(name),
+        )
+        .expect("fixture")
+    };
+    let (exists, record) = (
+        String::from_utf8(fixture("xac-thuc-response-true.xml")).expect("utf-8"),
+        String::from_utf8(fixture("xac-minh-response.xml")).expect("utf-8"),
+    );
+    let capture = dvc_upstream::sim::Capture::start(move |r| match r.path.as_str() {
+        "/token" => (
+            200,
+            r#"{"access_token":"t","token_type":"Bearer","expires_in":3600}"#.into(),
+        ),
+        _ if r.header("soapaction") == Some("XacThucThongTinCongDan") => (200, exists.clone()),
+        _ => (200, record.clone()),
+    })
+    .await;
+    let base = capture.base_url();
+    let mut config = PopulationConfig::new(
+        format!("{base}/dancu/soap"),
+        format!("{base}/token"),
+        "dvc-dev",
+        "dev-secret",
+    );
+    config.lgsp_access_token = Some("static-lgsp".into());
+    let c = PopulationClient::new(config).expect("client");
+    c.check_exists(&ExistenceQuery {
+        service_code: "033".into(),
+        officer: officer(),
+        citizen_id: CitizenId::parse("001190012345").expect("id"),
+        legacy_id: String::new(),
+        full_name: "Nguyễn Văn An".into(),
+    })
+    .await
+    .expect("exists");
+    c.fetch_records(&RecordQuery {
+        procedure_code: "1.001776".into(),
+        integration_code: "DVC-H56".into(),
+        agency_code: "000.00.00.H56".into(),
+        officer: officer(),
+        citizen_id: CitizenId::parse("036188004512").expect("id"),
+        legacy_id: "162345678".into(),
+        full_name: "Trần Thị Ngọc Ánh".into(),
+        birth_date: BirthDate::parse_iso("1988-03-14").expect("date"),
+    })
+    .await
+    .expect("record");
+    let requests = capture.requests();
+    assert_eq!(requests[0].path, "/token");
+    assert_eq!(
+        String::from_utf8_lossy(&requests[0].body),
+        "grant_type=client_credentials"
+    );
+    for (request, (name, action)) in requests[1..].iter().zip([
+        ("xac-thuc-request.xml", "XacThucThongTinCongDan"),
+        ("xac-minh-request.xml", "XacMinhThongTinNhanThan"),
+    ]) {
+        assert_eq!(request.header("soapaction"), Some(action));
+        assert_eq!(request.header("authorization"), Some("Bearer t"));
+        assert_eq!(request.header("lgspaccesstoken"), Some("static-lgsp"));
+        assert_eq!(
+            request.header("authhash"),
+            Some("Y2FuYm80MjpwYXNz"),
+            "base64(canbo42:pass)"
+        );
+        assert_eq!(
+            request.header("content-type"),
+            Some("text/xml; charset=utf-8")
+        );
+        let sent = dvc_population::rules::request(&request.body)
+            .unwrap_or_else(|v| panic!("{name}: the client broke the contract: {v:?}"));
+        let expected = dvc_population::rules::request(&fixture(name))
+            .unwrap_or_else(|v| panic!("{name}: the fixture breaks the contract: {v:?}"));
+        assert_eq!(sent.operation, expected.operation);
+        for (field, value) in &expected.fields {
+            if *field == "MaYeuCau" {
+                assert_eq!(sent.get(field).len(), 26, "a ULID request id");
+                continue;
+            }
+            assert_eq!(sent.get(field), value.as_str(), "{name}: {field}");
+        }
+        assert_eq!(sent.fields.len(), expected.fields.len(), "{name}");
+    }
+}

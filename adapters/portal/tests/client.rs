@@ -354,3 +354,156 @@ async fn the_ledger_names_a_calls_dossiers_whether_or_not_its_data_reads() {
         "each refused call names its first broken rule"
     );
 }
+
+/// A strict portal judges each call by the contract: a planted wrong field is refused with
+/// `error_code` 7 naming it, and the ledger records the violation's kind and field.
+#[tokio::test]
+async fn the_simulator_refuses_a_planted_violation_and_the_ledger_names_it() {
+    let s = setup(FaultPlan::default()).await;
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("{}{path}", s.running.base_url());
+    let login: serde_json::Value = http
+        .post(url("/auth"))
+        .json(&serde_json::json!({"username": "dvc-dev", "password": "dev-password"}))
+        .send()
+        .await
+        .expect("auth")
+        .json()
+        .await
+        .expect("json");
+    let mut call: serde_json::Value = serde_json::from_str(include_str!(
+        "../../../fixtures/portal/cap-nhat-request.json"
+    ))
+    .expect("fixture");
+    call["session"] = login["session"].clone();
+    // The dossier must exist for the steps to be applied; the record call comes from its fixture too.
+    let mut record: serde_json::Value = serde_json::from_str(include_str!(
+        "../../../fixtures/portal/dong-bo-request.json"
+    ))
+    .expect("fixture");
+    record["session"] = login["session"].clone();
+    let post = |body: serde_json::Value| {
+        let http = http.clone();
+        let url = url("/integration");
+        async move {
+            http.post(url)
+                .json(&body)
+                .send()
+                .await
+                .expect("call")
+                .json::<serde_json::Value>()
+                .await
+                .expect("json")
+        }
+    };
+    assert_eq!(post(record).await["error_code"], 0);
+    let mut planted = call.clone();
+    planted["data"][1]["TrangThai"] = serde_json::json!(4);
+    let answer = post(planted).await;
+    assert_eq!(answer["error_code"], 7, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("data[1].TrangThai")),
+        "{answer}"
+    );
+    let v = s.sim.violations().pop().expect("violation recorded");
+    assert_eq!(
+        (v.field.as_str(), v.kind.as_str()),
+        ("data[1].TrangThai", "wrong_type")
+    );
+    assert_eq!(
+        s.sim.step_count(),
+        0,
+        "nothing of a refused call is applied"
+    );
+    // The hand-written call passes.
+    assert_eq!(post(call).await["error_code"], 0);
+    assert_eq!(s.sim.step_count(), 2);
+    assert_eq!(s.sim.violations().len(), 1);
+}
+
+/// What the client sends, captured on the wire, is each hand-written fixture field for field.
+#[tokio::test]
+async fn the_client_sends_what_the_hand_written_fixtures_say() {
+    let fixture = |name: &str| -> serde_json::Value {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/portal")
+            .join(name);
+        serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("json")
+    };
+    let login = fixture("login-answer.json").to_string();
+    let capture = dvc_upstream::sim::Capture::start(move |r| match r.path.as_str() {
+        "/auth" => (200, login.clone()),
+        _ => (200, r#"{"error_code": 0, "result": []}"#.into()),
+    })
+    .await;
+    let mut config = PortalConfig::new(
+        "national",
+        capture.base_url(),
+        "dvc-dev",
+        "dev-password",
+        "000.00.00.H56",
+    );
+    config.routing_code = "DVCQG".into();
+    let c = PortalClient::new(config).expect("client");
+    let code = "000.00.00.H56-241127-0001";
+    let record: DossierRecord =
+        serde_json::from_value(fixture("dossier-record.json")).expect("record");
+    let steps: Vec<Progress> = serde_json::from_value(fixture("progress.json")).expect("steps");
+    assert!(!c.dossier_exists(code).await.expect("lookup"));
+    c.sync_dossier(&record, false).await.expect("sync");
+    c.push_steps(&steps).await.expect("steps");
+
+    let requests = capture.requests();
+    let bodies: Vec<serde_json::Value> = requests
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).expect("JSON body"))
+        .collect();
+    let same = |sent: &serde_json::Value, expected: &serde_json::Value, what: &str| {
+        let (sent, expected) = (
+            sent.as_object().expect("object"),
+            expected.as_object().expect("object"),
+        );
+        for (field, value) in expected {
+            assert_eq!(sent.get(field), Some(value), "{what}: {field}");
+        }
+        for field in sent.keys() {
+            assert!(
+                expected.contains_key(field),
+                "{what}: {field} is not in the fixture"
+            );
+        }
+    };
+    assert_eq!(requests[0].path, "/auth");
+    same(&bodies[0], &fixture("auth-request.json"), "auth");
+    let expected = [
+        fixture("tra-cuu-request.json"),
+        fixture("dong-bo-request.json"),
+        fixture("cap-nhat-request.json"),
+    ];
+    for (i, expected) in expected.iter().enumerate() {
+        let r = &requests[i + 1];
+        assert_eq!(r.path, "/integration");
+        assert_eq!(r.header("dstcode"), Some("DVCQG"));
+        assert!(
+            r.header("content-type")
+                .is_some_and(|t| t.starts_with("application/json"))
+        );
+        let what = expected["service"].as_str().unwrap_or("call");
+        let mut sent = bodies[i + 1].clone();
+        let (Some(sent_items), Some(items)) = (
+            sent.get("data").and_then(|d| d.as_array()).cloned(),
+            expected.get("data").and_then(|d| d.as_array()),
+        ) else {
+            same(&sent, expected, what);
+            continue;
+        };
+        assert_eq!(sent_items.len(), items.len(), "{what}: items");
+        for (s, e) in sent_items.iter().zip(items) {
+            same(s, e, what);
+        }
+        sent["data"] = expected["data"].clone();
+        same(&sent, expected, what);
+    }
+}

@@ -341,7 +341,7 @@ mod more_fixture_tests {
     fn refusals_and_the_token_read_from_their_fixtures() {
         let invalid: OrderResult =
             serde_json::from_str(&fixture("create-order-400.json")).expect("json");
-        assert_eq!((invalid.status, invalid.item_code.as_str()), (2, ""));
+        assert_eq!((invalid.status, invalid.item_code.as_str()), (110, ""));
         let delivered: OrderResult =
             serde_json::from_str(&fixture("cancel-409-delivered.json")).expect("json");
         assert_eq!(delivered.status, 102);

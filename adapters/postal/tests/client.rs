@@ -102,7 +102,7 @@ async fn an_incomplete_order_is_refused_for_good() {
         .expect_err("refused");
     assert_eq!(
         (e.class, e.code.as_str()),
-        (ErrorClass::Permanent, "vnpost_2")
+        (ErrorClass::Permanent, "vnpost_110")
     );
     assert!(e.message.contains("ReceiverTel"));
     assert_eq!(s.sim.order_count(), 0);
@@ -285,4 +285,199 @@ async fn each_injected_fault_is_classified() {
         .await
         .expect_err("reset");
     assert_eq!(e.class, ErrorClass::Retryable, "{e:?}");
+}
+
+/// A strict VNPost judges each order by the contract: one planted wrong field is refused with 400
+/// `Status` 110 naming it, and the ledger records the violation's kind and field.
+#[tokio::test]
+async fn the_simulator_refuses_a_planted_violation_and_the_ledger_names_it() {
+    let s = setup(Duration::from_secs(60), FaultPlan::default()).await;
+    let http = reqwest::Client::new();
+    let token: serde_json::Value = http
+        .post(format!("{}/token", s.running.base_url()))
+        .basic_auth("dev-customer", Some("dev-secret"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=client_credentials")
+        .send()
+        .await
+        .expect("token")
+        .json()
+        .await
+        .expect("json");
+    let bearer = token["access_token"].as_str().expect("token").to_owned();
+    let good: serde_json::Value = serde_json::from_str(include_str!(
+        "../../../fixtures/postal/create-order-request.json"
+    ))
+    .expect("fixture");
+    let plants: [(&str, serde_json::Value, &str, &str); 4] = [
+        (
+            "SenderDistrict",
+            serde_json::json!(""),
+            "SenderDistrict",
+            "empty",
+        ),
+        (
+            "ReceiverTel",
+            serde_json::Value::Null,
+            "ReceiverTel",
+            "missing",
+        ),
+        (
+            "CODAmount",
+            serde_json::json!("0"),
+            "CODAmount",
+            "wrong_type",
+        ),
+        (
+            "ReceiverProvince",
+            serde_json::json!("49"),
+            "ReceiverProvince",
+            "bad_format",
+        ),
+    ];
+    for (i, (field, value, named, kind)) in plants.iter().enumerate() {
+        let mut order = good.clone();
+        order["OrderNumber"] = serde_json::json!(format!("PLANT-{i}"));
+        if value.is_null() {
+            order.as_object_mut().map(|o| o.remove(*field));
+        } else {
+            order[*field] = value.clone();
+        }
+        let answer = http
+            .post(format!("{}/order/post", s.running.base_url()))
+            .bearer_auth(&bearer)
+            .json(&order)
+            .send()
+            .await
+            .expect("create");
+        assert_eq!(answer.status().as_u16(), 400, "{field}");
+        let body: serde_json::Value = answer.json().await.expect("json");
+        assert_eq!(body["Status"], 110, "{body}");
+        assert!(
+            body["Message"].as_str().is_some_and(|m| m.contains(named)),
+            "{body}"
+        );
+        let last = s.sim.ledger.snapshot().pop().expect("recorded");
+        let v = last.violation.expect("violation recorded");
+        assert_eq!((v.field.as_str(), v.kind.as_str()), (*named, *kind));
+    }
+    assert_eq!(s.sim.order_count(), 0, "nothing refused was booked");
+    // The fixture itself, written by hand from the contract, passes.
+    let answer = http
+        .post(format!("{}/order/post", s.running.base_url()))
+        .bearer_auth(&bearer)
+        .json(&good)
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(answer.status().as_u16(), 201);
+    assert_eq!(s.sim.violations().len(), plants.len());
+}
+
+/// What the client sends for an order, captured on the wire, is the hand-written fixture field for
+/// field: no district when none is known, `CODAmount` a number.
+#[tokio::test]
+async fn the_client_sends_what_the_hand_written_fixtures_say() {
+    let capture = dvc_upstream::sim::Capture::start(|request| match request.path.as_str() {
+        "/token" => (
+            200,
+            r#"{"access_token":"t","token_type":"Bearer","expires_in":3600}"#.into(),
+        ),
+        "/order/post" => (
+            201,
+            r#"{"Status":100,"Message":"ok","ItemCode":"EB000000014VN"}"#.into(),
+        ),
+        "/order/cancel" => (201, r#"{"Status":100,"Message":"ok"}"#.into()),
+        _ => (200, r#"{"_returned":0,"_embedded":{"rh:doc":[]}}"#.into()),
+    })
+    .await;
+    let mut config =
+        PostalConfig::new(capture.base_url(), "DVCDEV01", "dev-customer", "dev-secret");
+    config.http.timeout = Duration::from_secs(2);
+    let c = PostalClient::new(config).expect("client");
+    let fixture = |name: &str| {
+        std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../fixtures/postal")
+                .join(name),
+        )
+        .expect("fixture")
+    };
+    let expected: serde_json::Value =
+        serde_json::from_str(&fixture("create-order-request.json")).expect("json");
+    // The same input, as the client's caller builds it.
+    let order = CreateOrder {
+        customer_code: "DVCDEV01".into(),
+        order_number: "H56.22-241127-0001".into(),
+        cod_amount: 0.0,
+        sender_name: "Trung tâm Phục vụ hành chính công tỉnh".into(),
+        sender_address: "Số 1 đường Lê Lợi, phường Tân An".into(),
+        sender_tel: "02923812345".into(),
+        sender_province: "92".into(),
+        sender_desc: "Giấy chứng nhận đăng ký hộ kinh doanh".into(),
+        description: "Trả kết quả hồ sơ H56.22-241127-0001".into(),
+        receiver_name: "Nguyễn Văn An".into(),
+        receiver_address: "Số 12 hẻm 34, phường Ninh Kiều".into(),
+        receiver_tel: "0912345678".into(),
+        receiver_email: "an@example.vn".into(),
+        receiver_province: "92".into(),
+        ..CreateOrder::default()
+    };
+    c.create_order(&order).await.expect("created");
+    c.cancel_order("H56.22-241127-0001")
+        .await
+        .expect("cancelled");
+    c.tracking(FIRST_LAST_ID, 100).await.expect("page");
+    let requests = capture.requests();
+    let token = &requests[0];
+    assert_eq!(
+        (token.method.as_str(), token.path.as_str()),
+        ("POST", "/token")
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&token.body),
+        fixture("token-request.form").trim()
+    );
+    assert_eq!(
+        token.header("authorization"),
+        Some("Basic ZGV2LWN1c3RvbWVyOmRldi1zZWNyZXQ="),
+        "HTTP Basic of customer_key:secret_key"
+    );
+    let create = requests
+        .iter()
+        .find(|r| r.path == "/order/post")
+        .expect("create");
+    assert_eq!(create.header("authorization"), Some("Bearer t"));
+    assert!(
+        create
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("application/json"))
+    );
+    let sent: serde_json::Value = serde_json::from_slice(&create.body).expect("json body");
+    let (sent, expected) = (
+        sent.as_object().expect("object"),
+        expected.as_object().expect("object"),
+    );
+    for (field, value) in expected {
+        assert_eq!(sent.get(field), Some(value), "{field}");
+    }
+    for field in sent.keys() {
+        assert!(
+            expected.contains_key(field),
+            "{field} is sent but not in the fixture"
+        );
+    }
+    let cancel = requests
+        .iter()
+        .find(|r| r.path == "/order/cancel")
+        .expect("cancel");
+    assert_eq!(
+        (cancel.method.as_str(), cancel.query.as_str()),
+        ("GET", fixture("cancel-request.query").trim())
+    );
+    let tracking = requests
+        .iter()
+        .find(|r| r.path == "/order/tracking")
+        .expect("tracking");
+    assert_eq!(tracking.query, fixture("tracking-request.query").trim());
 }
