@@ -439,6 +439,19 @@ pub async fn run(args: E2eBenchArgs) -> anyhow::Result<()> {
 }
 
 /// What one run of the default scenario measured.
+/// The simulator judged every request by the portal contract: a benchmark of requests a strict portal
+/// would refuse measures nothing.
+fn refuse_violations(sim: &dvc_portal::simulator::Simulator) -> anyhow::Result<()> {
+    let violations = sim.violations();
+    if let Some(first) = violations.first() {
+        bail!(
+            "the portal simulator refused {} requests that break the contract, the first: {first}",
+            violations.len()
+        );
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Figures {
     fsync_rate: f64,
@@ -515,6 +528,7 @@ async fn scenario(args: &E2eBenchArgs) -> anyhow::Result<Figures> {
     let drain = delivered_at - started;
     let store_bytes = crate::queue::kv::disk_usage(&tmp.path().join("store"));
     let (missing, duplicated, disordered) = exactly_once(&sim, run, args.dossiers, args.events);
+    refuse_violations(&sim)?;
     let progress_calls = sim
         .ledger
         .snapshot()
@@ -707,6 +721,7 @@ async fn backlog(args: &E2eBenchArgs, dir: &Path) -> anyhow::Result<()> {
     };
     let (_, peak_draining) = rss_mib(daemon.pid());
     let (missing, duplicated, disordered) = exactly_once(&sim, "L", dossiers, events);
+    refuse_violations(&sim)?;
     tokio::time::sleep(args.settle.saturating_sub(done.elapsed())).await;
     let (rss_after, _) = rss_mib(daemon.pid());
     println!(

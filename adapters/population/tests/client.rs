@@ -20,6 +20,17 @@ struct Setup {
     citizens: Vec<SimCitizen>,
 }
 
+/// Every test ends by requiring that the client broke no rule of the contract: the simulator judged
+/// each request as a strict upstream would. A test that plants a violation clears the ledger after
+/// reading it back.
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            assert_eq!(self.sim.violations(), vec![], "requests broke the contract");
+        }
+    }
+}
+
 async fn setup(faults: FaultPlan, token_lifetime: Duration) -> Setup {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut config = SimulatorConfig::with_fixture().expect("fixture");
@@ -422,6 +433,7 @@ async fn the_simulator_refuses_a_planted_violation_and_the_ledger_names_it() {
     let (status, body) = send(good.to_owned(), "XacThucThongTinCongDan").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(s.sim.violations().len(), 2);
+    s.sim.ledger.clear();
 }
 
 /// What the client sends, captured on the wire, is the hand-written fixture of each operation, element

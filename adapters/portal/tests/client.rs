@@ -14,6 +14,17 @@ struct Setup {
     running: Running,
 }
 
+/// Every test ends by requiring that the client broke no rule of the contract: the simulator judged
+/// each request as a strict upstream would. A test that plants a violation clears the ledger after
+/// reading it back.
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            assert_eq!(self.sim.violations(), vec![], "requests broke the contract");
+        }
+    }
+}
+
 async fn setup(faults: FaultPlan) -> Setup {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -353,6 +364,7 @@ async fn the_ledger_names_a_calls_dossiers_whether_or_not_its_data_reads() {
         ],
         "each refused call names its first broken rule"
     );
+    s.sim.ledger.clear();
 }
 
 /// A strict portal judges each call by the contract: a planted wrong field is refused with
@@ -421,6 +433,7 @@ async fn the_simulator_refuses_a_planted_violation_and_the_ledger_names_it() {
     assert_eq!(post(call).await["error_code"], 0);
     assert_eq!(s.sim.step_count(), 2);
     assert_eq!(s.sim.violations().len(), 1);
+    s.sim.ledger.clear();
 }
 
 /// What the client sends, captured on the wire, is each hand-written fixture field for field.

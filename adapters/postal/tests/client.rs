@@ -15,6 +15,17 @@ struct Setup {
     running: Running,
 }
 
+/// Every test ends by requiring that the client broke no rule of the contract: the simulator judged
+/// each request as a strict upstream would. A test that plants a violation clears the ledger after
+/// reading it back.
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            assert_eq!(self.sim.violations(), vec![], "requests broke the contract");
+        }
+    }
+}
+
 async fn setup(step: Duration, faults: FaultPlan) -> Setup {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -106,6 +117,9 @@ async fn an_incomplete_order_is_refused_for_good() {
     );
     assert!(e.message.contains("ReceiverTel"));
     assert_eq!(s.sim.order_count(), 0);
+    let fields: Vec<String> = s.sim.violations().into_iter().map(|v| v.field).collect();
+    assert_eq!(fields, ["ReceiverTel"]);
+    s.sim.ledger.clear();
 }
 
 #[tokio::test]
@@ -372,6 +386,7 @@ async fn the_simulator_refuses_a_planted_violation_and_the_ledger_names_it() {
         .expect("create");
     assert_eq!(answer.status().as_u16(), 201);
     assert_eq!(s.sim.violations().len(), plants.len());
+    s.sim.ledger.clear();
 }
 
 /// What the client sends for an order, captured on the wire, is the hand-written fixture field for
