@@ -109,7 +109,7 @@ pub fn officer(settings: &PopulationSettings, code: &str) -> Officer {
     }
 }
 
-fn http_options(h: &HttpSettings) -> anyhow::Result<HttpOptions> {
+pub(crate) fn http_options(h: &HttpSettings) -> anyhow::Result<HttpOptions> {
     let read = |path: &std::path::Path| {
         std::fs::read(path).with_context(|| format!("reading {}", path.display()))
     };

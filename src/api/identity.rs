@@ -139,9 +139,16 @@ pub(crate) async fn create(
             return Err(e);
         }
     }
-    let v = identity::wait_for(flows, &id, wait)
-        .await
-        .map_err(|e| flow_error(e, lang))?;
+    // The request is committed: whatever happens while waiting for the verdict, the answer is 202
+    // `pending` (never 503, which would tell the portal nothing was accepted); the verdict is readable
+    // at GET /v1/identity/verifications/{id}.
+    let v = match identity::wait_for(flows, &id, wait).await {
+        Ok(v) => v,
+        Err(error) => {
+            tracing::warn!(verification_id = %id, %error, "waiting for a verdict failed; answered pending");
+            return Ok((StatusCode::ACCEPTED, Json(pending)).into_response());
+        }
+    };
     if v.is_final() {
         let body = serde_json::to_value(identity::view(&v, false)).unwrap_or_default();
         if let Some(idem) = &idem {

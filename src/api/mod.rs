@@ -459,6 +459,11 @@ base_url = "http://127.0.0.1:9"
 username = "u"
 password = "p"
 agency_code = "A"
+[upstreams.population]
+service_url = "http://127.0.0.1:9/soap"
+token_url = "http://127.0.0.1:9/token"
+client_id = "c"
+client_secret = "s"
 "#,
         )
         .expect("config");
@@ -627,6 +632,49 @@ agency_code = "A"
         assert_eq!(replay.status().as_u16(), 503);
         let body: serde_json::Value = replay.json().await.expect("json");
         assert_eq!(body["code"], "store_unavailable");
+        server.abort();
+        let _ = server.await;
+    }
+
+    #[tokio::test]
+    async fn a_committed_verification_answers_202_pending_even_when_the_wait_fails() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The verification's commit succeeds; the next one (marking it for a callback once the wait
+        // has run out) fails as a failing disk would.
+        let queue = open_queue(
+            &dir.path().join("store"),
+            Some(CrashPlan::new(
+                CrashPoint::BeforeCommit,
+                2,
+                CrashAction::Halt,
+            )),
+        );
+        let (addr, server) = serve_portal_api(dir.path(), &queue).await;
+        let response = reqwest::Client::new()
+            .post(format!(
+                "http://{addr}/v1/identity/verifications?wait=200ms"
+            ))
+            .bearer_auth("test")
+            .json(&serde_json::json!({
+                "citizen_id": "083173316997", "full_name": "Võ Ngọc Trang",
+                "date_of_birth": "1973-09-27", "gender": "female",
+                "procedure_code": "1.001612", "officer_id": "CB-01"
+            }))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status().as_u16(), 202);
+        let body: serde_json::Value = response.json().await.expect("json");
+        assert_eq!(body["status"], "pending", "{body}");
+        let id = body["id"].as_str().expect("id");
+        assert!(
+            queue
+                .record("verification", id)
+                .await
+                .expect("read")
+                .is_some(),
+            "the verification was committed"
+        );
         server.abort();
         let _ = server.await;
     }

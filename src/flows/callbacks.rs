@@ -88,9 +88,12 @@ pub(crate) fn register(flows: &Flows, wiring: &mut Wiring) {
     let Some(settings) = &flows.ctx.settings.callbacks else {
         return;
     };
-    let options = dvc_upstream::http::HttpOptions {
-        timeout: std::time::Duration::from_secs(10),
-        ..Default::default()
+    let options = match crate::upstreams::http_options(&settings.http) {
+        Ok(o) => o,
+        Err(error) => {
+            tracing::error!(%error, "callback TLS files could not be read; callbacks stay queued");
+            return;
+        }
     };
     let client = match dvc_upstream::http::client(&options) {
         Ok(c) => c,
@@ -142,6 +145,7 @@ impl JobHandler for Deliver {
                 .send()
                 .await
                 .map_err(JobError::transport)?;
+            dvc_upstream::http::refuse_redirect(&response)?;
             let status = response.status();
             if status.is_success() {
                 return Ok(());

@@ -139,8 +139,8 @@ impl RecordedError {
     pub(crate) fn of(error: &JobError, at: Millis) -> Self {
         Self {
             class: error.class,
-            code: error.code.clone(),
-            message: error.message.clone(),
+            code: dvc_upstream::cap_message(error.code.clone()),
+            message: dvc_upstream::cap_message(error.message.clone()),
             at,
         }
     }

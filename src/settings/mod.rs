@@ -276,6 +276,7 @@ pub struct Upstreams {
 pub struct CallbackSettings {
     pub url: Url,
     pub secret: SecretString,
+    pub http: HttpSettings,
 }
 
 /// One problem with the configuration.

@@ -229,6 +229,8 @@ pub(crate) struct RawPopulation {
     /// SHA-256 pins of the upstream's public key (base64, optionally `sha256//`-prefixed): the
     /// certificate must also match one of them.
     pub pin_sha256: Option<Vec<String>>,
+    /// Plain `http://` for this upstream only (overrides `upstreams.allow_insecure_http`).
+    pub allow_insecure_http: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -264,6 +266,8 @@ pub(crate) struct RawPostal {
     /// SHA-256 pins of the upstream's public key (base64, optionally `sha256//`-prefixed): the
     /// certificate must also match one of them.
     pub pin_sha256: Option<Vec<String>>,
+    /// Plain `http://` for this upstream only (overrides `upstreams.allow_insecure_http`).
+    pub allow_insecure_http: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -293,6 +297,8 @@ pub(crate) struct RawPortalTarget {
     /// SHA-256 pins of the upstream's public key (base64, optionally `sha256//`-prefixed): the
     /// certificate must also match one of them.
     pub pin_sha256: Option<Vec<String>>,
+    /// Plain `http://` for this upstream only (overrides `upstreams.allow_insecure_http`).
+    pub allow_insecure_http: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -300,6 +306,14 @@ pub(crate) struct RawPortalTarget {
 pub(crate) struct RawCallbacks {
     pub url: Option<String>,
     pub secret: Option<SecretString>,
+    /// Plain `http://` for the callback receiver (overrides `upstreams.allow_insecure_http`).
+    pub allow_insecure_http: Option<bool>,
+    pub connect_timeout: Option<String>,
+    pub timeout: Option<String>,
+    pub ca_bundle: Option<String>,
+    pub ca_bundle_only: Option<bool>,
+    pub client_certificate: Option<String>,
+    pub pin_sha256: Option<Vec<String>>,
 }
 
 /// Keys whose values are secrets: never printed, and always text when set from the environment.

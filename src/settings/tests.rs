@@ -384,6 +384,28 @@ fn plain_http_upstreams_are_refused_unless_development_says_so() {
 }
 
 #[test]
+fn plain_http_is_allowed_per_upstream_and_callbacks_follow_the_same_rule() {
+    let section = "[upstreams.portal.national]\nbase_url = \"http://dvc.example.vn\"\nusername = \"u\"\npassword = \"p\"\nagency_code = \"A\"\n";
+    let allowed = format!("{section}allow_insecure_http = true\n");
+    let (_dir, path) = write_config(&format!("[store]\npath = \"s\"\n{allowed}"));
+    assert!(load(&path, no_env()).is_ok(), "this upstream's own setting");
+    let callbacks = "[callbacks]\nurl = \"http://portal.example.vn/cb\"\nsecret = \"s\"\n";
+    let (_dir, path) = write_config(&format!("[store]\npath = \"s\"\n{callbacks}"));
+    let errors = load(&path, no_env()).expect_err("http callback refused");
+    assert_eq!(errors.0[0].key, "callbacks.url");
+    let (_dir, path) = write_config(&format!(
+        "[store]\npath = \"s\"\n{callbacks}allow_insecure_http = true\n"
+    ));
+    assert!(load(&path, no_env()).is_ok());
+    let (_dir, path) = write_config(&format!(
+        "[store]\npath = \"s\"\n{}ca_bundle = \"missing-ca.pem\"\n",
+        callbacks.replace("http://", "https://")
+    ));
+    let errors = load(&path, no_env()).expect_err("a CA bundle that is not there");
+    assert_eq!(errors.0[0].key, "callbacks.ca_bundle", "{errors:?}");
+}
+
+#[test]
 fn a_mistyped_secret_is_reported_without_its_value() {
     let (_dir, path) = write_config(
         "[store]\npath = \"s\"\n[upstreams.portal.national]\nbase_url = \"https://dvc.example.vn\"\nusername = \"u\"\npassword = 98765432\nagency_code = \"A\"\n",

@@ -251,9 +251,9 @@ impl Checker<'_> {
     }
 
     /// An upstream URL: https://, unless development explicitly allows http://.
-    fn upstream_url(&mut self, key: &str, value: Option<&str>) -> Option<Url> {
+    fn upstream_url(&mut self, key: &str, value: Option<&str>, allow: Option<bool>) -> Option<Url> {
         let url = self.url(key, value)?;
-        if url.scheme() == "http" && !self.allow_http {
+        if url.scheme() == "http" && !allow.unwrap_or(self.allow_http) {
             self.fail(
                 key,
                 format!("`{}`: plain http:// is refused for upstreams; use https://, or set upstreams.allow_insecure_http = true for development against the simulators", shown(&url)),
@@ -684,12 +684,19 @@ pub(super) fn settings(raw: RawSettings, base_dir: &Path, problems: &mut Problem
     let mut upstreams = Upstreams::default();
     if let Some(p) = raw.upstreams.population {
         let s = "upstreams.population";
-        let service_url = c.upstream_url(&format!("{s}.service_url"), p.service_url.as_deref());
-        let record_url = p
-            .record_url
-            .as_deref()
-            .and_then(|u| c.upstream_url(&format!("{s}.record_url"), Some(u)));
-        let token_url = c.upstream_url(&format!("{s}.token_url"), p.token_url.as_deref());
+        let service_url = c.upstream_url(
+            &format!("{s}.service_url"),
+            p.service_url.as_deref(),
+            p.allow_insecure_http,
+        );
+        let record_url = p.record_url.as_deref().and_then(|u| {
+            c.upstream_url(&format!("{s}.record_url"), Some(u), p.allow_insecure_http)
+        });
+        let token_url = c.upstream_url(
+            &format!("{s}.token_url"),
+            p.token_url.as_deref(),
+            p.allow_insecure_http,
+        );
         let client_id = c
             .required(&format!("{s}.client_id"), p.client_id.as_deref())
             .map(str::to_owned);
@@ -746,7 +753,11 @@ pub(super) fn settings(raw: RawSettings, base_dir: &Path, problems: &mut Problem
     }
     if let Some(p) = raw.upstreams.postal {
         let s = "upstreams.postal";
-        let base_url = c.upstream_url(&format!("{s}.base_url"), p.base_url.as_deref());
+        let base_url = c.upstream_url(
+            &format!("{s}.base_url"),
+            p.base_url.as_deref(),
+            p.allow_insecure_http,
+        );
         let customer_code = c
             .required(&format!("{s}.customer_code"), p.customer_code.as_deref())
             .map(str::to_owned);
@@ -834,7 +845,11 @@ pub(super) fn settings(raw: RawSettings, base_dir: &Path, problems: &mut Problem
                 "target names use lower-case letters, digits, '-' and '_'",
             );
         }
-        let base_url = c.upstream_url(&format!("{s}.base_url"), t.base_url.as_deref());
+        let base_url = c.upstream_url(
+            &format!("{s}.base_url"),
+            t.base_url.as_deref(),
+            t.allow_insecure_http,
+        );
         let username = c
             .required(&format!("{s}.username"), t.username.as_deref())
             .map(str::to_owned);
@@ -912,12 +927,25 @@ pub(super) fn settings(raw: RawSettings, base_dir: &Path, problems: &mut Problem
         }
     }
 
+    // The callback receiver is an upstream like the others: https unless allowed, and the same TLS
+    // options (a CA bundle, a client certificate, pins).
     let callbacks = raw.callbacks.and_then(|cb| {
-        let url = c.url("callbacks.url", cb.url.as_deref());
+        let url = c.upstream_url("callbacks.url", cb.url.as_deref(), cb.allow_insecure_http);
         let secret = c.secret("callbacks.secret", cb.secret);
+        let http = c.http(
+            "callbacks",
+            cb.connect_timeout.as_deref(),
+            cb.timeout.as_deref().or(Some("10s")),
+            cb.ca_bundle.as_deref(),
+            cb.ca_bundle_only,
+            cb.client_certificate.as_deref(),
+            cb.pin_sha256.as_deref(),
+            base_dir,
+        );
         Some(CallbackSettings {
             url: url?,
             secret: secret?,
+            http,
         })
     });
 

@@ -1,6 +1,11 @@
 //! The HTTP client every adapter uses: rustls only, TLS 1.2 or newer, connect and total timeouts always
 //! set, the platform's trust store plus an optional CA bundle (government root CAs), an optional client
 //! certificate for mTLS. There is deliberately no switch to accept invalid certificates.
+//!
+//! No redirect is ever followed: a 3xx would re-send the body (citizen data) and the credentials
+//! (`Authorization`, `AuthHash`, a login) to a place nobody configured, possibly over plain http or to
+//! another host, past the pins and the URL rules. [`refuse_redirect`] turns it into a permanent error
+//! that records only the target's host.
 
 use std::time::Duration;
 
@@ -53,6 +58,7 @@ pub fn client(options: &HttpOptions) -> Result<reqwest::Client, ClientBuildError
         .timeout(options.timeout)
         .pool_max_idle_per_host(options.pool_max_idle_per_host)
         .tls_version_min(reqwest::tls::Version::TLS_1_2)
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("dvc-connector/", env!("CARGO_PKG_VERSION")));
     if !options.pin_sha256.is_empty() {
         builder = builder.use_preconfigured_tls(pinned::config(options)?);
@@ -82,6 +88,29 @@ pub fn client(options: &HttpOptions) -> Result<reqwest::Client, ClientBuildError
     builder
         .build()
         .map_err(|e| ClientBuildError::Build(e.to_string()))
+}
+
+/// A 3xx answer is refused for good (`redirect_refused`), naming only where it pointed: the clients
+/// follow no redirect, so nothing was re-sent.
+pub fn refuse_redirect(response: &reqwest::Response) -> Result<(), crate::UpstreamError> {
+    let status = response.status();
+    if !status.is_redirection() {
+        return Ok(());
+    }
+    let target = response
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|l| response.url().join(l).ok())
+        .map(|u| format!("{}://{}", u.scheme(), u.host_str().unwrap_or("(no host)")))
+        .unwrap_or_else(|| "(no Location)".into());
+    Err(crate::UpstreamError::permanent(
+        "redirect_refused",
+        format!(
+            "the upstream answered HTTP {} redirecting to {target}; redirects are never followed and nothing was re-sent",
+            status.as_u16()
+        ),
+    ))
 }
 
 /// Reads one pin as operators write it: the base64 SHA-256 of the certificate's public key, with or
@@ -312,31 +341,60 @@ pub async fn read_limited(
     Ok(out)
 }
 
-/// Replaces every run of 9 or more digits (an identification number, a phone number) with its masked
-/// form, so that upstream messages can be kept for operators without personal data.
+/// Masks every number of 9 or more digits (an identification number, a phone number) so that upstream
+/// messages can be kept for operators without personal data: the first three and last two digits stay,
+/// the others become `*`. A number may be written in groups joined by one kind of separator — a space, a
+/// dot or a hyphen (`0912 345 678`, `0912.345.678`, `001-190-012-345`) — and is masked as a whole, its
+/// separators kept; groups joined by different separators (`2024-11-27 09`) are separate numbers.
 pub fn mask_digit_runs(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
     let mut out = String::with_capacity(text.len());
-    let mut run = String::new();
-    let flush = |run: &mut String, out: &mut String| {
-        if run.chars().count() >= 9 {
-            let chars: Vec<char> = run.chars().collect();
-            out.extend(&chars[..3]);
-            out.push_str(&"*".repeat(chars.len() - 5));
-            out.extend(&chars[chars.len() - 2..]);
-        } else {
-            out.push_str(run);
+    let mut i = 0;
+    while i < chars.len() {
+        if !chars[i].is_ascii_digit() {
+            out.push(chars[i]);
+            i += 1;
+            continue;
         }
-        run.clear();
-    };
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            run.push(c);
-        } else {
-            flush(&mut run, &mut out);
-            out.push(c);
+        // One group: digit runs joined by a single separator of one kind.
+        let start = i;
+        let mut separator: Option<char> = None;
+        let mut end = i;
+        loop {
+            while end < chars.len() && chars[end].is_ascii_digit() {
+                end += 1;
+            }
+            let joins = end + 1 < chars.len()
+                && matches!(chars[end], ' ' | '.' | '-')
+                && separator.is_none_or(|s| s == chars[end])
+                && chars[end + 1].is_ascii_digit();
+            if !joins {
+                break;
+            }
+            separator = Some(chars[end]);
+            end += 1;
         }
+        let group = &chars[start..end];
+        let digits = group.iter().filter(|c| c.is_ascii_digit()).count();
+        if digits >= 9 {
+            let mut seen = 0;
+            for &c in group {
+                if c.is_ascii_digit() {
+                    seen += 1;
+                    out.push(if seen <= 3 || seen > digits - 2 {
+                        c
+                    } else {
+                        '*'
+                    });
+                } else {
+                    out.push(c);
+                }
+            }
+        } else {
+            out.extend(group);
+        }
+        i = end;
     }
-    flush(&mut run, &mut out);
     out
 }
 
@@ -352,5 +410,38 @@ mod mask_tests {
         );
         assert_eq!(mask_digit_runs("phone 0912345678"), "phone 091*****78");
         assert_eq!(mask_digit_runs("12345678"), "12345678");
+    }
+
+    #[test]
+    fn numbers_written_in_groups_are_masked_as_a_whole() {
+        assert_eq!(
+            mask_digit_runs("gọi 0912 345 678 nhé"),
+            "gọi 091* *** *78 nhé"
+        );
+        assert_eq!(mask_digit_runs("0912.345.678"), "091*.***.*78");
+        assert_eq!(
+            mask_digit_runs("CCCD 001-190-012-345."),
+            "CCCD 001-***-***-*45."
+        );
+        // Different separators are different numbers: a date and an hour stay readable.
+        assert_eq!(mask_digit_runs("2024-11-27 09:30"), "2024-11-27 09:30");
+        assert_eq!(mask_digit_runs("mã 12 34"), "mã 12 34");
+    }
+}
+
+#[cfg(test)]
+mod cap_tests {
+    #[test]
+    fn a_huge_message_is_cut_to_a_kilobyte_at_a_character_boundary() {
+        let e = crate::UpstreamError::permanent("portal_9", "ố".repeat(3_000_000));
+        assert!(
+            e.message.len() <= crate::MAX_MESSAGE_BYTES,
+            "{}",
+            e.message.len()
+        );
+        assert!(e.message.ends_with('…'));
+        assert!(e.message.starts_with("ốố"));
+        let short = crate::UpstreamError::permanent("x", "short");
+        assert_eq!(short.message, "short");
     }
 }

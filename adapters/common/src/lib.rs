@@ -57,12 +57,30 @@ pub struct UpstreamError {
     pub retry_after: Option<Duration>,
 }
 
+/// The most an upstream's message keeps: enough for an operator to read the reason, while a portal that
+/// answers with megabytes cannot swell the store, the dead-letter list or the dashboard.
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// Cuts `text` to [`MAX_MESSAGE_BYTES`] at a character boundary, marking the cut with `…`.
+pub fn cap_message(mut text: String) -> String {
+    if text.len() <= MAX_MESSAGE_BYTES {
+        return text;
+    }
+    let mut end = MAX_MESSAGE_BYTES - '…'.len_utf8();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push('…');
+    text
+}
+
 impl UpstreamError {
     pub fn new(class: ErrorClass, code: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             class,
-            code: code.into(),
-            message: message.into(),
+            code: cap_message(code.into()),
+            message: cap_message(message.into()),
             retry_after: None,
         }
     }

@@ -75,6 +75,7 @@ impl TokenSource {
             .send()
             .await
             .map_err(UpstreamError::transport)?;
+        http::refuse_redirect(&response)?;
         let status = response.status().as_u16();
         let bytes = http::read_limited(response, 64 * 1024).await?;
         match status {
@@ -135,6 +136,7 @@ impl TokenSource {
                 .send()
                 .await
                 .map_err(UpstreamError::transport)?;
+            http::refuse_redirect(&response)?;
             let status = response.status().as_u16();
             if status == 401 && !renew {
                 self.forget().await;

@@ -283,6 +283,7 @@ impl PortalClient {
             );
         }
         let response = rb.send().await.map_err(UpstreamError::transport)?;
+        http::refuse_redirect(&response)?;
         let status = response.status().as_u16();
         let retry_after = response
             .headers()

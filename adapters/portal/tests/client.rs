@@ -520,3 +520,41 @@ async fn the_client_sends_what_the_hand_written_fixtures_say() {
         same(&sent, expected, what);
     }
 }
+
+/// A 308 on `/auth` does not re-send the username and password anywhere: the login fails for good with
+/// `redirect_refused`.
+#[tokio::test]
+async fn a_redirected_login_resends_no_password() {
+    use axum::response::IntoResponse;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let target = dvc_upstream::sim::Capture::start(|_| (200, "{}".into())).await;
+    let to = target.base_url();
+    let router = axum::Router::new().fallback(move || {
+        let to = to.clone();
+        async move {
+            (
+                axum::http::StatusCode::PERMANENT_REDIRECT,
+                [(axum::http::header::LOCATION, format!("{to}/auth"))],
+            )
+                .into_response()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let portal = dvc_upstream::sim::serve(listener, router).expect("serve");
+    let c = PortalClient::new(PortalConfig::new(
+        "national",
+        portal.base_url(),
+        "dvc-dev",
+        "dev-password",
+        "000.00.00.H56",
+    ))
+    .expect("client");
+    let e = c.dossier_exists("H56-1").await.expect_err("refused");
+    assert_eq!(
+        (e.class, e.code.as_str()),
+        (ErrorClass::Permanent, "redirect_refused")
+    );
+    assert!(target.requests().is_empty(), "the password went nowhere");
+}
