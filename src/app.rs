@@ -216,6 +216,7 @@ impl Application {
             serve(
                 api,
                 settings.api.tls.as_ref(),
+                settings.api.limits,
                 crate::api::router(
                     crate::api::ApiState {
                         queue: queue.clone(),
@@ -228,8 +229,16 @@ impl Application {
                 ),
                 stop.clone(),
             )?,
-            serve(ops, settings.ops.tls.as_ref(), ops_router, stop)?,
+            serve(
+                ops,
+                settings.ops.tls.as_ref(),
+                settings.ops.limits,
+                ops_router,
+                stop,
+            )?,
         ];
+        warn_if_exposed("api", api_addr, settings.api.tls.is_some());
+        warn_if_exposed("ops", ops_addr, settings.ops.tls.is_some());
         tracing::info!(
             %api_addr,
             %ops_addr,
@@ -280,33 +289,29 @@ impl Application {
     }
 }
 
-/// Serves `router` on `listener`, over TLS when the listener has a `tls` section (its files were
-/// parsed at load; they are read again here, so a certificate replaced on disk takes effect on
-/// restart).
+/// Serves `router` on `listener` within `limits`, over TLS when the listener has a `tls` section (its
+/// files were parsed at load; they are read again here, so a certificate replaced on disk takes effect
+/// on restart).
 fn serve(
     listener: TcpListener,
     tls: Option<&ServerTlsSettings>,
+    limits: crate::settings::ListenerLimits,
     router: axum::Router,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> anyhow::Result<JoinHandle<std::io::Result<()>>> {
-    let stopped = async move {
-        let _ = stop.wait_for(|stopped| *stopped).await;
-    };
-    Ok(match tls {
-        None => tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(stopped)
-                .await
-        }),
-        Some(tls) => {
-            let listener = crate::tls::TlsListener::new(listener, crate::tls::server_config(tls)?)?;
-            tokio::spawn(async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(stopped)
-                    .await
-            })
-        }
-    })
+    let tls = tls.map(crate::tls::server_config).transpose()?;
+    Ok(crate::serve::spawn(listener, tls, router, limits, stop))
+}
+
+/// A listener reachable from other machines without TLS carries tokens and citizen data in clear.
+fn warn_if_exposed(name: &str, addr: std::net::SocketAddr, tls: bool) {
+    if !tls && !addr.ip().is_loopback() {
+        tracing::warn!(
+            listener = name,
+            %addr,
+            "this listener is not on loopback and serves plain HTTP: bearer tokens and citizen data cross the network in clear; configure [{name}.tls] or put a TLS proxy in front"
+        );
+    }
 }
 
 /// Seals and prunes the audit log's segments: at start, then every eighth of `rotate_every` (between

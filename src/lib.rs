@@ -21,6 +21,8 @@
 //! - [`audit`]: the hash-chained audit log of population-DB lookups, and `dvc-connector audit …`.
 //! - [`demo`]: `dvc-connector demo`, the simulators, the daemon and a day of traffic in one process.
 //! - [`upstreams`]: the upstream clients (`adapters/`) built from settings at start-up.
+//! - `serve`: the listeners' accept loop — connection limit, header-read and idle timeouts, the
+//!   client's address for each request.
 //! - [`telemetry`]: logging; [`tls`]: the rustls crypto provider; `hex`: lowercase hex of digests.
 #![forbid(unsafe_code)]
 
@@ -37,6 +39,7 @@ pub mod metrics;
 mod ops;
 pub mod qualify;
 pub mod queue;
+mod serve;
 pub mod settings;
 pub mod simulate;
 pub mod status;

@@ -2,22 +2,15 @@
 //! the server side of the connector's own listeners — the sidecar API and the ops listener can serve
 //! TLS 1.2+ themselves, and the API can demand client certificates from the portal (mTLS).
 //!
-//! The handshake runs in its own task per connection, bounded by a timeout, so a slow or silent client
-//! never holds up the accept loop; only finished handshakes reach the HTTP server.
+//! The handshake runs in each connection's own task (src/serve.rs), bounded by the listener's header
+//! read timeout and counted against its connection limit.
 
-use std::io;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 
 use crate::settings::ServerTlsSettings;
 
@@ -25,11 +18,6 @@ use crate::settings::ServerTlsSettings;
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
-
-/// A handshake not finished within this time is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Finished handshakes waiting for the HTTP server to take them.
-const BACKLOG: usize = 128;
 
 /// Reads the certificate chain, the key and (for mTLS) the client CAs, and builds the server's TLS
 /// configuration: TLS 1.2 and 1.3 only, HTTP/1.1 over ALPN. Each file's problem is named.
@@ -81,70 +69,4 @@ fn read_certificates(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>
         anyhow::bail!("{}: no certificate in the file", path.display());
     }
     Ok(certs)
-}
-
-/// A TCP listener whose connections come out TLS-terminated: what `axum::serve` takes instead of the
-/// bare `TcpListener` when the listener has a `tls` section.
-#[derive(Debug)]
-pub struct TlsListener {
-    local: SocketAddr,
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-}
-
-impl TlsListener {
-    /// Starts accepting on `listener`; the accept task ends when this value is dropped.
-    pub fn new(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> io::Result<Self> {
-        let local = listener.local_addr()?;
-        let acceptor = TlsAcceptor::from(config);
-        let (tx, ready) = mpsc::channel(BACKLOG);
-        tokio::spawn(async move {
-            loop {
-                let (tcp, peer) = tokio::select! {
-                    () = tx.closed() => return,
-                    accepted = listener.accept() => match accepted {
-                        Ok(accepted) => accepted,
-                        Err(e) => {
-                            // Out of descriptors and the like: wait instead of spinning.
-                            tracing::warn!(error = %e, "accepting a TLS connection");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    },
-                };
-                let _ = tcp.set_nodelay(true);
-                let acceptor = acceptor.clone();
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => {
-                            let _ = tx.send((stream, peer)).await;
-                        }
-                        // A failed handshake (no client certificate, wrong CA, plain HTTP sent to
-                        // the TLS port) is the client's problem: counted at debug, never fatal.
-                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!("TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        Ok(Self { local, ready })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(accepted) => accepted,
-            // The accept task only ends once this listener is dropped, so this is not reached
-            // while serving; park instead of inventing a connection.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        Ok(self.local)
-    }
 }

@@ -89,6 +89,7 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8], lang: Lang) -> Result<T, ApiErro
     }
     let mut de = serde_json::Deserializer::from_str(text);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let segments: Vec<String> = e.path().iter().map(|s| s.to_string()).collect();
         let path = e.path().to_string();
         let field = if path == "." { String::new() } else { path };
         let inner = e.into_inner();
@@ -104,6 +105,22 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8], lang: Lang) -> Result<T, ApiErro
         } else {
             "invalid_value"
         };
+        if code == "unknown_field" {
+            // The unknown name is the client's, not the schema's: it may be a citizen's number or
+            // name sent as a key, so it is shown only when it looks like a field name.
+            let (name, parents) = segments
+                .split_last()
+                .map_or(("", &[][..]), |(n, p)| (n.as_str(), p));
+            let shown = shown_name(name);
+            let field = parents
+                .iter()
+                .map(String::as_str)
+                .chain([shown.as_str()])
+                .collect::<Vec<_>>()
+                .join(".");
+            let message = message.replacen(&format!("`{name}`"), &format!("`{shown}`"), 1);
+            return invalid(field, code, sanitize(&message));
+        }
         invalid(field, code, sanitize(&message))
     })?;
     de.end().map_err(|_| {
@@ -114,6 +131,21 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8], lang: Lang) -> Result<T, ApiErro
         )
     })?;
     Ok(value)
+}
+
+/// A field name the client sent, as it may be shown: an identifier (an ASCII letter, then letters,
+/// digits or `_`, at most 64, no run of 9 digits) is kept; anything else — a number, a name with
+/// diacritics, an address — becomes `…`.
+fn shown_name(name: &str) -> String {
+    let identifier = name.len() <= 64
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && dvc_upstream::http::mask_digit_runs(name) == name;
+    if identifier {
+        name.to_owned()
+    } else {
+        "…".to_owned()
+    }
 }
 
 /// serde's messages quote the offending value (`invalid type: string "Nguyễn Văn An", expected u32`);
@@ -185,6 +217,29 @@ mod tests {
             Lang::En,
         );
         assert_eq!(ok.map(|s| s.cod_amount).ok(), Some(0));
+    }
+
+    #[test]
+    fn an_unknown_field_named_by_personal_data_is_not_echoed() {
+        for key in ["083173316997", "Nguyễn Văn An", "an@example.vn"] {
+            let body = format!(
+                r#"{{"dossier_code":"D1","cod_amount":0,"recipient":{{"name":"An","phone":"1","{key}":1}}}}"#
+            );
+            let e = parse::<Shipment>(body.as_bytes(), Lang::En).expect_err("refused");
+            let shown = serde_json::to_string(&e.errors).expect("json");
+            assert!(!shown.contains(key), "{shown}");
+            assert_eq!(e.errors[0].field, "recipient.…");
+            assert_eq!(e.errors[0].code, "unknown_field");
+        }
+        let e = parse::<Shipment>(
+            br#"{"dossier_code":"D1","cod_amount":0,"recipient":{"name":"An","phone":"1","cccd":1}}"#,
+            Lang::En,
+        )
+        .expect_err("refused");
+        assert_eq!(
+            e.errors[0].field, "recipient.cccd",
+            "a field-like name is shown"
+        );
     }
 
     #[test]

@@ -258,13 +258,14 @@ pub fn check(req: &Request, default_mode: Mode) -> Result<Checked, Vec<Invalid>>
             default_mode
         }),
     };
+    // The same rule as every other dossier code: it becomes a record key and a job filter.
     if let Some(code) = &req.dossier_code
-        && (code.trim().is_empty() || code.len() > 100)
+        && !super::dossier::valid_code(code)
     {
         faults.push(invalid(
             "dossier_code",
             "invalid_dossier_code",
-            "1 to 100 characters",
+            "1 to 64 of A-Z a-z 0-9 . _ -",
         ));
     }
     let id = match birth {
@@ -810,6 +811,22 @@ mod tests {
         let checked = check(&request(), Mode::Exists).expect("valid");
         assert!(!checked.masked.contains("012345"));
         assert_eq!(checked.ask.mode, Mode::Exists);
+    }
+
+    #[test]
+    fn a_dossier_code_follows_the_same_rule_as_everywhere_else() {
+        for bad in ["A/B", "hồ sơ 1", "", &"A".repeat(65)] {
+            let mut r = request();
+            r.dossier_code = Some(bad.to_owned());
+            assert_eq!(
+                fields(check(&r, Mode::Exists)),
+                vec![("dossier_code", "invalid_dossier_code")],
+                "{bad:?}"
+            );
+        }
+        let mut r = request();
+        r.dossier_code = Some("H56.22-241127_0001".into());
+        assert!(check(&r, Mode::Exists).is_ok());
     }
 
     #[test]

@@ -94,12 +94,24 @@ pub struct Sender {
 #[derive(Debug, Clone)]
 pub struct ApiSettings {
     pub listen: SocketAddr,
+    pub limits: ListenerLimits,
     pub body_limit: usize,
     pub tokens: Vec<TokenSettings>,
     /// Requests per second allowed to each token (bursts up to the same number); 0: no limit.
     pub rate_limit: u32,
     /// Serve TLS (and mTLS when `client_ca` is set) instead of plain HTTP.
     pub tls: Option<ServerTlsSettings>,
+}
+
+/// What one client may hold of a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerLimits {
+    /// A request's headers must have arrived this long after the connection opened or went idle.
+    pub header_read_timeout: Duration,
+    /// A keep-alive connection with no request in progress is closed after this long.
+    pub idle_timeout: Duration,
+    /// Connections served at once (TLS handshakes included); more wait in the kernel's backlog.
+    pub max_connections: usize,
 }
 
 /// A listener's own TLS: files checked readable and parsed at load.
@@ -128,6 +140,7 @@ pub struct TokenSettings {
 #[derive(Debug, Clone)]
 pub struct OpsSettings {
     pub listen: SocketAddr,
+    pub limits: ListenerLimits,
     pub tls: Option<ServerTlsSettings>,
 }
 

@@ -83,6 +83,9 @@ pub(crate) struct RawSender {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawApi {
     pub listen: Option<String>,
+    pub header_read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_connections: Option<i64>,
     pub body_limit: Option<toml::Value>,
     pub rate_limit: Option<i64>,
     #[serde(default)]
@@ -115,6 +118,9 @@ pub(crate) struct RawToken {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawOps {
     pub listen: Option<String>,
+    pub header_read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_connections: Option<i64>,
     pub tls: Option<RawServerTls>,
 }
 

@@ -198,6 +198,36 @@ impl Checker<'_> {
         }
     }
 
+    fn limits(
+        &mut self,
+        section: &str,
+        header_read_timeout: Option<&str>,
+        idle_timeout: Option<&str>,
+        max_connections: Option<i64>,
+        default_connections: u64,
+    ) -> ListenerLimits {
+        ListenerLimits {
+            header_read_timeout: self.duration(
+                &format!("{section}.header_read_timeout"),
+                header_read_timeout,
+                Duration::from_secs(10),
+                Duration::from_millis(100),
+            ),
+            idle_timeout: self.duration(
+                &format!("{section}.idle_timeout"),
+                idle_timeout,
+                Duration::from_secs(60),
+                Duration::from_millis(100),
+            ),
+            max_connections: self.int(
+                &format!("{section}.max_connections"),
+                max_connections,
+                default_connections,
+                (1, 100_000),
+            ) as usize,
+        }
+    }
+
     fn addr(&mut self, key: &str, value: Option<&str>, default: &str) -> SocketAddr {
         let fallback: SocketAddr = default
             .parse()
@@ -495,6 +525,13 @@ pub(super) fn settings(raw: RawSettings, base_dir: &Path, problems: &mut Problem
     }
     let api = ApiSettings {
         listen,
+        limits: c.limits(
+            "api",
+            raw.api.header_read_timeout.as_deref(),
+            raw.api.idle_timeout.as_deref(),
+            raw.api.max_connections,
+            1024,
+        ),
         body_limit,
         tokens,
         rate_limit: c.int("api.rate_limit", raw.api.rate_limit, 20_000, (0, 1_000_000)) as u32,
@@ -503,6 +540,13 @@ pub(super) fn settings(raw: RawSettings, base_dir: &Path, problems: &mut Problem
 
     let ops = OpsSettings {
         listen: c.addr("ops.listen", raw.ops.listen.as_deref(), "127.0.0.1:9090"),
+        limits: c.limits(
+            "ops",
+            raw.ops.header_read_timeout.as_deref(),
+            raw.ops.idle_timeout.as_deref(),
+            raw.ops.max_connections,
+            64,
+        ),
         tls: c.server_tls("ops.tls", raw.ops.tls.as_ref(), base_dir),
     };
     if ops.listen == api.listen && api.listen.port() != 0 {
