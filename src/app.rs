@@ -202,6 +202,7 @@ impl Application {
             history.clone(),
             stop.clone(),
         ));
+        let auth_failures = Arc::new(crate::api::auth::AuthFailures::default());
         let ops_router = crate::ops::router(crate::ops::OpsState {
             queue: queue.clone(),
             board,
@@ -211,6 +212,10 @@ impl Application {
             tokens: tokens.clone(),
             history,
             flows: Some(flows.clone()),
+            sessions: Arc::default(),
+            auth_failures: auth_failures.clone(),
+            secure: settings.ops.tls.is_some(),
+            public: !ops_addr.ip().is_loopback(),
         });
         let servers = vec![
             serve(
@@ -224,6 +229,7 @@ impl Application {
                         metrics: Some(metrics.clone()),
                         flows: Some(flows),
                         limiter: crate::api::auth::RateLimiter::new(settings.api.rate_limit),
+                        auth_failures: auth_failures.clone(),
                     },
                     settings.api.body_limit,
                 ),

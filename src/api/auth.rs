@@ -23,6 +23,11 @@ impl Tokens {
         Self(tokens)
     }
 
+    /// The configured token named `name`.
+    pub fn by_name(&self, name: &str) -> Option<&TokenSettings> {
+        self.0.iter().find(|t| t.name == name)
+    }
+
     /// The configured token matching `Authorization: Bearer …`, if any.
     pub fn authenticate(&self, authorization: Option<&str>) -> Option<&TokenSettings> {
         let token = authorization?.strip_prefix("Bearer ")?.trim();
@@ -74,20 +79,109 @@ impl FromRequestParts<Arc<ApiState>> for Caller {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let caller = state
-            .tokens
-            .authenticate(authorization)
-            .map(|t| Caller {
+        let client = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        if let Some(ip) = client
+            && let Err(wait) = state.auth_failures.check(ip)
+        {
+            return Err(ApiError::rate_limited(wait, lang));
+        }
+        let caller = match state.tokens.authenticate(authorization) {
+            Some(t) => Caller {
                 name: t.name.clone(),
                 scopes: t.scopes.clone(),
-            })
-            .ok_or_else(|| ApiError::new(Code::Unauthorized, lang))?;
+            },
+            None => {
+                if let Some(ip) = client {
+                    state.auth_failures.failed(ip);
+                }
+                return Err(ApiError::new(Code::Unauthorized, lang));
+            }
+        };
         if let Some(limiter) = &state.limiter
             && let Err(wait) = limiter.check(&caller.name)
         {
             return Err(ApiError::rate_limited(wait, lang));
         }
         Ok(caller)
+    }
+}
+
+/// Failed authentications per client address. After `max_failures` within `window`, every request
+/// from that address that needs a token gets 429 with `Retry-After` until the window is over, valid
+/// token or not, so guessing cannot go on while blocked. Entries of finished windows are dropped; the
+/// table holds at most [`AuthFailures::MAX_ADDRESSES`] addresses (beyond that new ones are not
+/// tracked: a flood of addresses is a job for the network, not for this table).
+#[derive(Debug)]
+pub struct AuthFailures {
+    max_failures: u32,
+    window: std::time::Duration,
+    entries: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, Failures>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    since: tokio::time::Instant,
+}
+
+impl Default for AuthFailures {
+    /// Ten failures a minute.
+    fn default() -> Self {
+        Self::new(10, std::time::Duration::from_secs(60))
+    }
+}
+
+impl AuthFailures {
+    pub const MAX_ADDRESSES: usize = 100_000;
+
+    pub fn new(max_failures: u32, window: std::time::Duration) -> Self {
+        Self {
+            max_failures,
+            window,
+            entries: Default::default(),
+        }
+    }
+
+    /// Whether `ip` may try now; otherwise how long until it may.
+    pub fn check(&self, ip: std::net::IpAddr) -> Result<(), std::time::Duration> {
+        let now = tokio::time::Instant::now();
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        match entries.get(&ip) {
+            Some(f) if f.count >= self.max_failures && now < f.since + self.window => {
+                Err(f.since + self.window - now)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts a failed authentication from `ip`.
+    pub fn failed(&self, ip: std::net::IpAddr) {
+        let now = tokio::time::Instant::now();
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= Self::MAX_ADDRESSES {
+            let window = self.window;
+            entries.retain(|_, f| now < f.since + window);
+        }
+        if entries.len() >= Self::MAX_ADDRESSES && !entries.contains_key(&ip) {
+            return;
+        }
+        let f = entries.entry(ip).or_insert(Failures {
+            count: 0,
+            since: now,
+        });
+        if now >= f.since + self.window {
+            *f = Failures {
+                count: 0,
+                since: now,
+            };
+        }
+        f.count = f.count.saturating_add(1);
+        if f.count == self.max_failures {
+            tracing::warn!(client = %ip, "authentication failures from this address: throttled");
+        }
     }
 }
 
@@ -174,6 +268,27 @@ impl FromRequestParts<Arc<ApiState>> for Portal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_address_that_keeps_failing_waits_out_the_window_and_others_do_not() {
+        let throttle = AuthFailures::new(3, std::time::Duration::from_secs(60));
+        let guesser: std::net::IpAddr = [10, 0, 0, 7].into();
+        let other: std::net::IpAddr = [10, 0, 0, 8].into();
+        for _ in 0..3 {
+            assert!(throttle.check(guesser).is_ok());
+            throttle.failed(guesser);
+        }
+        let wait = throttle.check(guesser).expect_err("throttled");
+        assert!(
+            wait <= std::time::Duration::from_secs(60) && wait > std::time::Duration::from_secs(59)
+        );
+        assert!(
+            throttle.check(other).is_ok(),
+            "another address is not affected"
+        );
+        tokio::time::advance(std::time::Duration::from_secs(61)).await;
+        assert!(throttle.check(guesser).is_ok(), "the window is over");
+    }
 
     fn token(name: &str, secret: &str, scopes: &[Scope]) -> TokenSettings {
         TokenSettings {

@@ -35,6 +35,8 @@ pub struct ApiState {
     pub flows: Option<crate::flows::Flows>,
     /// Per-token request rate limit (None: no limit).
     pub limiter: Option<auth::RateLimiter>,
+    /// Failed authentications per client address (shared with the dashboard's sign-in).
+    pub auth_failures: Arc<auth::AuthFailures>,
 }
 
 pub(crate) use jobs::JobView;
@@ -249,6 +251,7 @@ mod tests {
                 metrics,
                 flows: None,
                 limiter: None,
+                auth_failures: Arc::default(),
             },
             1024,
         );
@@ -477,6 +480,7 @@ client_secret = "s"
                 metrics: None,
                 flows: Some(flows),
                 limiter: None,
+                auth_failures: Arc::default(),
             },
             1 << 20,
         );
@@ -703,6 +707,7 @@ client_secret = "s"
                 metrics: None,
                 flows: None,
                 limiter: auth::RateLimiter::new(3),
+                auth_failures: Arc::default(),
             },
             1024,
         );

@@ -4,8 +4,9 @@
 //!
 //! Shows each lane's health and depth with a chart of deliveries over the last hour, dead letters grouped
 //! by reason, the dead-letter list with retry and discard buttons, and a dossier's sync state per target
-//! and its jobs by code. Actions need an admin token: the sign-in form puts it in an HttpOnly,
-//! SameSite=Strict cookie, and every action checks it against the configured hashes. Everything shown is escaped; payloads are never shown.
+//! and its jobs by code. Actions need a signed-in admin ([`super::session`]: a server-side session, an
+//! Origin check on every POST); when the ops listener is not on loopback, so does reading. Everything
+//! shown is escaped; payloads are never shown.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
@@ -22,8 +23,6 @@ use super::OpsState;
 use crate::api::problem::Lang;
 use crate::queue::{AdminOutcome, JobFilter, JobId, JobState, Queue};
 use crate::settings::Scope;
-
-const COOKIE: &str = "dvc_ops_token";
 
 const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:1.5rem;color:#111}table{border-collapse:collapse;margin:.5rem 0 1.5rem}th,td{border-bottom:1px solid #ddd;padding:.3rem .6rem;text-align:left}th{background:#f4f4f5}.bad{color:#b91c1c;font-weight:600}.ok{color:#15803d}.msg{background:#eff6ff;padding:.5rem;border-left:3px solid #2563eb}form.inline{display:inline}nav a{margin-right:.8rem}";
 
@@ -414,29 +413,12 @@ fn lang_of(q: Option<&str>, headers: &HeaderMap) -> Lang {
     }
 }
 
-fn cookie_token(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| {
-            pair.trim()
-                .strip_prefix(&format!("{COOKIE}="))
-                .map(str::to_owned)
-        })
-        .next()
-}
-
+/// A signed-in admin: a live session whose token is still configured with the admin scope.
 fn is_admin(state: &OpsState, headers: &HeaderMap) -> bool {
-    cookie_token(headers)
-        .and_then(|t| {
-            state
-                .tokens
-                .authenticate(Some(&format!("Bearer {t}")))
-                .map(|s| s.scopes.contains(&Scope::Admin))
-        })
-        .unwrap_or(false)
+    super::session::cookie(headers)
+        .and_then(|id| state.sessions.token_name(&id))
+        .and_then(|name| state.tokens.by_name(&name))
+        .is_some_and(|t| t.scopes.contains(&Scope::Admin))
 }
 
 /// A sparkline of deliveries per minute.
@@ -478,6 +460,9 @@ pub async fn page(
 ) -> Response {
     let lang = lang_of(q.lang.as_deref(), &headers);
     let admin = is_admin(&state, &headers);
+    if state.public && !admin {
+        return sign_in_only(lang, q.msg.as_deref());
+    }
     let writable = state.queue.expire_leases(0).await.is_ok();
     let counts = state.queue.counts().await.unwrap_or_default();
     let board = state.board.snapshot();
@@ -764,7 +749,11 @@ pub async fn page(
         }
         html.push_str("</table>");
     }
-    html.push_str("<script>setTimeout(function(){if(!document.querySelector('input:focus'))location.reload()},15000)</script></body></html>");
+    let _ = write!(
+        html,
+        "<script>{}</script></body></html>",
+        super::session::RELOAD_SCRIPT
+    );
     ([(header::CACHE_CONTROL, "no-store")], Html(html)).into_response()
 }
 
@@ -773,30 +762,101 @@ pub struct LoginForm {
     token: String,
 }
 
-pub async fn login(State(state): State<OpsState>, Form(form): Form<LoginForm>) -> Response {
-    let token = form.token.trim();
-    let admin = state
-        .tokens
-        .authenticate(Some(&format!("Bearer {token}")))
-        .is_some_and(|t| t.scopes.contains(&Scope::Admin));
-    if !admin || token.contains([';', ',', ' ']) {
-        return Redirect::to("/?msg=bad_token").into_response();
+/// The page for a listener that is not on loopback, before sign-in: the form and nothing else.
+fn sign_in_only(lang: Lang, msg: Option<&str>) -> Response {
+    let l = |k| t(lang, k);
+    let mut html = String::new();
+    let _ = write!(
+        html,
+        "<!doctype html><html lang=\"{}\"><head><meta charset=\"utf-8\"><title>{}</title><style>{}</style></head><body><h1>{}</h1>",
+        if lang == Lang::Vi { "vi" } else { "en" },
+        esc(l("title")),
+        STYLE,
+        esc(l("title"))
+    );
+    if msg == Some("bad_token") {
+        let _ = write!(
+            html,
+            "<p class=\"msg\" id=\"message\">{}</p>",
+            esc(l("bad_token"))
+        );
     }
+    let _ = write!(
+        html,
+        "<form id=\"login\" method=\"post\" action=\"/login\"><label for=\"token\">{}</label> <input type=\"password\" name=\"token\" id=\"token\" autocomplete=\"current-password\"> <button id=\"sign-in\">OK</button></form></body></html>",
+        esc(l("sign_in"))
+    );
+    ([(header::CACHE_CONTROL, "no-store")], Html(html)).into_response()
+}
+
+/// The client's address, when the listener recorded it.
+fn client(request: &axum::http::Extensions) -> Option<std::net::IpAddr> {
+    request
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+fn cross_origin() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        "cross-origin request refused: use the dashboard itself",
+    )
+        .into_response()
+}
+
+pub async fn login(
+    State(state): State<OpsState>,
+    headers: HeaderMap,
+    extensions: axum::http::Extensions,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    if !super::session::same_origin(&headers) {
+        return cross_origin();
+    }
+    let ip = client(&extensions);
+    if let Some(ip) = ip
+        && let Err(wait) = state.auth_failures.check(ip)
+    {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, wait.as_secs().max(1).to_string())],
+            "too many failed sign-ins from this address; wait and try again",
+        )
+            .into_response();
+    }
+    let token = state
+        .tokens
+        .authenticate(Some(&format!("Bearer {}", form.token.trim())))
+        .filter(|t| t.scopes.contains(&Scope::Admin));
+    let Some(token) = token else {
+        if let Some(ip) = ip {
+            state.auth_failures.failed(ip);
+        }
+        return Redirect::to("/?msg=bad_token").into_response();
+    };
+    let id = state.sessions.open(&token.name);
+    tracing::info!(token = %token.name, "dashboard sign-in");
     (
         [(
             header::SET_COOKIE,
-            format!("{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/"),
+            super::session::set_cookie(Some(&id), state.secure),
         )],
         Redirect::to("/"),
     )
         .into_response()
 }
 
-pub async fn logout() -> Response {
+pub async fn logout(State(state): State<OpsState>, headers: HeaderMap) -> Response {
+    if !super::session::same_origin(&headers) {
+        return cross_origin();
+    }
+    if let Some(id) = super::session::cookie(&headers) {
+        state.sessions.close(&id);
+    }
     (
         [(
             header::SET_COOKIE,
-            format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
+            super::session::set_cookie(None, state.secure),
         )],
         Redirect::to("/"),
     )
@@ -808,6 +868,9 @@ pub async fn act(
     headers: HeaderMap,
     Path((id, action)): Path<(String, String)>,
 ) -> Response {
+    if !super::session::same_origin(&headers) {
+        return cross_origin();
+    }
     if !is_admin(&state, &headers) {
         return (StatusCode::FORBIDDEN, "an admin token is required").into_response();
     }

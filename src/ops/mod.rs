@@ -10,6 +10,7 @@ use serde_json::json;
 
 use crate::queue::Queue;
 pub(crate) mod dashboard;
+pub(crate) mod session;
 
 use crate::queue::worker::{LaneBoard, LaneState};
 
@@ -25,6 +26,14 @@ pub(crate) struct OpsState {
     pub history: std::sync::Arc<dashboard::History>,
     /// For the dashboard's per-target dossier sync state.
     pub flows: Option<crate::flows::Flows>,
+    /// Dashboard sign-ins.
+    pub sessions: std::sync::Arc<session::Sessions>,
+    /// Failed authentications per client address, shared with the API.
+    pub auth_failures: std::sync::Arc<crate::api::auth::AuthFailures>,
+    /// The listener serves TLS: the session cookie is `Secure`.
+    pub secure: bool,
+    /// The listener is not on loopback: reading the dashboard needs sign-in too.
+    pub public: bool,
 }
 
 pub(crate) fn router(state: OpsState) -> Router {
@@ -37,6 +46,12 @@ pub(crate) fn router(state: OpsState) -> Router {
         .route("/logout", axum::routing::post(dashboard::logout))
         .route("/jobs/{id}/{action}", axum::routing::post(dashboard::act))
         .with_state(state)
+        .layer(axum::middleware::map_response(
+            |mut response: axum::response::Response| async move {
+                session::protect(response.headers_mut());
+                response
+            },
+        ))
 }
 
 /// OpenMetrics for scrapers that ask for it, the classic text format otherwise.

@@ -12,6 +12,7 @@ mod helpers;
 mod jobs_api;
 mod metrics;
 mod recovery;
+mod security;
 mod simulate;
 mod tls;
 mod upstreams;

@@ -1,0 +1,254 @@
+//! Security at the edges, against the real daemon: dashboard sessions, cross-origin refusals and the
+//! browser-facing headers; failed authentication throttled per client address; a dashboard that needs
+//! sign-in to be read when its listener is not on loopback.
+
+use std::time::Duration;
+
+use reqwest::blocking::Client;
+use reqwest::header::{HeaderMap, HeaderValue};
+
+use crate::helpers::{Proc, write_config};
+use crate::jobs_api::{ADMIN, prepare, start};
+
+fn client() -> Client {
+    Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
+fn origin(ops: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        "origin",
+        HeaderValue::from_str(&format!("http://{ops}")).expect("origin"),
+    );
+    h
+}
+
+/// Signs in; answers the session cookie (`name=value`) and the whole `Set-Cookie`.
+fn sign_in(http: &Client, ops: &str, token: &str) -> (Option<String>, String) {
+    let r = http
+        .post(format!("http://{ops}/login"))
+        .headers(origin(ops))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={token}"))
+        .send()
+        .expect("login");
+    let set = r
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let cookie = set
+        .split(';')
+        .next()
+        .filter(|c| !c.is_empty())
+        .map(str::to_owned);
+    (cookie, set)
+}
+
+fn dead_ids(http: &Client, api: &str) -> Vec<String> {
+    let v: serde_json::Value = http
+        .get(format!("http://{api}/v1/jobs?state=dead"))
+        .bearer_auth(ADMIN)
+        .send()
+        .expect("jobs")
+        .json()
+        .expect("json");
+    v["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .map(|j| j["id"].as_str().expect("id").to_owned())
+        .collect()
+}
+
+#[test]
+fn the_dashboard_keeps_a_server_side_session_and_refuses_cross_origin_actions() {
+    dvc_connector::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (mut daemon, api, _) = start(dir.path(), &rt);
+    let ops = daemon.listen_addr("ops_addr");
+    let http = client();
+
+    // Every answer carries the browser-facing protections.
+    let page = http.get(format!("http://{ops}/")).send().expect("page");
+    let csp = page
+        .headers()
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    assert_eq!(
+        page.headers()
+            .get("x-content-type-options")
+            .map(|v| v.as_bytes()),
+        Some(&b"nosniff"[..])
+    );
+
+    let (cookie, set) = sign_in(&http, &ops, ADMIN);
+    let cookie = cookie.expect("a session cookie");
+    assert!(cookie.starts_with("dvc_ops_session="), "{set}");
+    assert!(!set.contains(ADMIN), "the token is not the cookie: {set}");
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    assert!(
+        !set.contains("Secure"),
+        "no Secure on a plain-HTTP listener: {set}"
+    );
+
+    // A cross-origin POST with the session cookie changes nothing.
+    let dead = dead_ids(&http, &api);
+    assert_eq!(dead.len(), 2);
+    let mut evil = HeaderMap::new();
+    evil.insert("origin", HeaderValue::from_static("https://evil.example"));
+    evil.insert("cookie", HeaderValue::from_str(&cookie).expect("cookie"));
+    let r = http
+        .post(format!("http://{ops}/jobs/{}/discard", dead[0]))
+        .headers(evil)
+        .send()
+        .expect("cross-origin");
+    assert_eq!(r.status().as_u16(), 403);
+    assert_eq!(dead_ids(&http, &api).len(), 2, "nothing was discarded");
+
+    // From the dashboard's own origin, with the session, it works.
+    let mut own = origin(&ops);
+    own.insert("cookie", HeaderValue::from_str(&cookie).expect("cookie"));
+    let r = http
+        .post(format!("http://{ops}/jobs/{}/retry", dead[0]))
+        .headers(own.clone())
+        .send()
+        .expect("retry");
+    assert_eq!(r.status().as_u16(), 303);
+    assert_eq!(dead_ids(&http, &api).len(), 1);
+
+    // Signing out revokes the session on the server: the old cookie is worthless.
+    let r = http
+        .post(format!("http://{ops}/logout"))
+        .headers(own.clone())
+        .send()
+        .expect("logout");
+    assert_eq!(r.status().as_u16(), 303);
+    let r = http
+        .post(format!(
+            "http://{ops}/jobs/{}/retry",
+            dead_ids(&http, &api)[0]
+        ))
+        .headers(own)
+        .send()
+        .expect("retry after sign-out");
+    assert_eq!(r.status().as_u16(), 403);
+    assert_eq!(dead_ids(&http, &api).len(), 1);
+    daemon.sigterm();
+}
+
+#[test]
+fn failed_authentication_is_throttled_per_client_address() {
+    dvc_connector::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (mut daemon, api, _) = start(dir.path(), &rt);
+    let ops = daemon.listen_addr("ops_addr");
+    let http = client();
+    let statuses: Vec<u16> = (0..12)
+        .map(|i| {
+            http.get(format!("http://{api}/v1/jobs"))
+                .bearer_auth(format!("guess-{i}"))
+                .send()
+                .expect("guess")
+                .status()
+                .as_u16()
+        })
+        .collect();
+    assert_eq!(&statuses[..10], &[401; 10], "{statuses:?}");
+    assert_eq!(&statuses[10..], &[429; 2], "{statuses:?}");
+    // Blocked means blocked: the right token from that address waits too, and is told how long.
+    let r = http
+        .get(format!("http://{api}/v1/jobs"))
+        .bearer_auth(ADMIN)
+        .send()
+        .expect("valid token");
+    assert_eq!(r.status().as_u16(), 429);
+    let retry_after: u64 = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    // The dashboard's sign-in shares the count.
+    let r = http
+        .post(format!("http://{ops}/login"))
+        .headers(origin(&ops))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={ADMIN}"))
+        .send()
+        .expect("login");
+    assert_eq!(r.status().as_u16(), 429);
+    daemon.sigterm();
+}
+
+#[test]
+fn off_loopback_the_dashboard_shows_nothing_before_sign_in() {
+    dvc_connector::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let store = dir.path().join("store");
+    rt.block_on(prepare(&store));
+    let extra = format!(
+        "[[api.tokens]]\nname = \"ops\"\nsha256 = \"{}\"\nscopes = [\"admin\"]\n",
+        sha256_hex(ADMIN)
+    );
+    let config = write_config(dir.path(), "redb", &store, &extra);
+    let text = std::fs::read_to_string(&config).expect("config").replace(
+        "[ops]\nlisten = \"127.0.0.1:0\"",
+        "[ops]\nlisten = \"0.0.0.0:0\"",
+    );
+    std::fs::write(&config, text).expect("config");
+    let mut daemon = Proc::spawn(&["run", "--config", config.to_str().expect("path")]);
+    let ops = daemon
+        .listen_addr("ops_addr")
+        .replace("0.0.0.0", "127.0.0.1");
+    assert!(
+        daemon
+            .wait_for("serves plain HTTP", true, Duration::from_secs(5))
+            .is_some(),
+        "a warning names the exposed listener"
+    );
+    let http = client();
+    let page = http
+        .get(format!("http://{ops}/"))
+        .send()
+        .expect("page")
+        .text()
+        .expect("text");
+    assert!(page.contains("id=\"login\""), "{page}");
+    assert!(!page.contains("id=\"lanes\""), "no data before sign-in");
+    assert!(!page.contains("portal:national"), "no lane names either");
+    let (cookie, _) = sign_in(&http, &ops, ADMIN);
+    let page = http
+        .get(format!("http://{ops}/"))
+        .header("cookie", cookie.expect("session"))
+        .send()
+        .expect("page")
+        .text()
+        .expect("text");
+    assert!(page.contains("id=\"lanes\""), "signed in, the lanes show");
+    daemon.sigterm();
+}
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
