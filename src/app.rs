@@ -188,7 +188,7 @@ impl Application {
         if let Some(tracker) = crate::flows::shipment::spawn_tracker(flows.clone(), stop.clone()) {
             workers.push(tracker);
         }
-        if let Some(log) = audit_log {
+        if let Some(log) = audit_log.clone() {
             workers.push(spawn_audit_maintenance(
                 log,
                 settings.audit.policy,
@@ -216,6 +216,7 @@ impl Application {
             auth_failures: auth_failures.clone(),
             secure: settings.ops.tls.is_some(),
             public: !ops_addr.ip().is_loopback(),
+            audit: audit_log.clone(),
         });
         let servers = vec![
             serve(

@@ -5,7 +5,14 @@
 //! HMAC-SHA256 under the audit key, so that an auditor holding the key can answer "who looked this
 //! person up?" and nobody else learns whom. Lines are hash-chained: each carries the SHA-256 of the
 //! previous line and its own, so `dvc-connector audit verify` finds an altered, removed or reordered
-//! line. The file is only appended to, each line fsynced before the lookup's verdict is recorded.
+//! line. The file is only appended to, each line fsynced **before the lookup is made**: a lookup whose
+//! line cannot be written is not made (the identity flow pauses its lane with `audit_unavailable`).
+//!
+//! **A full disk.** An append is one line written and synced; when either fails, the file is cut back
+//! to where it was, so no partial line stays. A partial final line that survived anyway (a crash in
+//! the middle of a write) is cut off when the log is opened, and the cut is recorded as an entry of its
+//! own (`mode` `torn_line_cut`), so the chain goes on and `audit verify` reports it. `verify` hashes
+//! each line's stored bytes: a field injected into a line breaks its hash like any other change.
 //!
 //! **Segments and retention.** The current file (`audit.path`) is sealed every `audit.rotate_every`
 //! into a segment beside it, `<name>.<first sequence number>`, and the chain continues in a new
@@ -75,15 +82,33 @@ pub fn citizen_hash(key: &[u8; 32], citizen_id: &str) -> String {
     crate::hex::encode(&mac.finalize().into_bytes())
 }
 
-/// The chain hash of an entry: SHA-256 over `prev` and the entry's JSON without its `hash`.
+/// The chain hash of an entry: SHA-256 over `prev` and the entry's JSON with an empty `hash`.
 fn chain_hash(entry: &Entry) -> String {
     let mut unsealed = entry.clone();
     unsealed.hash = String::new();
     let body = serde_json::to_vec(&unsealed).unwrap_or_default();
+    digest(&entry.prev, &body)
+}
+
+fn digest(prev: &str, body: &[u8]) -> String {
     let mut h = Sha256::new();
-    h.update(entry.prev.as_bytes());
-    h.update(&body);
+    h.update(prev.as_bytes());
+    h.update(body);
     crate::hex::encode(&h.finalize())
+}
+
+/// The chain hash of a line as stored: its own bytes with the `hash` value emptied, so that anything
+/// added to or changed in the line — a field the reader would ignore included — breaks it. `None` when
+/// the line does not end in its hash as the writer puts it.
+fn stored_hash(line: &str, prev: &str) -> Option<String> {
+    const FIELD: &str = ",\"hash\":\"";
+    let at = line.rfind(FIELD)? + FIELD.len();
+    let value = line.get(at..at + 64)?;
+    if line.get(at + 64..) != Some("\"}") || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let blanked = format!("{}{}", &line[..at], &line[at + 64..]);
+    Some(digest(prev, blanked.as_bytes()))
 }
 
 fn now_rfc3339(now: OffsetDateTime) -> String {
@@ -123,6 +148,20 @@ pub struct AuditLog {
     key: Option<[u8; 32]>,
     policy: Policy,
     tail: Mutex<Tail>,
+    /// Whether the last append succeeded (for `/readyz`).
+    writable: std::sync::atomic::AtomicBool,
+    #[cfg(test)]
+    fault: Mutex<Option<Fault>>,
+}
+
+/// How a test's disk fails an append.
+#[cfg(test)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// Nothing is written.
+    Full,
+    /// Half the line is written, then the disk is full.
+    Torn,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -210,6 +249,41 @@ fn sync_dir(path: &Path) {
     }
 }
 
+/// Cuts a partial last line off the current file (one that does not end in a newline, as an
+/// interrupted append leaves it). Answers how many bytes were cut.
+fn cut_torn_tail(path: &Path) -> Result<Option<u64>, AuditError> {
+    let io = io_error(path);
+    let mut file = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(e)),
+    };
+    let len = file.metadata().map_err(&io)?.len();
+    if len == 0 {
+        return Ok(None);
+    }
+    let window = len.min(1 << 20);
+    file.seek(SeekFrom::Start(len - window)).map_err(&io)?;
+    let mut tail = Vec::with_capacity(window as usize);
+    file.read_to_end(&mut tail).map_err(&io)?;
+    if tail.last() == Some(&b'\n') {
+        return Ok(None);
+    }
+    let keep = match tail.iter().rposition(|&b| b == b'\n') {
+        Some(i) => len - window + i as u64 + 1,
+        None if window == len => 0,
+        // A "line" over a mebibyte is no line of ours: leave it for verify to report.
+        None => return Ok(None),
+    };
+    file.set_len(keep).map_err(&io)?;
+    file.sync_all().map_err(&io)?;
+    Ok(Some(len - keep))
+}
+
 impl AuditLog {
     /// Opens (creating) the log with the default policy.
     pub fn open(path: &Path, key: Option<[u8; 32]>) -> Result<AuditLog, AuditError> {
@@ -225,13 +299,14 @@ impl AuditLog {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io_error(path))?;
         }
+        let cut = cut_torn_tail(path)?;
         let v = verify(path)?;
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
             .map_err(io_error(path))?;
-        Ok(AuditLog {
+        let log = AuditLog {
             path: path.to_owned(),
             key,
             policy,
@@ -241,7 +316,37 @@ impl AuditLog {
                 last: v.last,
                 started: v.current_started,
             }),
-        })
+            writable: std::sync::atomic::AtomicBool::new(true),
+            #[cfg(test)]
+            fault: Mutex::new(None),
+        };
+        if let Some(bytes) = cut {
+            tracing::warn!(path = %path.display(), bytes, "audit log: a partial last line was cut off; the cut is recorded in the chain");
+            let lookup = Lookup {
+                mode: "torn_line_cut".into(),
+                outcome: format!("a partial last line of {bytes} bytes was cut off at open"),
+                ..Lookup::default()
+            };
+            let mut tail = log.tail.lock().unwrap_or_else(|p| p.into_inner());
+            log.append(
+                &mut tail,
+                lookup,
+                None,
+                None,
+                now_rfc3339(OffsetDateTime::now_utc()),
+            )?;
+        }
+        Ok(log)
+    }
+
+    /// Whether the last append succeeded.
+    pub fn writable(&self) -> bool {
+        self.writable.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn set_fault(&self, fault: Option<Fault>) {
+        *self.fault.lock().unwrap_or_else(|p| p.into_inner()) = fault;
     }
 
     pub fn path(&self) -> &Path {
@@ -276,8 +381,17 @@ impl AuditLog {
         let mut line = serde_json::to_vec(&entry).unwrap_or_default();
         line.push(b'\n');
         let io = io_error(&self.path);
-        tail.file.write_all(&line).map_err(&io)?;
-        tail.file.sync_data().map_err(&io)?;
+        let before = tail.file.metadata().map_err(&io)?.len();
+        if let Err(e) = self.write_line(&mut tail.file, &line) {
+            // Cut back to where the file was: no partial line stays behind to break the chain.
+            let _ = tail.file.set_len(before);
+            let _ = tail.file.sync_data();
+            self.writable
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            return Err(io(e));
+        }
+        self.writable
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         if tail.started.is_none() {
             tail.started = Some(
                 OffsetDateTime::parse(&entry.at, &Rfc3339).unwrap_or(OffsetDateTime::now_utc()),
@@ -286,6 +400,25 @@ impl AuditLog {
         tail.seq = entry.seq;
         tail.last = entry.hash;
         Ok(())
+    }
+
+    /// Writes and syncs one line (where a test's disk may fail it).
+    fn write_line(&self, file: &mut std::fs::File, line: &[u8]) -> std::io::Result<()> {
+        #[cfg(test)]
+        {
+            let fault = *self.fault.lock().unwrap_or_else(|p| p.into_inner());
+            let full = || std::io::Error::from_raw_os_error(28);
+            match fault {
+                Some(Fault::Full) => return Err(full()),
+                Some(Fault::Torn) => {
+                    file.write_all(&line[..line.len() / 2])?;
+                    return Err(full());
+                }
+                None => {}
+            }
+        }
+        file.write_all(line)?;
+        file.sync_data()
     }
 
     /// Seals the current file into a segment when it is `rotate_every` old, and removes the segments
@@ -371,6 +504,8 @@ pub struct Verified {
     pub files: usize,
     /// Entries 1..=n removed under a retention line.
     pub removed_through: Option<u64>,
+    /// Entries recording a partial line cut off at open.
+    pub cuts: Vec<u64>,
     current_started: Option<OffsetDateTime>,
 }
 
@@ -387,6 +522,7 @@ pub fn verify(path: &Path) -> Result<Verified, AuditError> {
     let mut declared: Vec<(u64, String)> = Vec::new();
     let mut current_started = None;
     let mut read = 0usize;
+    let mut cuts = Vec::new();
     for (index, file_path) in files.iter().enumerate() {
         let display = file_path.display().to_string();
         let file = match std::fs::File::open(file_path) {
@@ -407,10 +543,13 @@ pub fn verify(path: &Path) -> Result<Verified, AuditError> {
             let line = line.map_err(|e| broken(e.to_string()))?;
             let entry: Entry =
                 serde_json::from_str(&line).map_err(|e| broken(format!("not an entry: {e}")))?;
-            if chain_hash(&entry) != entry.hash {
+            if stored_hash(&line, &entry.prev).as_deref() != Some(entry.hash.as_str()) {
                 return Err(broken(
                     "altered: its hash does not match its content".into(),
                 ));
+            }
+            if entry.lookup.mode == "torn_line_cut" {
+                cuts.push(entry.seq);
             }
             if present == 0 && entry.seq != 1 {
                 // The chain starts later: fine only if a retention line declares what came before.
@@ -460,6 +599,7 @@ pub fn verify(path: &Path) -> Result<Verified, AuditError> {
         last,
         files: read,
         removed_through,
+        cuts,
         current_started,
     })
 }
@@ -500,6 +640,17 @@ pub fn run(args: crate::cli::AuditArgs) -> anyhow::Result<bool> {
                     file.display(),
                     v.entries,
                     v.files
+                );
+                if !v.cuts.is_empty() {
+                    let seqs: Vec<String> = v.cuts.iter().map(u64::to_string).collect();
+                    println!(
+                        "partial lines cut off at open (a full disk or a crash mid-write), recorded as entries {}",
+                        seqs.join(", ")
+                    );
+                }
+                println!(
+                    "head: entry {} hash {} (keep it where the log cannot reach: a later verify that ends elsewhere means entries were removed)",
+                    v.entries_through, v.last
                 );
                 Ok(true)
             }
@@ -740,6 +891,60 @@ mod tests {
             AuditLog::open_with(&path, None, policy).is_err(),
             "the daemon refuses to continue a broken chain"
         );
+    }
+
+    #[test]
+    fn a_field_injected_into_a_line_breaks_its_hash() {
+        let (_dir, path) = log_of(3);
+        let text = std::fs::read_to_string(&path).expect("read");
+        let injected = text.replacen("{\"seq\":2,", "{\"seq\":2,\"note\":\"added later\",", 1);
+        assert_ne!(injected, text);
+        std::fs::write(&path, injected).expect("write");
+        assert!(matches!(
+            verify(&path),
+            Err(AuditError::Broken { line: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn a_failed_append_leaves_no_partial_line_and_the_chain_goes_on() {
+        let (_dir, path) = log_of(2);
+        let log = AuditLog::open(&path, Some([9; 32])).expect("open");
+        let before = std::fs::read(&path).expect("read");
+        for fault in [Fault::Full, Fault::Torn] {
+            log.set_fault(Some(fault));
+            assert!(log.record(lookup(9), "083173316997", "t".into()).is_err());
+            assert!(!log.writable());
+            assert_eq!(
+                std::fs::read(&path).expect("read"),
+                before,
+                "{fault:?}: cut back"
+            );
+        }
+        log.set_fault(None);
+        log.record(lookup(3), "083173316997", "t".into())
+            .expect("space is back");
+        assert!(log.writable());
+        assert_eq!(verify(&path).expect("intact").entries, 3);
+    }
+
+    #[test]
+    fn a_torn_last_line_is_cut_at_open_and_the_cut_is_recorded() {
+        let (_dir, path) = log_of(2);
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("open");
+        file.write_all(b"{\"seq\":3,\"at\":\"2026-11-27T00:00")
+            .expect("torn");
+        drop(file);
+        assert!(verify(&path).is_err(), "a torn line is not an entry");
+        let log = AuditLog::open(&path, Some([9; 32])).expect("opens anyway");
+        log.record(lookup(4), "083173316997", "t".into())
+            .expect("record");
+        let v = verify(&path).expect("the chain goes on");
+        assert_eq!(v.entries, 4, "two, the cut, and the next lookup");
+        assert_eq!(v.cuts, vec![3]);
     }
 
     #[test]

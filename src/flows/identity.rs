@@ -32,6 +32,8 @@ use crate::queue::{Change, Committed, Expect, Job, JobError, Millis, NewJob};
 pub const KIND: &str = "identity.verify";
 pub const LANE: &str = "population";
 pub(crate) const RECORDS: &str = "verification";
+/// The error (auth class: the lane pauses) of a lookup whose audit line could not be written.
+pub const AUDIT_UNAVAILABLE: &str = "audit_unavailable";
 /// `{dossier_code}/{verification id}` for every verification that named a dossier, written with the
 /// verification, so the dossier's jobs can be found by their ordering key (the verification id).
 const BY_DOSSIER: &str = "verification_dossier";
@@ -511,7 +513,12 @@ impl JobHandler for Verify {
             let answer = self.ask_upstream(&ask).await.map_err(|e| {
                 super::redacted(e, &[&ask.full_name, &ask.citizen_id, &ask.legacy_id])
             });
-            self.audit(&ask, &answer).await?;
+            if let Err(e) = &answer
+                && e.code == AUDIT_UNAVAILABLE
+            {
+                return answer.map(|_| ());
+            }
+            self.audit_outcome(&ask, &answer).await;
             let (request_id, status, checks) = answer?;
             let now = flows.ctx.queue.now();
             record_verdict(flows, &ask.id, |v| {
@@ -542,19 +549,30 @@ impl JobHandler for Verify {
 }
 
 impl Verify {
-    /// Writes the lookup to the audit log before anything else happens with its answer; a lookup that
-    /// cannot be audited is not recorded either (the job retries).
-    async fn audit(
-        &self,
-        ask: &Ask,
-        answer: &Result<(String, Status, Checks), JobError>,
-    ) -> Result<(), JobError> {
-        let Some(log) = self.0.ctx.audit.clone() else {
-            return Ok(());
-        };
+    /// Writes the lookup to the audit log **before** it is made: a lookup that cannot be audited is not
+    /// made. The error is of the auth class, so the population lane pauses with reason
+    /// `audit_unavailable` (the job keeps its attempts) until the log takes a line again.
+    async fn audit_request(&self, ask: &Ask, request_id: &str) -> Result<(), JobError> {
+        self.append(ask, request_id.to_owned(), "requested".to_owned())
+            .await
+            .map_err(|e| JobError::auth(AUDIT_UNAVAILABLE, e))
+    }
+
+    /// Records how the lookup ended. The lookup itself is already in the log; if this line cannot be
+    /// written the verdict is kept all the same (and the next lookup pauses the lane).
+    async fn audit_outcome(&self, ask: &Ask, answer: &Result<(String, Status, Checks), JobError>) {
         let (request_id, outcome) = match answer {
             Ok((id, status, _)) => (id.clone(), status.as_str().to_owned()),
             Err(e) => (String::new(), e.code.clone()),
+        };
+        if let Err(error) = self.append(ask, request_id, outcome).await {
+            tracing::warn!(verification_id = %ask.id, %error, "the audit log could not take a lookup's outcome");
+        }
+    }
+
+    async fn append(&self, ask: &Ask, request_id: String, outcome: String) -> Result<(), String> {
+        let Some(log) = self.0.ctx.audit.clone() else {
+            return Ok(());
         };
         let lookup = crate::audit::Lookup {
             officer: ask.officer_id.clone(),
@@ -569,8 +587,8 @@ impl Verify {
         // The append waits for the disk: off the async workers.
         tokio::task::spawn_blocking(move || log.record(lookup, &citizen, at))
             .await
-            .map_err(|e| JobError::retryable("audit_unavailable", e.to_string()))?
-            .map_err(|e| JobError::retryable("audit_unavailable", e.to_string()))
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
     }
 
     async fn ask_upstream(&self, ask: &Ask) -> Result<(String, Status, Checks), JobError> {
@@ -601,16 +619,21 @@ impl Verify {
             ));
         }
         let officer = crate::upstreams::officer(settings, &ask.officer_id);
+        let request_id = dvc_population::client::new_request_id();
+        self.audit_request(ask, &request_id).await?;
         match ask.mode {
             Mode::Exists => {
                 let answer = client
-                    .check_exists(&ExistenceQuery {
-                        service_code: ask.procedure_code.clone(),
-                        officer,
-                        citizen_id: id,
-                        legacy_id: ask.legacy_id.clone(),
-                        full_name: ask.full_name.clone(),
-                    })
+                    .check_exists_as(
+                        &ExistenceQuery {
+                            service_code: ask.procedure_code.clone(),
+                            officer,
+                            citizen_id: id,
+                            legacy_id: ask.legacy_id.clone(),
+                            full_name: ask.full_name.clone(),
+                        },
+                        request_id,
+                    )
                     .await?;
                 let (status, verdict) = if answer.value {
                     (Status::Verified, FieldVerdict::Match)
@@ -631,16 +654,19 @@ impl Verify {
             Mode::Full => {
                 let flow = &ctx.settings.flows.identity;
                 let answer = client
-                    .fetch_records(&RecordQuery {
-                        procedure_code: ask.procedure_code.clone(),
-                        integration_code: flow.integration_code.clone(),
-                        agency_code: flow.agency_code.clone(),
-                        officer,
-                        citizen_id: id,
-                        legacy_id: ask.legacy_id.clone(),
-                        full_name: ask.full_name.clone(),
-                        birth_date: birth,
-                    })
+                    .fetch_records_as(
+                        &RecordQuery {
+                            procedure_code: ask.procedure_code.clone(),
+                            integration_code: flow.integration_code.clone(),
+                            agency_code: flow.agency_code.clone(),
+                            officer,
+                            citizen_id: id,
+                            legacy_id: ask.legacy_id.clone(),
+                            full_name: ask.full_name.clone(),
+                            birth_date: birth,
+                        },
+                        request_id,
+                    )
                     .await?;
                 // Only the per-field verdict survives this block; the record is dropped here.
                 let record = answer
@@ -811,6 +837,103 @@ mod tests {
         let checked = check(&request(), Mode::Exists).expect("valid");
         assert!(!checked.masked.contains("012345"));
         assert_eq!(checked.ask.mode, Mode::Exists);
+    }
+
+    /// The audit line of a lookup is written before the lookup: while the log cannot take it (a full
+    /// disk), no call reaches the gateway and the job fails with the auth class (the lane pauses).
+    #[tokio::test]
+    async fn a_lookup_whose_audit_line_cannot_be_written_is_not_made() {
+        use crate::queue::{Backend, KvJobStore, KvOptions, RetryPolicies};
+        crate::tls::install_crypto_provider();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let (gateway, sim) = dvc_population::simulator::start(
+            listener,
+            dvc_population::simulator::SimulatorConfig::with_fixture().expect("fixture"),
+        )
+        .expect("simulator");
+        let base = gateway.base_url();
+        let config = dir.path().join("c.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[store]\npath = \"s\"\n[upstreams]\nallow_insecure_http = true\n[upstreams.population]\nservice_url = \"{base}/dancu/soap\"\ntoken_url = \"{base}/token\"\nclient_id = \"dvc-dev\"\nclient_secret = \"dev-secret\"\n"
+            ),
+        )
+        .expect("config");
+        let settings = crate::settings::load(&config, std::iter::empty()).expect("settings");
+        let clients = crate::upstreams::build(&settings.upstreams).expect("clients");
+        let queue = crate::queue::Queue::new(
+            Arc::new(
+                KvJobStore::open(
+                    &dir.path().join("store"),
+                    Backend::Redb,
+                    KvOptions::default(),
+                )
+                .expect("store"),
+            ),
+            Arc::new(crate::queue::clock::TokioClock::new()),
+            RetryPolicies::default(),
+            std::time::Duration::from_secs(60),
+        );
+        let audit_path = dir.path().join("audit.log");
+        let audit =
+            Arc::new(crate::audit::AuditLog::open(&audit_path, Some([7; 32])).expect("audit"));
+        let flows = Flows::with_audit(queue.clone(), clients, settings, Some(audit.clone()));
+        let checked = check(&request(), Mode::Exists).expect("valid");
+        queue
+            .commit(accept(&flows, &checked))
+            .await
+            .expect("accepted");
+        let job = queue
+            .lease(LANE, 1)
+            .await
+            .expect("lease")
+            .jobs
+            .pop()
+            .expect("the job");
+        let verify = Verify(flows.clone());
+        let soap_calls = || {
+            sim.ledger
+                .snapshot()
+                .iter()
+                .filter(|e| e.operation != "token")
+                .count()
+        };
+
+        audit.set_fault(Some(crate::audit::Fault::Full));
+        let error = verify.handle(&job).await.expect_err("not made");
+        assert_eq!(
+            (error.class, error.code.as_str()),
+            (crate::queue::ErrorClass::Auth, AUDIT_UNAVAILABLE)
+        );
+        assert_eq!(soap_calls(), 0, "nothing reached the gateway unaudited");
+
+        audit.set_fault(None);
+        verify
+            .handle(&job)
+            .await
+            .expect("made once the log takes lines");
+        assert_eq!(soap_calls(), 1);
+        let log = std::fs::read_to_string(&audit_path).expect("log");
+        let lines: Vec<serde_json::Value> = log
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("entry"))
+            .collect();
+        assert_eq!(lines.len(), 2, "the request, then its outcome");
+        assert_eq!(lines[0]["outcome"], "requested");
+        assert_eq!(lines[1]["outcome"], "not_found");
+        assert_eq!(
+            lines[0]["upstream_request_id"],
+            sim.ledger
+                .snapshot()
+                .last()
+                .map(|e| e.request_id.clone())
+                .unwrap_or_default(),
+            "the line names the request id the gateway received"
+        );
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub(crate) struct OpsState {
     pub secure: bool,
     /// The listener is not on loopback: reading the dashboard needs sign-in too.
     pub public: bool,
+    /// The audit log of population lookups, where lookups can happen.
+    pub audit: Option<std::sync::Arc<crate::audit::AuditLog>>,
 }
 
 pub(crate) fn router(state: OpsState) -> Router {
@@ -108,6 +110,12 @@ async fn readyz(State(state): State<OpsState>) -> impl IntoResponse {
         },
         "lanes": lanes,
     });
+    let mut body = body;
+    if let Some(audit) = &state.audit {
+        // Lookups are made only once their audit line is written: while it cannot be, the population
+        // lane is paused (reason `audit_unavailable`) and this says why.
+        body["audit"] = json!({ "writable": audit.writable() });
+    }
     let status = if ready {
         StatusCode::OK
     } else {

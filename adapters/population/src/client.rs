@@ -144,7 +144,15 @@ impl PopulationClient {
     }
 
     pub async fn check_exists(&self, q: &ExistenceQuery) -> Result<Answer<bool>, UpstreamError> {
-        let request_id = new_request_id();
+        self.check_exists_as(q, new_request_id()).await
+    }
+
+    /// As [`Self::check_exists`], under a request id the caller made (and recorded) beforehand.
+    pub async fn check_exists_as(
+        &self,
+        q: &ExistenceQuery,
+        request_id: String,
+    ) -> Result<Answer<bool>, UpstreamError> {
         let request = Request::Existence(ExistenceRequest {
             ma_yeu_cau: request_id.clone(),
             ma_dich_vu: q.service_code.clone(),
@@ -169,7 +177,15 @@ impl PopulationClient {
         &self,
         q: &RecordQuery,
     ) -> Result<Answer<Vec<CongDan>>, UpstreamError> {
-        let request_id = new_request_id();
+        self.fetch_records_as(q, new_request_id()).await
+    }
+
+    /// As [`Self::fetch_records`], under a request id the caller made (and recorded) beforehand.
+    pub async fn fetch_records_as(
+        &self,
+        q: &RecordQuery,
+        request_id: String,
+    ) -> Result<Answer<Vec<CongDan>>, UpstreamError> {
         let request = Request::Record(RecordRequest {
             ma_yeu_cau: request_id.clone(),
             ma_dvc: q.procedure_code.clone(),
@@ -305,7 +321,7 @@ fn classify(
 }
 
 /// A fresh request id for every call (never derived from the clock alone).
-fn new_request_id() -> String {
+pub fn new_request_id() -> String {
     ulid::Ulid::new().to_string()
 }
 
