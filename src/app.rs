@@ -127,8 +127,18 @@ impl Application {
             None
         };
         let audit_log = audit.clone();
-        let flows =
-            crate::flows::Flows::with_audit(queue.clone(), clients, settings.clone(), audit);
+        let record_key = settings
+            .store
+            .record_key()
+            .map_err(anyhow::Error::msg)
+            .context("the key of record-key hashes")?;
+        let flows = crate::flows::Flows::with_audit(
+            queue.clone(),
+            clients,
+            settings.clone(),
+            audit,
+            record_key,
+        );
         let mut wiring = flows.wiring();
         wiring.merge(extra);
 
@@ -202,7 +212,10 @@ impl Application {
             history.clone(),
             stop.clone(),
         ));
-        let auth_failures = Arc::new(crate::api::auth::AuthFailures::default());
+        let auth_failures = Arc::new(crate::api::auth::AuthFailures::new(
+            settings.api.auth_failure_limit,
+            std::time::Duration::from_secs(60),
+        ));
         let ops_router = crate::ops::router(crate::ops::OpsState {
             queue: queue.clone(),
             board,
@@ -231,6 +244,7 @@ impl Application {
                         flows: Some(flows),
                         limiter: crate::api::auth::RateLimiter::new(settings.api.rate_limit),
                         auth_failures: auth_failures.clone(),
+                        record_key,
                     },
                     settings.api.body_limit,
                 ),

@@ -76,6 +76,11 @@ pub fn open_stopped_store(
     for f in key_files {
         keys.push(crate::settings::read_key(f).map_err(anyhow::Error::msg)?);
     }
+    // A store whose key was generated beside it (store.encryption = "generated") opens with that key.
+    let generated = dir.join(crate::settings::GENERATED_KEY);
+    if keys.is_empty() && generated.is_file() {
+        keys.push(crate::settings::read_key(&generated).map_err(anyhow::Error::msg)?);
+    }
     let keyring = crate::queue::kv::Keyring::new(&keys).map(Arc::new);
     let store = crate::queue::KvJobStore::open_read_only(dir, crate::queue::Backend::Redb, keyring)
         .map_err(|e| match e {

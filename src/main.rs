@@ -15,6 +15,9 @@ use dvc_connector::{bench, demo, jobs_cli, qualify, settings, simulate, status, 
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
+    // Everything this process creates — the store, its log and keys, the audit log — is for its own
+    // account only.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
     dvc_connector::tls::install_crypto_provider();
     match cli.command {

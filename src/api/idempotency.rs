@@ -5,7 +5,8 @@
 //! The answer is stored as a record (`idempotency`, per caller and key) **in the same commit** as the
 //! request's own records and jobs, claimed with `Expect::Absent`. So two concurrent requests with one
 //! key cannot both be accepted: the second commit fails on the claim, and replays the first's answer.
-//! Keys are scoped per token name, so two callers cannot see each other's answers.
+//! Keys are scoped per token name, so two callers cannot see each other's answers, and stored as an
+//! HMAC of name and key under the record key, never in clear.
 
 use axum::Json;
 use axum::http::{HeaderMap, StatusCode};
@@ -41,6 +42,7 @@ impl Idem {
     /// The claim of a request, if it carries the header. `route` names the operation (method and path),
     /// so one key reused on another resource is "another request".
     pub(crate) fn from_request(
+        record_key: &[u8; 32],
         caller: &str,
         headers: &HeaderMap,
         route: &str,
@@ -60,8 +62,15 @@ impl Idem {
         h.update(route.as_bytes());
         h.update([0]);
         h.update(body);
+        // The stored record key is a keyed hash of caller and key: a portal may well put a dossier code
+        // or a citizen's number in its Idempotency-Key, and record keys are not encrypted at rest.
+        let mut mac = <hmac::Hmac<Sha256> as hmac::Mac>::new_from_slice(record_key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+        hmac::Mac::update(&mut mac, caller.as_bytes());
+        hmac::Mac::update(&mut mac, &[0x1f]);
+        hmac::Mac::update(&mut mac, key.as_bytes());
         Ok(Some(Idem {
-            key: format!("{caller}\u{1f}{key}"),
+            key: crate::hex::encode(&hmac::Mac::finalize(mac).into_bytes()),
             fingerprint: crate::hex::encode(&h.finalize()),
         }))
     }
@@ -193,7 +202,7 @@ pub(crate) async fn claim(
     body: &[u8],
     lang: Lang,
 ) -> Result<Claim, ApiError> {
-    let idem = Idem::from_request(caller, headers, route, body, lang)?;
+    let idem = Idem::from_request(&state.record_key, caller, headers, route, body, lang)?;
     if let Some(idem) = &idem
         && let Some(replay) = idem.replay(state, lang).await?
     {

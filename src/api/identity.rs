@@ -72,21 +72,25 @@ pub(crate) async fn create(
         Claim::Replay(r) => return Ok(r),
         Claim::Fresh(idem) => idem,
     };
-    let checked = identity::check(&req, flows.ctx.settings.flows.identity.default_mode)
-        .map(|c| c.requested_by(&caller.name))
-        .map_err(|faults| {
-            if let Some(m) = &state.metrics {
-                let mode = req.mode.as_deref().and_then(identity::Mode::parse);
-                let mode = mode.unwrap_or(flows.ctx.settings.flows.identity.default_mode);
-                m.verification(mode.as_str(), "rejected");
-            }
-            let code = if faults.iter().any(|f| f.field == "citizen_id") {
-                Code::InvalidCitizenId
-            } else {
-                Code::ValidationFailed
-            };
-            invalid_fields(code, &faults, lang)
-        })?;
+    let checked = identity::check(
+        &req,
+        flows.ctx.settings.flows.identity.default_mode,
+        &flows.ctx.record_key,
+    )
+    .map(|c| c.requested_by(&caller.name))
+    .map_err(|faults| {
+        if let Some(m) = &state.metrics {
+            let mode = req.mode.as_deref().and_then(identity::Mode::parse);
+            let mode = mode.unwrap_or(flows.ctx.settings.flows.identity.default_mode);
+            m.verification(mode.as_str(), "rejected");
+        }
+        let code = if faults.iter().any(|f| f.field == "citizen_id") {
+            Code::InvalidCitizenId
+        } else {
+            Code::ValidationFailed
+        };
+        invalid_fields(code, &faults, lang)
+    })?;
     if let Some(hit) = identity::cached(flows, &checked)
         .await
         .map_err(|e| flow_error(e, lang))?

@@ -37,6 +37,8 @@ pub struct ApiState {
     pub limiter: Option<auth::RateLimiter>,
     /// Failed authentications per client address (shared with the dashboard's sign-in).
     pub auth_failures: Arc<auth::AuthFailures>,
+    /// Keys the stored Idempotency-Keys (`StoreSettings::record_key`).
+    pub record_key: [u8; 32],
 }
 
 pub(crate) use jobs::JobView;
@@ -252,6 +254,7 @@ mod tests {
                 flows: None,
                 limiter: None,
                 auth_failures: Arc::default(),
+                record_key: [0x5a; 32],
             },
             1024,
         );
@@ -451,6 +454,7 @@ mod tests {
             r#"
 [store]
 path = "unused"
+encryption = "off"
 [[api.tokens]]
 name = "portal"
 sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
@@ -481,6 +485,7 @@ client_secret = "s"
                 flows: Some(flows),
                 limiter: None,
                 auth_failures: Arc::default(),
+                record_key: [0x5a; 32],
             },
             1 << 20,
         );
@@ -708,6 +713,7 @@ client_secret = "s"
                 flows: None,
                 limiter: auth::RateLimiter::new(3),
                 auth_failures: Arc::default(),
+                record_key: [0x5a; 32],
             },
             1024,
         );

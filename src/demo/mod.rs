@@ -214,6 +214,8 @@ scopes = ["portal", "admin"]
 listen = "127.0.0.1:0"
 [store]
 path = "{store}"
+# A key made beside the store: encryption at rest as in production, without a key file to provision.
+encryption = "generated"
 [queue]
 lease = "30s"
 lane_concurrency = 8

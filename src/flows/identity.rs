@@ -22,7 +22,7 @@ use dvc_population::cccd::{CitizenId, Sex};
 use dvc_population::client::{ExistenceQuery, RecordQuery};
 use dvc_population::matching::{self, BirthDate, FieldVerdict};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
 use super::{FlowError, Flows, Loaded, MAX_ROUNDS, applied, load, payload, put, rfc3339};
 use crate::app::Wiring;
@@ -198,7 +198,14 @@ fn invalid(field: &'static str, code: &'static str, message: impl Into<String>) 
 }
 
 /// The structural checks (`upstreams.md` §4), without any upstream call. All faults are reported.
-pub fn check(req: &Request, default_mode: Mode) -> Result<Checked, Vec<Invalid>> {
+/// Checks a request. `record_key` keys the verdict-cache hash (`StoreSettings::record_key`): an
+/// unkeyed hash of a citizen's number, name and birth date is brute-forced back to the number in
+/// seconds.
+pub fn check(
+    req: &Request,
+    default_mode: Mode,
+    record_key: &[u8; 32],
+) -> Result<Checked, Vec<Invalid>> {
     let mut faults = Vec::new();
     let name = req.full_name.trim();
     if name.is_empty() {
@@ -284,17 +291,20 @@ pub fn check(req: &Request, default_mode: Mode) -> Result<Checked, Vec<Invalid>>
     let (Some(id), Some(birth), true) = (id, birth, faults.is_empty()) else {
         return Err(faults);
     };
-    let cache_key = cache_key(&[
-        id.expose(),
-        &matching::normalize_name(name),
-        &birth.compact(),
-        req.procedure_code.trim(),
-        match mode {
-            Mode::Exists => "exists",
-            Mode::Full => "full",
-        },
-        req.gender.as_deref().unwrap_or(""),
-    ]);
+    let cache_key = cache_key(
+        record_key,
+        &[
+            id.expose(),
+            &matching::normalize_name(name),
+            &birth.compact(),
+            req.procedure_code.trim(),
+            match mode {
+                Mode::Exists => "exists",
+                Mode::Full => "full",
+            },
+            req.gender.as_deref().unwrap_or(""),
+        ],
+    );
     let verification_id = ulid::Ulid::new().to_string();
     Ok(Checked {
         masked: id.masked(),
@@ -316,13 +326,15 @@ pub fn check(req: &Request, default_mode: Mode) -> Result<Checked, Vec<Invalid>>
     })
 }
 
-fn cache_key(parts: &[&str]) -> String {
-    let mut h = Sha256::new();
+fn cache_key(record_key: &[u8; 32], parts: &[&str]) -> String {
+    use hmac::Mac as _;
+    let mut mac = hmac::Hmac::<Sha256>::new_from_slice(record_key)
+        .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
     for p in parts {
-        h.update(p.as_bytes());
-        h.update([0u8]);
+        mac.update(p.as_bytes());
+        mac.update(&[0u8]);
     }
-    crate::hex::encode(&h.finalize())
+    crate::hex::encode(&mac.finalize().into_bytes())
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -809,6 +821,8 @@ pub fn view(v: &Verification, cached: bool) -> View {
 mod tests {
     use super::*;
 
+    const TEST_KEY: [u8; 32] = [3; 32];
+
     fn request() -> Request {
         Request {
             // 001 Hà Nội, digit 4 = 0 (male, 1900s), born '85.
@@ -834,7 +848,7 @@ mod tests {
 
     #[test]
     fn a_consistent_request_passes_and_its_id_is_masked() {
-        let checked = check(&request(), Mode::Exists).expect("valid");
+        let checked = check(&request(), Mode::Exists, &TEST_KEY).expect("valid");
         assert!(!checked.masked.contains("012345"));
         assert_eq!(checked.ask.mode, Mode::Exists);
     }
@@ -859,7 +873,7 @@ mod tests {
         std::fs::write(
             &config,
             format!(
-                "[store]\npath = \"s\"\n[upstreams]\nallow_insecure_http = true\n[upstreams.population]\nservice_url = \"{base}/dancu/soap\"\ntoken_url = \"{base}/token\"\nclient_id = \"dvc-dev\"\nclient_secret = \"dev-secret\"\n"
+                "[store]\npath = \"s\"\nencryption = \"off\"\n[upstreams]\nallow_insecure_http = true\n[upstreams.population]\nservice_url = \"{base}/dancu/soap\"\ntoken_url = \"{base}/token\"\nclient_id = \"dvc-dev\"\nclient_secret = \"dev-secret\"\n"
             ),
         )
         .expect("config");
@@ -881,8 +895,14 @@ mod tests {
         let audit_path = dir.path().join("audit.log");
         let audit =
             Arc::new(crate::audit::AuditLog::open(&audit_path, Some([7; 32])).expect("audit"));
-        let flows = Flows::with_audit(queue.clone(), clients, settings, Some(audit.clone()));
-        let checked = check(&request(), Mode::Exists).expect("valid");
+        let flows = Flows::with_audit(
+            queue.clone(),
+            clients,
+            settings,
+            Some(audit.clone()),
+            TEST_KEY,
+        );
+        let checked = check(&request(), Mode::Exists, &TEST_KEY).expect("valid");
         queue
             .commit(accept(&flows, &checked))
             .await
@@ -942,14 +962,14 @@ mod tests {
             let mut r = request();
             r.dossier_code = Some(bad.to_owned());
             assert_eq!(
-                fields(check(&r, Mode::Exists)),
+                fields(check(&r, Mode::Exists, &TEST_KEY)),
                 vec![("dossier_code", "invalid_dossier_code")],
                 "{bad:?}"
             );
         }
         let mut r = request();
         r.dossier_code = Some("H56.22-241127_0001".into());
-        assert!(check(&r, Mode::Exists).is_ok());
+        assert!(check(&r, Mode::Exists, &TEST_KEY).is_ok());
     }
 
     #[test]
@@ -965,7 +985,7 @@ mod tests {
             let mut r = request();
             r.citizen_id = id.into();
             assert_eq!(
-                fields(check(&r, Mode::Exists)),
+                fields(check(&r, Mode::Exists, &TEST_KEY)),
                 vec![("citizen_id", code)],
                 "{id}"
             );
@@ -979,7 +999,7 @@ mod tests {
         r.date_of_birth = "14/03/1985".into();
         r.gender = Some("x".into());
         r.mode = Some("deep".into());
-        let got = fields(check(&r, Mode::Exists));
+        let got = fields(check(&r, Mode::Exists, &TEST_KEY));
         for field in ["full_name", "date_of_birth", "gender", "mode"] {
             assert!(got.iter().any(|(f, _)| *f == field), "{field} in {got:?}");
         }
@@ -987,13 +1007,13 @@ mod tests {
 
     #[test]
     fn the_cache_key_ignores_case_and_spacing_of_the_name_but_not_the_procedure() {
-        let a = check(&request(), Mode::Exists).expect("valid");
+        let a = check(&request(), Mode::Exists, &TEST_KEY).expect("valid");
         let mut r = request();
         r.full_name = "  nguyễn   văn AN ".into();
-        let b = check(&r, Mode::Exists).expect("valid");
+        let b = check(&r, Mode::Exists, &TEST_KEY).expect("valid");
         assert_eq!(a.cache_key, b.cache_key);
         r.procedure_code = "2.000001".into();
-        let c = check(&r, Mode::Exists).expect("valid");
+        let c = check(&r, Mode::Exists, &TEST_KEY).expect("valid");
         assert_ne!(a.cache_key, c.cache_key);
         assert!(!a.cache_key.contains("001085"));
     }

@@ -44,8 +44,10 @@ pub struct Context {
     pub queue: Queue,
     pub clients: Clients,
     pub settings: Settings,
-    /// Every population-DB lookup is written here before its verdict is recorded.
+    /// Every population-DB lookup is written here before it is made.
     pub audit: Option<Arc<crate::audit::AuditLog>>,
+    /// Keys the hashes of record keys that could carry personal data (`StoreSettings::record_key`).
+    pub record_key: [u8; 32],
     /// API requests waiting for a verdict, by verification id.
     waiters: Mutex<HashMap<String, Arc<Notify>>>,
 }
@@ -57,8 +59,9 @@ pub struct Flows {
 }
 
 impl Flows {
+    /// Flows without an audit log, under a fixed record key (tests of the API alone).
     pub fn new(queue: Queue, clients: Clients, settings: Settings) -> Self {
-        Self::with_audit(queue, clients, settings, None)
+        Self::with_audit(queue, clients, settings, None, [0x5a; 32])
     }
 
     pub fn with_audit(
@@ -66,6 +69,7 @@ impl Flows {
         clients: Clients,
         settings: Settings,
         audit: Option<Arc<crate::audit::AuditLog>>,
+        record_key: [u8; 32],
     ) -> Self {
         Self {
             ctx: Arc::new(Context {
@@ -73,6 +77,7 @@ impl Flows {
                 clients,
                 settings,
                 audit,
+                record_key,
                 waiters: Mutex::new(HashMap::new()),
             }),
         }

@@ -99,6 +99,9 @@ pub struct ApiSettings {
     pub tokens: Vec<TokenSettings>,
     /// Requests per second allowed to each token (bursts up to the same number); 0: no limit.
     pub rate_limit: u32,
+    /// Failed authentications a minute from one client address (API and dashboard together) before
+    /// it gets 429 until the minute is over; 0: no limit.
+    pub auth_failure_limit: u32,
     /// Serve TLS (and mTLS when `client_ca` is set) instead of plain HTTP.
     pub tls: Option<ServerTlsSettings>,
 }
@@ -149,22 +152,98 @@ pub struct StoreSettings {
     pub backend: Backend,
     /// Absolute; a relative path in the file is taken relative to the file's directory.
     pub path: PathBuf,
-    /// Files holding the at-rest encryption keys (64 hex digits each), newest first; empty: values are
-    /// stored as they are.
+    /// Whether values are encrypted at rest, and with which key.
+    pub encryption: Encryption,
+    /// Files holding the at-rest encryption keys (64 hex digits each), newest first (with
+    /// `Encryption::On`).
     pub encryption_key_files: Vec<PathBuf>,
     /// The engine's page cache in bytes: faster drains of a large backlog for more memory held.
     pub cache_bytes: usize,
 }
 
+/// Encryption at rest of the queue's job and record values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encryption {
+    /// Under the keys of `encryption_key_files` (the default; a key file is required).
+    On,
+    /// Under a key generated at first start beside the store (`store.key`): for development and the
+    /// demo, since a key beside the data protects nothing against a copy of the disk.
+    Generated,
+    /// Values in clear; only when the settings say so.
+    Off,
+}
+
+/// The key file `Encryption::Generated` makes and uses, in the store directory.
+pub const GENERATED_KEY: &str = "store.key";
+/// With `Encryption::Off`, the key of the keyed record-key hashes, in the store directory.
+pub const RECORD_KEY: &str = "record-keys.key";
+
 impl StoreSettings {
-    /// Reads the key files into a keyring (None without keys).
+    /// Reads the key files into a keyring (None with encryption off), making the generated key when
+    /// it is missing.
     pub fn keyring(&self) -> Result<Option<std::sync::Arc<crate::queue::kv::Keyring>>, String> {
-        let mut keys = Vec::new();
-        for path in &self.encryption_key_files {
-            keys.push(read_key(path)?);
-        }
+        let keys = match self.encryption {
+            Encryption::Off => return Ok(None),
+            Encryption::Generated => vec![read_or_make_key(&self.path.join(GENERATED_KEY))?],
+            Encryption::On => self
+                .encryption_key_files
+                .iter()
+                .map(|p| read_key(p))
+                .collect::<Result<Vec<_>, _>>()?,
+        };
         Ok(crate::queue::kv::Keyring::new(&keys).map(std::sync::Arc::new))
     }
+
+    /// The key under which record keys that could carry personal data are hashed (the verdict cache's,
+    /// the stored Idempotency-Keys): derived from the current encryption key, or, with encryption off, a
+    /// key made beside the store.
+    pub fn record_key(&self) -> Result<[u8; 32], String> {
+        use hmac::Mac as _;
+        let base = match self.encryption {
+            Encryption::On => read_key(
+                self.encryption_key_files
+                    .first()
+                    .ok_or("no encryption key file")?,
+            )?,
+            Encryption::Generated => read_or_make_key(&self.path.join(GENERATED_KEY))?,
+            Encryption::Off => read_or_make_key(&self.path.join(RECORD_KEY))?,
+        };
+        let mut mac =
+            hmac::Hmac::<sha2::Sha256>::new_from_slice(&base).map_err(|e| e.to_string())?;
+        mac.update(b"dvc-connector record keys v1");
+        Ok(mac.finalize().into_bytes().into())
+    }
+}
+
+/// Reads a key file, or makes it (32 random bytes as hex, mode 0600) when it does not exist.
+pub fn read_or_make_key(path: &std::path::Path) -> Result<[u8; 32], String> {
+    use chacha20poly1305::aead::OsRng;
+    use chacha20poly1305::aead::rand_core::RngCore as _;
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if !path.exists() {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        let mut key = [0u8; 32];
+        OsRng.fill_bytes(&mut key);
+        let made = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .and_then(|mut f| {
+                f.write_all(crate::hex::encode(&key).as_bytes())?;
+                f.sync_all()
+            });
+        match made {
+            Ok(()) => {}
+            // Another process made it first: read theirs.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        }
+    }
+    read_key(path)
 }
 
 /// A key file: 64 hex digits (whitespace around them ignored).

@@ -83,6 +83,8 @@ pub(crate) struct RawSender {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawApi {
     pub listen: Option<String>,
+    /// Failed authentications a minute from one address before it gets 429 (0: no limit).
+    pub auth_failure_limit: Option<i64>,
     pub header_read_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub max_connections: Option<i64>,
@@ -129,6 +131,9 @@ pub(crate) struct RawOps {
 pub(crate) struct RawStore {
     pub backend: Option<String>,
     pub path: Option<String>,
+    /// `on` (the default: key files required), `generated` (a key made beside the store, for
+    /// development and the demo), or `off`.
+    pub encryption: Option<String>,
     pub encryption_key_files: Option<Vec<String>>,
     pub cache: Option<toml::Value>,
 }

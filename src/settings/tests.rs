@@ -9,11 +9,60 @@ fn repo_file(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
+/// A configuration file; a `[store]` section that says nothing of encryption says `off` (the tests
+/// of encryption write their own).
 fn write_config(text: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("connector.toml");
+    let text = if text.contains("encryption") {
+        text.to_owned()
+    } else {
+        text.replacen("[store]\n", "[store]\nencryption = \"off\"\n", 1)
+    };
     std::fs::write(&path, text).expect("write");
     (dir, path)
+}
+
+#[test]
+fn encryption_at_rest_is_on_unless_the_settings_say_otherwise() {
+    let (_dir, path) = write_config("[store]\npath = \"s\"\nencryption = \"on\"\n");
+    let errors = load(&path, no_env()).expect_err("a key is required");
+    assert_eq!(errors.0[0].key, "store.encryption_key_files");
+    let (dir, path) = write_config("[store]\npath = \"s\"\n# encryption: the default\n");
+    assert!(load(&path, no_env()).is_err(), "on by default");
+    let key = dir.path().join("store.key");
+    std::fs::write(&key, "ab".repeat(32)).expect("key");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        std::fs::write(
+            &path,
+            "[store]\npath = \"s\"\nencryption_key_files = [\"store.key\"]\n",
+        )
+        .expect("config");
+        let errors = load(&path, no_env()).expect_err("a key others can read");
+        assert!(errors.0[0].message.contains("chmod 600"), "{errors}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    let settings = load(&path, no_env()).expect("with a key");
+    assert_eq!(settings.store.encryption, crate::settings::Encryption::On);
+    assert!(settings.store.keyring().expect("ring").is_some());
+    // Generated: a key beside the store, made once, mode 0600.
+    let (dir, path) = write_config("[store]\npath = \"s\"\nencryption = \"generated\"\n");
+    let settings = load(&path, no_env()).expect("generated");
+    let first = settings.store.record_key().expect("record key");
+    assert_eq!(
+        settings.store.record_key().expect("again"),
+        first,
+        "made once"
+    );
+    let made = dir.path().join("s").join(crate::settings::GENERATED_KEY);
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&made).expect("made").permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(settings.store.keyring().expect("ring").is_some());
 }
 
 fn no_env() -> Vec<(String, String)> {
@@ -36,6 +85,22 @@ fn the_development_example_is_valid() {
 #[test]
 fn the_production_template_needs_only_its_blanks_filled() {
     let hash = "a".repeat(64);
+    // The store key is a blank too: a file the operator makes (here, in a temporary directory).
+    let keys = tempfile::tempdir().expect("tempdir");
+    let key = keys.path().join("store.key");
+    std::fs::write(&key, "cd".repeat(32)).expect("key");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    let template = std::fs::read_to_string(repo_file("config/production.toml")).expect("template");
+    assert!(template.contains("\"/etc/dvc-connector/store.key\""));
+    let filled = keys.path().join("production.toml");
+    std::fs::write(
+        &filled,
+        template.replace("/etc/dvc-connector/store.key", &key.display().to_string()),
+    )
+    .expect("filled");
     let env = [
         ("API__TOKENS__0__SHA256", hash.as_str()),
         ("API__TOKENS__1__SHA256", hash.as_str()),
@@ -45,7 +110,7 @@ fn the_production_template_needs_only_its_blanks_filled() {
         ("CALLBACKS__SECRET", "s4"),
     ]
     .map(|(k, v)| (format!("{ENV_PREFIX}{k}"), v.to_owned()));
-    let settings = load(&repo_file("config/production.toml"), env).expect("template loads");
+    let settings = load(&filled, env).expect("template loads");
     assert_eq!(
         settings.upstreams.portal["national"]
             .password
@@ -56,6 +121,7 @@ fn the_production_template_needs_only_its_blanks_filled() {
     let errors = load(&repo_file("config/production.toml"), no_env()).expect_err("blanks");
     let keys: Vec<&str> = errors.0.iter().map(|e| e.key.as_str()).collect();
     for key in [
+        "store.encryption_key_files[0]",
         "api.tokens.0.sha256",
         "upstreams.population.client_secret",
         "upstreams.postal.secret_key",

@@ -535,6 +535,12 @@ pub(super) fn settings(raw: RawSettings, base_dir: &Path, problems: &mut Problem
         body_limit,
         tokens,
         rate_limit: c.int("api.rate_limit", raw.api.rate_limit, 20_000, (0, 1_000_000)) as u32,
+        auth_failure_limit: c.int(
+            "api.auth_failure_limit",
+            raw.api.auth_failure_limit,
+            10,
+            (0, 1_000_000),
+        ) as u32,
         tls: c.server_tls("api.tls", raw.api.tls.as_ref(), base_dir),
     };
 
@@ -578,7 +584,42 @@ pub(super) fn settings(raw: RawSettings, base_dir: &Path, problems: &mut Problem
     for (i, file) in encryption_key_files.iter().enumerate() {
         if let Err(message) = read_key(file) {
             c.fail(&format!("store.encryption_key_files[{i}]"), message);
+        } else if let Ok(meta) = std::fs::metadata(file) {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                c.fail(
+                    &format!("store.encryption_key_files[{i}]"),
+                    format!(
+                        "{} is readable by others (mode {mode:o}): chmod 600 it",
+                        file.display()
+                    ),
+                );
+            }
         }
+    }
+    let encryption = match raw.store.encryption.as_deref() {
+        None | Some("on") => Encryption::On,
+        Some("generated") => Encryption::Generated,
+        Some("off") => Encryption::Off,
+        Some(other) => {
+            c.fail(
+                "store.encryption",
+                format!("`{other}`: expected \"on\", \"generated\" or \"off\""),
+            );
+            Encryption::On
+        }
+    };
+    match encryption {
+        Encryption::On if encryption_key_files.is_empty() => c.fail(
+            "store.encryption_key_files",
+            "required: job and record values are encrypted at rest by default. Make a key (openssl rand -hex 32 > /etc/dvc-connector/store.key; chmod 600 /etc/dvc-connector/store.key) and list it here, or say store.encryption = \"generated\" (development: a key beside the store) or \"off\" explicitly",
+        ),
+        Encryption::Generated | Encryption::Off if !encryption_key_files.is_empty() => c.fail(
+            "store.encryption_key_files",
+            "key files are used only with store.encryption = \"on\"",
+        ),
+        _ => {}
     }
     let default_cache = crate::queue::kv::CACHE_BYTES;
     let cache_bytes = match &raw.store.cache {
@@ -598,6 +639,7 @@ pub(super) fn settings(raw: RawSettings, base_dir: &Path, problems: &mut Problem
     let store = StoreSettings {
         backend,
         path,
+        encryption,
         encryption_key_files,
         cache_bytes,
     };

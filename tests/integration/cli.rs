@@ -27,7 +27,7 @@ fn a_config_with_three_mistakes_reports_all_three_and_fails() {
     let path = dir.path().join("bad.toml");
     std::fs::write(
         &path,
-        "[store]\npath = \"s\"\nbackend = \"rocks\"\n\n[queue]\nlease = \"forever\"\nturbo = true\n",
+        "[store]\npath = \"s\"\nencryption = \"off\"\nbackend = \"rocks\"\n\n[queue]\nlease = \"forever\"\nturbo = true\n",
     )
     .expect("write");
     let (code, _out, err) = run(&["check-config", path.to_str().expect("path")]);

@@ -260,6 +260,11 @@ province_code = "48"
         );
         std::fs::write(dir.join("audit.key"), "a5".repeat(32)).expect("audit key");
         let config = write_config(dir, "redb", &dir.join("store"), &extra);
+        // Encrypted at rest, as in production, under a key made beside the store.
+        let text = std::fs::read_to_string(&config)
+            .expect("config")
+            .replace("encryption = \"off\"", "encryption = \"generated\"");
+        std::fs::write(&config, text).expect("config");
         World {
             rt,
             population,
@@ -1420,7 +1425,7 @@ fn a_cancelled_pickup_is_cancelled_at_vnpost_and_the_next_pickup_gets_the_next_n
 }
 
 /// Every byte of every file under `dir`.
-fn raw_files(dir: &Path) -> Vec<u8> {
+pub(crate) fn raw_files(dir: &Path) -> Vec<u8> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
         let path = entry.path();
@@ -1443,15 +1448,22 @@ fn with_a_key_configured_no_citizen_data_is_in_the_store_files_in_clear() {
         let w = World::start(dir.path(), 0.0);
         let key = dir.path().join("store.key");
         std::fs::write(&key, "8f".repeat(32)).expect("key");
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        }
         // A whole list from the environment: a TOML array.
         let key_list = format!("[\"{}\"]", key.to_str().expect("path"));
         let env: Vec<(&str, &str)> = if encrypted {
-            vec![(
-                "DVC_CONNECTOR__STORE__ENCRYPTION_KEY_FILES",
-                key_list.as_str(),
-            )]
+            vec![
+                ("DVC_CONNECTOR__STORE__ENCRYPTION", "on"),
+                (
+                    "DVC_CONNECTOR__STORE__ENCRYPTION_KEY_FILES",
+                    key_list.as_str(),
+                ),
+            ]
         } else {
-            vec![]
+            vec![("DVC_CONNECTOR__STORE__ENCRYPTION", "off")]
         };
         let (mut daemon, api) = w.daemon(&env);
         let mut traffic = drive(&api, dir.path(), 8, if encrypted { "ENC" } else { "PLAIN" });

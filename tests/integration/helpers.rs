@@ -53,18 +53,22 @@ pub fn assert_healthy_and_ready(ops: &str) -> serde_json::Value {
     ready
 }
 
-/// A configuration for one test: both listeners on port 0, the store in `store_dir`.
+/// A configuration for one test: both listeners on port 0, the store in `store_dir`, encryption at rest
+/// explicitly off (the flows' tests turn it on: `flows::World`).
 pub fn write_config(dir: &Path, backend: &str, store_dir: &Path, extra: &str) -> PathBuf {
     let path = dir.join("connector.toml");
     let text = format!(
         r#"
 [api]
 listen = "127.0.0.1:0"
+# Tests send many unauthenticated requests from one address on purpose.
+auth_failure_limit = 0
 [ops]
 listen = "127.0.0.1:0"
 [store]
 backend = "{backend}"
 path = "{store}"
+encryption = "off"
 [queue]
 lease = "5s"
 lane_concurrency = 8

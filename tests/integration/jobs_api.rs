@@ -111,6 +111,15 @@ pub(crate) fn start(
     dir: &std::path::Path,
     rt: &tokio::runtime::Runtime,
 ) -> (Proc, String, Vec<String>) {
+    start_with_env(dir, rt, &[])
+}
+
+/// As `start`, with environment overrides for the daemon.
+pub(crate) fn start_with_env(
+    dir: &std::path::Path,
+    rt: &tokio::runtime::Runtime,
+    env: &[(&str, &str)],
+) -> (Proc, String, Vec<String>) {
     let store = dir.join("store");
     let ids = rt.block_on(prepare(&store));
     let extra = format!(
@@ -119,7 +128,8 @@ pub(crate) fn start(
         sha256_hex(PORTAL)
     );
     let config = write_config(dir, "redb", &store, &extra);
-    let mut daemon = Proc::spawn(&["run", "--config", config.to_str().expect("path")]);
+    let mut daemon =
+        Proc::spawn_with_env(&["run", "--config", config.to_str().expect("path")], env);
     let api = daemon.listen_addr("api_addr");
     (daemon, api, ids)
 }

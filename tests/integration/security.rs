@@ -8,7 +8,7 @@ use reqwest::blocking::Client;
 use reqwest::header::{HeaderMap, HeaderValue};
 
 use crate::helpers::{Proc, write_config};
-use crate::jobs_api::{ADMIN, prepare, start};
+use crate::jobs_api::{ADMIN, prepare, start, start_with_env};
 
 fn client() -> Client {
     Client::builder()
@@ -155,7 +155,12 @@ fn failed_authentication_is_throttled_per_client_address() {
     dvc_connector::tls::install_crypto_provider();
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let (mut daemon, api, _) = start(dir.path(), &rt);
+    // The default limit (the test configuration turns it off for the suites of bad requests).
+    let (mut daemon, api, _) = start_with_env(
+        dir.path(),
+        &rt,
+        &[("DVC_CONNECTOR__API__AUTH_FAILURE_LIMIT", "10")],
+    );
     let ops = daemon.listen_addr("ops_addr");
     let http = client();
     let statuses: Vec<u16> = (0..12)
@@ -251,4 +256,109 @@ fn sha256_hex(text: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// Record keys are not encrypted at rest, so those that could carry personal data are keyed hashes:
+/// neither the portal's Idempotency-Key nor the unkeyed SHA-256 of a citizen's number, name and birth
+/// date (which was brute-forced back to the number in a second) is anywhere in the store's files.
+#[test]
+fn record_keys_that_could_carry_personal_data_are_keyed_hashes() {
+    use crate::flows::{Api, PORTAL_TOKEN, World};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = World::start(dir.path(), 0.0);
+    let (mut daemon, addr) = w.daemon(&[]);
+    let a = Api {
+        rt: &w.rt,
+        base: format!("http://{addr}"),
+        client: reqwest::Client::new(),
+    };
+    let idempotency_key = "hs-083173316997-visible";
+    let (status, _, body) = a.send(
+        reqwest::Method::POST,
+        "/v1/identity/verifications?wait=10s",
+        Some(PORTAL_TOKEN),
+        Some(idempotency_key),
+        Some(serde_json::json!({
+            "citizen_id": "083173316997", "full_name": "Võ Ngọc Trang",
+            "date_of_birth": "1973-09-27", "gender": "female",
+            "procedure_code": "1.001612", "officer_id": "CB-01", "mode": "full"
+        })),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "verified", "{body}");
+    daemon.sigterm();
+    daemon.wait_exit(Duration::from_secs(20)).expect("exits");
+    // What the verdict cache's key was before it was keyed.
+    let unkeyed = {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for part in [
+            "083173316997",
+            &dvc_population::matching::normalize_name("Võ Ngọc Trang"),
+            "19730927",
+            "1.001612",
+            "full",
+            "female",
+        ] {
+            h.update(part.as_bytes());
+            h.update([0u8]);
+        }
+        h.finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let files = crate::flows::raw_files(&dir.path().join("store"));
+    let contains = |needle: &str| files.windows(needle.len()).any(|w| w == needle.as_bytes());
+    assert!(!files.is_empty());
+    assert!(
+        !contains(idempotency_key),
+        "the Idempotency-Key is stored in clear"
+    );
+    assert!(
+        !contains(&unkeyed),
+        "the verdict cache is keyed by an unkeyed hash"
+    );
+}
+
+#[test]
+fn the_daemon_refuses_to_run_without_a_key_and_keeps_its_store_to_itself() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    let config = write_config(dir.path(), "redb", &store, "");
+    // Without `encryption = "off"` said explicitly, no key means no start.
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, text.replace("encryption = \"off\"\n", "")).expect("config");
+    let out = std::process::Command::new(crate::helpers::binary())
+        .args(["run", "--config", config.to_str().expect("path")])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("store.encryption_key_files"), "{err}");
+    assert!(!store.exists(), "nothing was created");
+
+    // With a generated key: the store directory is 0700, its files 0600, the key among them.
+    std::fs::write(
+        &config,
+        text.replace("encryption = \"off\"", "encryption = \"generated\""),
+    )
+    .expect("config");
+    let mut daemon = Proc::spawn(&["run", "--config", config.to_str().expect("path")]);
+    daemon.listen_addr("api_addr");
+    daemon.sigterm();
+    daemon.wait_exit(Duration::from_secs(20)).expect("exits");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+    assert_eq!(mode(&store), 0o700);
+    let mut files = 0;
+    for entry in std::fs::read_dir(&store).expect("store").flatten() {
+        if entry.file_type().expect("type").is_file() {
+            files += 1;
+            assert_eq!(mode(&entry.path()), 0o600, "{}", entry.path().display());
+        }
+    }
+    assert!(files >= 2, "the engine's files and the key");
+    assert!(store.join("store.key").is_file());
 }

@@ -281,14 +281,34 @@ impl Debug for KvJobStore {
 
 const MARKER: &str = "STORE";
 
+/// Mode 0700 for the store directory and 0600 for the files directly in it (the engines' own
+/// subdirectories are made under the process's umask, 077 while the daemon runs).
+fn restrict(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let mode = if entry.file_type()?.is_dir() {
+            0o700
+        } else {
+            0o600
+        };
+        std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
 impl KvJobStore {
     /// Opens (creating if needed) the store in directory `dir`.
     ///
     /// Refuses a store made by another backend or with another format version. Leases left by a previous
     /// process are returned to ready: the engine's file lock guarantees no other process holds them.
+    /// Opens (creating) the store in `dir`. The directory is made 0700 and the files in it 0600: they
+    /// hold citizen data (sealed or not) that no other account on the machine has any business with.
     pub fn open(dir: &Path, backend: Backend, options: KvOptions) -> Result<Self, StoreError> {
         let io = |e: std::io::Error| StoreError::Io(format!("{}: {e}", dir.display()));
         std::fs::create_dir_all(dir).map_err(io)?;
+        restrict(dir).map_err(io)?;
         check_or_write_marker(dir, backend, true)?;
         let cache = options.cache_bytes.unwrap_or(CACHE_BYTES);
         let engine: Arc<dyn KvEngine> = match backend {

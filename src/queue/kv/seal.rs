@@ -107,8 +107,15 @@ impl Keyring {
         key: &[u8],
         value: Vec<u8>,
     ) -> Result<Vec<u8>, StoreError> {
-        if !Self::seals(table) || value.first() != Some(&MARKER) {
+        if !Self::seals(table) {
             return Ok(value);
+        }
+        // With encryption on, a value in clear is not data: it was written by something other than
+        // this store (or the store was written without encryption and must stay so).
+        if value.first() != Some(&MARKER) {
+            return Err(StoreError::Corrupt(
+                "a value in clear in an encrypted store: it was not written by this store, or the store was created with store.encryption = \"off\" (keep that setting for it)".into(),
+            ));
         }
         if value.len() < HEADER {
             return Err(StoreError::Corrupt(
@@ -321,12 +328,11 @@ mod tests {
             old.open(Table::Records, b"k", sealed_new).is_err(),
             "the old ring lacks the new key"
         );
-        // Plain values (written before encryption was on) and unsealed tables pass through.
-        assert_eq!(
+        // Index tables are not sealed; a value in clear where sealed ones belong is an error, not data.
+        assert!(
             rotated
                 .open(Table::Records, b"k", b"{\"a\":1}".to_vec())
-                .expect("open"),
-            b"{\"a\":1}"
+                .is_err()
         );
         assert_eq!(rotated.seal(Table::Keys, b"k", b"id").expect("seal"), b"id");
     }
