@@ -172,6 +172,15 @@ mod tests {
     }
 
     #[test]
+    fn the_session_cookie_is_secure_under_tls_and_never_readable_by_scripts() {
+        let plain = set_cookie(Some("ab"), false);
+        assert!(plain.contains("HttpOnly") && plain.contains("SameSite=Strict"));
+        assert!(!plain.contains("Secure"));
+        assert!(set_cookie(Some("ab"), true).ends_with("; Secure"));
+        assert!(set_cookie(None, true).contains("Max-Age=0"));
+    }
+
+    #[test]
     fn only_the_dashboards_own_origin_may_post() {
         let headers = |pairs: &[(&'static str, &str)]| {
             let mut h = HeaderMap::new();
