@@ -368,6 +368,10 @@ pub struct QualifyArgs {
     /// Abort the process at a named crash point: before_commit:N or after_commit:N (the N-th time).
     #[arg(long)]
     pub crash_at: Option<String>,
+    /// Plant a bug the qualification must catch: `fifo` (each job under its own ordering key, so a
+    /// key's jobs are no longer kept in order) or `double` (each delivery made twice).
+    #[arg(long)]
+    pub plant: Option<String>,
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {

@@ -20,6 +20,8 @@ pub const KIND: &str = "qualify.deliver";
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Delivery {
+    /// The process life (`--run`) that made the delivery.
+    pub run: u32,
     pub key: String,
     pub n: usize,
     pub id: String,
@@ -29,6 +31,9 @@ pub struct Delivery {
 struct LedgerHandler {
     client: reqwest::Client,
     url: String,
+    run: u32,
+    /// The planted "double delivery" bug: every delivery is made twice.
+    twice: bool,
 }
 
 impl JobHandler for LedgerHandler {
@@ -37,10 +42,14 @@ impl JobHandler for LedgerHandler {
             let (key, n): (String, usize) = serde_json::from_slice(&job.payload)
                 .map_err(|e| JobError::permanent("bad_payload", e.to_string()))?;
             let body = Delivery {
+                run: self.run,
                 key,
                 n,
                 id: job.id.to_string(),
             };
+            if self.twice {
+                let _ = self.client.post(&self.url).json(&body).send().await;
+            }
             let response = self
                 .client
                 .post(&self.url)
@@ -80,8 +89,12 @@ pub async fn child(args: QualifyArgs) -> anyhow::Result<()> {
                 .timeout(std::time::Duration::from_secs(5))
                 .build()?,
             url: args.ledger.clone(),
+            run: args.run,
+            twice: args.plant.as_deref() == Some("double"),
         }),
     );
+    // The planted FIFO bug: each job under an ordering key of its own.
+    let fifo_broken = args.plant.as_deref() == Some("fifo");
     let wiring = Wiring {
         handlers,
         lanes: vec![LANE.to_owned()],
@@ -108,7 +121,15 @@ pub async fn child(args: QualifyArgs) -> anyhow::Result<()> {
                 for k in 0..keys {
                     let key = format!("r{run}p{p}k{k}");
                     let payload = serde_json::to_vec(&(&key, n)).unwrap_or_default();
-                    match queue.enqueue(NewJob::new(KIND, LANE, &key, payload)).await {
+                    let ordering_key = if fifo_broken {
+                        format!("{key}#{n}")
+                    } else {
+                        key.clone()
+                    };
+                    match queue
+                        .enqueue(NewJob::new(KIND, LANE, &ordering_key, payload))
+                        .await
+                    {
                         Ok(done) => {
                             // Only now, with the job on disk, is it acknowledged.
                             let mut out = std::io::stdout().lock();

@@ -930,6 +930,14 @@ mod tests {
             (crate::queue::ErrorClass::Auth, AUDIT_UNAVAILABLE)
         );
         assert_eq!(soap_calls(), 0, "nothing reached the gateway unaudited");
+        assert_eq!(
+            get(&flows, checked.id())
+                .await
+                .expect("read")
+                .map(|v| v.status),
+            Some(Status::Pending),
+            "no verdict is recorded for a lookup that was not audited"
+        );
 
         audit.set_fault(None);
         verify

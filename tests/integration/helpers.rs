@@ -245,12 +245,18 @@ impl Ledger {
         Ledger { url, entries }
     }
 
-    pub fn snapshot(&self) -> Vec<(String, usize, String)> {
+    /// Every delivery, in arrival order.
+    pub fn deliveries(&self) -> Vec<Delivery> {
         self.entries
             .lock()
             .expect("ledger lock")
             .iter()
-            .map(|d| (d.key.clone(), d.n, d.id.clone()))
+            .map(|d| Delivery {
+                run: d.run,
+                key: d.key.clone(),
+                n: d.n,
+                id: d.id.clone(),
+            })
             .collect()
     }
 }

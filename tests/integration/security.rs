@@ -362,3 +362,110 @@ fn the_daemon_refuses_to_run_without_a_key_and_keeps_its_store_to_itself() {
     assert!(files >= 2, "the engine's files and the key");
     assert!(store.join("store.key").is_file());
 }
+
+/// Idempotency-Keys belong to their caller: another token's same key is another request.
+/// And two requests racing with one key are never both accepted: one commit claims the key, the other
+/// answers what it answered (same body) or 409 (another body).
+#[test]
+fn idempotency_keys_are_per_caller_and_a_race_on_one_key_accepts_one_request() {
+    use crate::flows::{OTHER_PORTAL_TOKEN, PORTAL_TOKEN, World};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = World::start(dir.path(), 0.0);
+    let (daemon, addr) = w.daemon(&[]);
+    let http = reqwest::Client::new();
+    let step = |content: &str| {
+        serde_json::json!({"status": "4", "occurred_at": "2026-12-01T10:00:00+07:00",
+                           "handler": "Lê Văn Bình", "content": content})
+    };
+    let post = |token: &'static str, key: String, body: serde_json::Value| {
+        let http = http.clone();
+        let url = format!("http://{addr}/v1/dossiers/IDK-0001/events");
+        async move {
+            let r = http
+                .post(url)
+                .bearer_auth(token)
+                .header("Idempotency-Key", key)
+                .json(&body)
+                .send()
+                .await
+                .expect("post");
+            let status = r.status().as_u16();
+            (
+                status,
+                r.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    w.rt.block_on(async {
+        // The dossier first, so that its steps are delivered.
+        let r = http
+            .put(format!("http://{addr}/v1/dossiers/IDK-0001"))
+            .bearer_auth(PORTAL_TOKEN)
+            .json(
+                &serde_json::json!({"procedure_code": "1.001612", "status": "2",
+                                      "received_at": "2026-12-01T09:00:00+07:00"}),
+            )
+            .send()
+            .await
+            .expect("record");
+        assert_eq!(r.status().as_u16(), 202);
+        // Per caller.
+        let (a, first) = post(PORTAL_TOKEN, "shared-key".into(), step("Bước một")).await;
+        let (b, second) = post(OTHER_PORTAL_TOKEN, "shared-key".into(), step("Bước hai")).await;
+        assert_eq!((a, b), (202, 202), "{first} {second}");
+        assert_ne!(first["event_id"], second["event_id"]);
+
+        // Races: the same key and body twice at once, twenty times.
+        for i in 0..20 {
+            let key = format!("race-same-{i}");
+            let body = step(&format!("Bước đua {i}"));
+            let (x, y) = tokio::join!(
+                post(PORTAL_TOKEN, key.clone(), body.clone()),
+                post(PORTAL_TOKEN, key, body)
+            );
+            assert_eq!((x.0, y.0), (202, 202));
+            assert_eq!(x.1["event_id"], y.1["event_id"], "one step, answered twice");
+        }
+        // And with another body: one accepted, the other refused.
+        for i in 0..20 {
+            let key = format!("race-other-{i}");
+            let (x, y) = tokio::join!(
+                post(PORTAL_TOKEN, key.clone(), step(&format!("Một {i}"))),
+                post(PORTAL_TOKEN, key, step(&format!("Hai {i}")))
+            );
+            let mut statuses = [x.0, y.0];
+            statuses.sort_unstable();
+            assert_eq!(statuses, [202, 409], "{} {}", x.1, y.1);
+        }
+    });
+    // What the portal received: two steps per caller, one per race.
+    let expected = 2 + 20 + 20;
+    assert!(
+        w.wait_until(Duration::from_secs(20), |w| {
+            w.national
+                .steps()
+                .iter()
+                .filter(|s| s.step.ma_ho_so == "IDK-0001")
+                .count()
+                >= expected
+        }),
+        "every accepted step arrives"
+    );
+    let contents: Vec<String> = w
+        .national
+        .steps()
+        .into_iter()
+        .filter(|s| s.step.ma_ho_so == "IDK-0001")
+        .map(|s| s.step.noi_dung_xu_ly)
+        .collect();
+    assert_eq!(contents.len(), expected, "{contents:?}");
+    for i in 0..20 {
+        let raced = format!("Bước đua {i}");
+        assert_eq!(
+            contents.iter().filter(|c| **c == raced).count(),
+            1,
+            "{raced}: {contents:?}"
+        );
+    }
+    daemon.sigterm();
+}
