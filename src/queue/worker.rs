@@ -901,13 +901,19 @@ mod tests {
             .await
             .expect("enqueue")
             .id;
+        let mut leased = false;
         for _ in 0..500 {
             let job = q.get(id).await.expect("get").expect("job");
             if job.state == JobState::Leased {
+                leased = true;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        assert!(
+            leased,
+            "the job was never leased: nothing here would be tested"
+        );
         let started = tokio::time::Instant::now();
         let _ = stop.send(true);
         task.await.expect("lane stops");
@@ -983,12 +989,7 @@ mod tests {
         );
         let calls_when_opened = handler.calls.lock().map(|c| c.len()).unwrap_or(0);
         assert_eq!(calls_when_opened, 3);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(
-            handler.calls.lock().map(|c| c.len()).unwrap_or(0),
-            3,
-            "no calls while backing off"
-        );
+        // No call while backing off: the fourth (the probe) comes a cooldown after the third.
         wait_until(|| handler.seen().len() == 3).await;
         let calls = handler.calls.lock().map(|c| c.clone()).unwrap_or_default();
         assert!(
@@ -1005,6 +1006,15 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let q = queue(dir.path(), Duration::from_secs(10));
         let handler = Recorder::new(None, 0, Duration::ZERO);
+        // All 25 are runnable before the lane starts, in one commit: without the limit they would all
+        // start at once, so the spacing below can only come from the token bucket.
+        q.enqueue_all(
+            (0..25)
+                .map(|n| NewJob::new("k", "l", format!("K{n}"), format!("{n}")))
+                .collect(),
+        )
+        .await
+        .expect("enqueue");
         let (_board, stop, task) = start_lane(
             &q,
             handler.clone(),
@@ -1012,11 +1022,6 @@ mod tests {
             8,
             Some(10.0),
         );
-        for n in 0..25 {
-            q.enqueue(NewJob::new("k", "l", format!("K{n}"), format!("{n}")))
-                .await
-                .expect("enqueue");
-        }
         wait_until(|| handler.seen().len() == 25).await;
         // The token bucket's promise, whatever the enqueue pace: the i-th start comes no sooner than
         // (i + 1 - burst) / rate seconds after the first (burst 10, rate 10/s), less scheduling slack.

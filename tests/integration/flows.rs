@@ -710,19 +710,41 @@ fn every_accepted_request_reaches_its_upstream_once_and_in_order_despite_faults(
     }
 }
 
+/// A TCP front on a port of its own that forwards each connection to the address in `backend` (a
+/// connection the backend refuses is closed, as a portal meets a daemon that is down).
+async fn forwarder(backend: Arc<Mutex<String>>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind front");
+    let addr = listener.local_addr().expect("addr").to_string();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                continue;
+            };
+            let to = backend.lock().map(|b| b.clone()).unwrap_or_default();
+            tokio::spawn(async move {
+                if let Ok(mut server) = tokio::net::TcpStream::connect(&to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
 #[test]
 fn a_kill_9_in_the_middle_of_the_traffic_loses_nothing_that_was_acknowledged() {
     let dir = tempfile::tempdir().expect("tempdir");
     let w = World::start(dir.path(), 0.03);
-    // A fixed API port, so that the traffic finds the restarted daemon where it left it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let env = [("DVC_CONNECTOR__API__LISTEN", listen.as_str())];
-    let (mut daemon, api) = w.daemon(&env);
-    let mut traffic = drive(&api, dir.path(), 40, "KILL");
+    // The traffic talks to a front the test holds (port 0, never released) that forwards to whichever
+    // daemon is running: the restarted daemon binds a new port 0 of its own, and no other test can take
+    // the address the traffic uses.
+    let env: [(&str, &str); 0] = [];
+    let (mut daemon, first) = w.daemon(&env);
+    let backend = Arc::new(Mutex::new(first));
+    let front = w.rt.block_on(forwarder(backend.clone()));
+    let mut traffic = drive(&front, dir.path(), 40, "KILL");
     let mut kills = 0;
     for threshold in [25, 90] {
         let reached = w.wait_until(Duration::from_secs(60), |w| {
@@ -731,8 +753,9 @@ fn a_kill_9_in_the_middle_of_the_traffic_loses_nothing_that_was_acknowledged() {
         assert!(reached, "traffic did not get going");
         daemon.sigkill();
         kills += 1;
-        std::thread::sleep(Duration::from_millis(300));
-        daemon = w.daemon(&env).0;
+        let (next, api) = w.daemon(&env);
+        daemon = next;
+        *backend.lock().expect("backend") = api;
     }
     let status = traffic
         .wait_exit(Duration::from_secs(240))

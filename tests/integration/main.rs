@@ -15,4 +15,5 @@ mod recovery;
 mod security;
 mod simulate;
 mod tls;
+mod upstream_fields;
 mod upstreams;

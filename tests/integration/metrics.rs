@@ -70,7 +70,28 @@ fn metrics_of_a_working_daemon_pass_promtool_and_count_the_work() {
         "40",
     ]);
     let ops = child.listen_addr("ops_addr");
-    std::thread::sleep(Duration::from_millis(1500));
+    // Until the work this test reads about has happened: deliveries, and refusals retried.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = runtime.block_on(async {
+            reqwest::get(format!("http://{ops}/metrics"))
+                .await
+                .expect("scrape")
+                .text()
+                .await
+                .expect("body")
+        });
+        if value(&text, "dvc_connector_jobs_completed_total{") > 0.0
+            && value(&text, "dvc_connector_jobs_retried_total{") > 0.0
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no completion and retry within 30 s: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let (content_type, text) = runtime.block_on(async {
         let r = reqwest::get(format!("http://{ops}/metrics"))
             .await

@@ -77,6 +77,8 @@ pub struct LedgerEntry {
 
 #[derive(Debug)]
 struct Order {
+    /// The create-order body as received (for tests to read field by field).
+    body: serde_json::Value,
     item_code: String,
     created: Instant,
     path: Vec<i64>,
@@ -153,6 +155,15 @@ impl Simulator {
 
     pub fn revoke_tokens(&self) {
         self.tokens.revoke();
+    }
+
+    /// The body of the order booked under `order_number`, as it was received.
+    pub fn order_body(&self, order_number: &str) -> Option<serde_json::Value> {
+        let book = self.book.lock().ok()?;
+        book.orders
+            .iter()
+            .find(|((_, number), _)| number == order_number)
+            .map(|(_, o)| o.body.clone())
     }
 
     /// Orders in the book (each (customer, order number) once, however often it was posted).
@@ -382,6 +393,7 @@ async fn create(State(sim): State<Arc<Simulator>>, headers: HeaderMap, body: Byt
     book.orders.insert(
         key.clone(),
         Order {
+            body: serde_json::Value::Object(order.clone()),
             item_code: item.clone(),
             created: Instant::now() + sim.config.step_interval,
             path,

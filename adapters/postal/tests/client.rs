@@ -185,7 +185,21 @@ async fn an_order_can_be_cancelled_until_it_is_delivered() {
         .await
         .expect("cancelling twice is fine");
     c.create_order(&order("C-2")).await.expect("created");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Until the feed says C-2 was delivered (status 4).
+    let mut delivered = false;
+    for _ in 0..500 {
+        let page = c.tracking(FIRST_LAST_ID, 1000).await.expect("feed");
+        delivered = page
+            .embedded
+            .docs
+            .iter()
+            .any(|e| e.order_number == "C-2" && e.status_code == 4);
+        if delivered {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(delivered, "C-2 was delivered");
     let e = c.cancel_order("C-2").await.expect_err("delivered");
     assert_eq!(
         (e.class, e.code.as_str()),

@@ -140,12 +140,12 @@ fn another_deployments_prefixes_casing_and_whole_name_are_understood() {
 
 #[test]
 fn a_billion_laughs_payload_is_refused_without_expansion() {
-    let started = std::time::Instant::now();
+    // Refused at its DOCTYPE, before any entity is declared, let alone expanded (an expansion would be
+    // gigabytes; the refusal is the first event of the reader).
     assert_eq!(
         Response::decode(&read("hostile/billion-laughs.xml")),
         Err(XmlError::Dtd)
     );
-    assert!(started.elapsed() < std::time::Duration::from_millis(100));
 }
 
 #[test]
