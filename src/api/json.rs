@@ -91,7 +91,12 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8], lang: Lang) -> Result<T, ApiErro
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let segments: Vec<String> = e.path().iter().map(|s| s.to_string()).collect();
         let path = e.path().to_string();
-        let field = if path == "." { String::new() } else { path };
+        // A body that is not an object at all, or not JSON, is the body's fault, not an element's.
+        let field = if path == "." || path.starts_with('[') || inner_is_malformed(&e) {
+            String::new()
+        } else {
+            path
+        };
         let inner = e.into_inner();
         let message = inner.to_string();
         let code = if message.starts_with("unknown field") {
@@ -121,6 +126,17 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8], lang: Lang) -> Result<T, ApiErro
             let message = message.replacen(&format!("`{name}`"), &format!("`{shown}`"), 1);
             return invalid(field, code, sanitize(&message));
         }
+        if code == "missing_field" || code == "duplicate_field" {
+            // serde names the field in its message and puts the error at the object holding it: the
+            // field at fault is that object's member (a schema name, safe to show).
+            let name = message.split('`').nth(1).unwrap_or("");
+            let field = match (field.is_empty(), name.is_empty()) {
+                (_, true) => field,
+                (true, false) => name.to_owned(),
+                (false, false) => format!("{field}.{name}"),
+            };
+            return invalid(field, code, sanitize(&message));
+        }
         invalid(field, code, sanitize(&message))
     })?;
     de.end().map_err(|_| {
@@ -131,6 +147,10 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8], lang: Lang) -> Result<T, ApiErro
         )
     })?;
     Ok(value)
+}
+
+fn inner_is_malformed(e: &serde_path_to_error::Error<serde_json::Error>) -> bool {
+    e.inner().is_syntax() || e.inner().is_eof()
 }
 
 /// A field name the client sent, as it may be shown: an identifier (an ASCII letter, then letters,
@@ -253,7 +273,7 @@ mod tests {
         );
         assert_eq!(
             err(&format!(r#"{{{base},"recipient":{{"name":"An"}}}}"#)),
-            ("recipient".into(), "missing_field".into())
+            ("recipient.phone".into(), "missing_field".into())
         );
         assert_eq!(
             err(
