@@ -272,7 +272,7 @@ impl Job {
     /// dead reason's code), then the payload to the end. The writer thread encodes every job it changes
     /// and every lease and completion decodes one: this replaced a JSON header that cost about an
     /// eighth of the daemon's instructions (docs/BENCHMARKS.md).
-    pub(crate) fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self) -> Vec<u8> {
         let strings = self.kind.len()
             + self.lane.len()
             + self.ordering_key.len()
@@ -337,7 +337,7 @@ impl Job {
     }
 
     /// Decodes a record of either layout: binary (format 4) or a JSON header (formats 1–3).
-    pub(crate) fn decode(bytes: &[u8]) -> Result<Job, String> {
+    pub fn decode(bytes: &[u8]) -> Result<Job, String> {
         match bytes.first() {
             Some(&BINARY) => decode_binary(bytes),
             _ => decode_json(bytes),

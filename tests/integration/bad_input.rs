@@ -105,6 +105,9 @@ fn wrong_types(
     }
 }
 
+/// A body, and the status, code and field it must be answered with.
+type Abuse<'a> = (&'a str, Vec<u8>, u16, &'static str, Option<&'a str>);
+
 /// Generic body abuse for one endpoint.
 fn body_abuse(
     out: &mut Vec<Case>,
@@ -119,7 +122,7 @@ fn body_abuse(
         .as_object()
         .and_then(|o| o.keys().next().cloned())
         .unwrap_or_default();
-    let bodies: Vec<(&str, Vec<u8>, u16, &'static str, Option<&str>)> = vec![
+    let bodies: Vec<Abuse<'_>> = vec![
         ("empty body", vec![], 400, "invalid_body", Some("")),
         (
             "invalid UTF-8",

@@ -280,8 +280,9 @@ fn officer_refused(e: UpstreamError, officer: &Officer) -> UpstreamError {
     e
 }
 
-/// Turns an HTTP answer into a response or a classified error.
-fn classify(
+/// Turns an HTTP answer into a response or a classified error (pure: the fuzz target
+/// `client_answers` feeds it any status and bytes).
+pub fn classify(
     status: u16,
     retry_after: Option<&str>,
     body: &[u8],

@@ -242,9 +242,7 @@ impl PortalClient {
             let session = self.session(relogin).await?;
             let body = wire::envelope(&session, &self.config.agency_code, service, params);
             let answer = self.post(&url, &body).await?;
-            let answer: ServiceAnswer = serde_json::from_slice(&answer).map_err(|e| {
-                UpstreamError::retryable("json_malformed", http::mask_digit_runs(&e.to_string()))
-            })?;
+            let answer = read_service_answer(&answer)?;
             if self
                 .config
                 .profile
@@ -326,6 +324,20 @@ impl PortalClient {
             )),
         }
     }
+}
+
+/// A service call's answer read from its body (pure: the fuzz target `client_answers` feeds it any
+/// bytes).
+pub fn read_service_answer(body: &[u8]) -> Result<ServiceAnswer, UpstreamError> {
+    serde_json::from_slice(body).map_err(|e| {
+        UpstreamError::retryable("json_malformed", http::mask_digit_runs(&e.to_string()))
+    })
+}
+
+/// A business refusal on an HTTP 200: permanent, with the portal's own code and words (pure, like
+/// [`read_service_answer`]).
+pub fn refusal(answer: &ServiceAnswer) -> UpstreamError {
+    business(answer)
 }
 
 /// A business refusal on an HTTP 200: permanent, with the portal's own code and words.

@@ -142,33 +142,7 @@ impl PostalClient {
                 },
             )
             .await?;
-        let p = &self.config.profile;
-        match answer.status {
-            // Every answer with a body is read: the body's Status decides, even on a 200 or 201.
-            200 | 201 | 400 | 409 | 422 => {
-                let result = parse_result(&answer)?;
-                if (200..300).contains(&answer.status) && result.status == p.success_status {
-                    Ok(Created {
-                        item_code: result.item_code,
-                        already_existed: false,
-                    })
-                } else if p.already_exists_statuses.contains(&result.status)
-                    && !result.item_code.is_empty()
-                {
-                    Ok(Created {
-                        item_code: result.item_code,
-                        already_existed: true,
-                    })
-                } else {
-                    Err(business(&result))
-                }
-            }
-            status => Err(UpstreamError::from_status(
-                status,
-                answer.retry_after.as_deref(),
-                "create order",
-            )),
-        }
+        read_create_answer(&answer, &self.config.profile)
     }
 
     /// Cancels an order. Cancelling one already delivered is refused for good.
@@ -282,6 +256,36 @@ impl PostalClient {
             previous = id;
         }
         Ok(page)
+    }
+}
+
+/// What a create-order answer means (pure: the fuzz target `client_answers` feeds it any status and
+/// bytes). Every answer with a body is read: the body's `Status` decides, even on a 200 or 201.
+pub fn read_create_answer(answer: &Answer, p: &Profile) -> Result<Created, UpstreamError> {
+    match answer.status {
+        200 | 201 | 400 | 409 | 422 => {
+            let result = parse_result(answer)?;
+            if (200..300).contains(&answer.status) && result.status == p.success_status {
+                Ok(Created {
+                    item_code: result.item_code,
+                    already_existed: false,
+                })
+            } else if p.already_exists_statuses.contains(&result.status)
+                && !result.item_code.is_empty()
+            {
+                Ok(Created {
+                    item_code: result.item_code,
+                    already_existed: true,
+                })
+            } else {
+                Err(business(&result))
+            }
+        }
+        status => Err(UpstreamError::from_status(
+            status,
+            answer.retry_after.as_deref(),
+            "create order",
+        )),
     }
 }
 
