@@ -33,7 +33,7 @@ fn main() -> ExitCode {
                 }
             };
             telemetry::init(settings.log.format, &settings.log.level);
-            for warning in warnings {
+            for warning in warnings.into_iter().chain(settings.advice()) {
                 tracing::warn!("{warning}");
             }
             exit(runtime().and_then(|rt| {
@@ -99,7 +99,10 @@ fn check_config(path: &std::path::Path, print: bool) -> ExitCode {
         eprintln!("warning: {warning}");
     }
     match source.settings() {
-        Ok(_) => {
+        Ok(settings) => {
+            for advice in settings.advice() {
+                eprintln!("warning: {advice}");
+            }
             if print {
                 print!("{}", source.redacted());
             }

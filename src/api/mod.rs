@@ -1,4 +1,4 @@
-//! The sidecar API the portal calls (`shared/spec/sidecar-api.md`), one file per resource:
+//! The sidecar API the portal calls (docs/API.md), one file per resource:
 //! `jobs` (operators). Errors go through [`problem`] (problem+json, stable codes, en/vi); callers through
 //! [`auth`] (hashed bearer tokens, scopes). The portal-facing resources (identity, shipments, dossiers)
 //! arrive with the flows.

@@ -311,7 +311,7 @@ pub fn document() -> Value {
         "info": {
             "title": "dvc-connector sidecar API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "The API the public-service portal and its operators call (shared/spec/sidecar-api.md). Every 202 means the request is on disk (fsynced). Errors are RFC 9457 problem+json with a stable `code`; `Accept-Language: vi` gives Vietnamese title and detail. Outcomes the portal did not wait for are POSTed to the configured callback URL, signed `X-Connector-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, t + \".\" + body)>`, with event types `identity.verification.completed`, `shipment.status_changed`, `dossier.sync.failed`, `dossier.sync.completed`."
+            "description": "The API the public-service portal and its operators call (docs/API.md). Every 202 means the request is on disk (fsynced). Errors are RFC 9457 problem+json with a stable `code`; `Accept-Language: vi` gives Vietnamese title and detail. Outcomes the portal did not wait for are POSTed to the configured callback URL, signed `X-Connector-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, t + \".\" + body)>`, with event types `identity.verification.completed`, `shipment.status_changed`, `dossier.sync.failed`, `dossier.sync.completed`."
         },
         "security": [{ "bearer": [] }],
         "paths": {

@@ -66,6 +66,18 @@ struct Inner {
     metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
+/// Runs `work` as a task of its own and waits for it: dropping the wait does not stop the work.
+async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, QueueError>> + Send + 'static,
+) -> Result<T, QueueError> {
+    match tokio::spawn(work).await {
+        Ok(result) => result,
+        Err(e) => Err(QueueError::Store(StoreError::Io(format!(
+            "the store task ended: {e}"
+        )))),
+    }
+}
+
 impl Queue {
     pub fn new(
         store: Arc<dyn JobStore>,
@@ -151,16 +163,24 @@ impl Queue {
             .iter()
             .map(|j| (j.kind.clone(), j.lane.clone()))
             .collect();
-        let out = self.inner.store.enqueue(jobs, self.now()).await?;
-        for ((kind, lane), enqueued) in labels.iter().zip(&out) {
-            if let (Some(m), false) = (&self.inner.metrics, enqueued.existing) {
-                m.enqueued
-                    .get_or_create(&crate::metrics::Metrics::job(kind, lane))
-                    .inc();
+        // The write and what follows it (counters, wake-ups) run to the end even when the caller
+        // stops waiting — a client that hung up after its request was committed: what was committed
+        // is counted.
+        let queue = self.clone();
+        let now = self.now();
+        detached(async move {
+            let out = queue.inner.store.enqueue(jobs, now).await?;
+            for ((kind, lane), enqueued) in labels.iter().zip(&out) {
+                if let (Some(m), false) = (&queue.inner.metrics, enqueued.existing) {
+                    m.enqueued
+                        .get_or_create(&crate::metrics::Metrics::job(kind, lane))
+                        .inc();
+                }
+                queue.waker(lane).notify_one();
             }
-            self.waker(lane).notify_one();
-        }
-        Ok(out)
+            Ok(out)
+        })
+        .await
     }
 
     /// Applies a flow's record writes and enqueues its jobs atomically (see [`JobStore::commit`]).
@@ -189,16 +209,21 @@ impl Queue {
             .iter()
             .map(|j| crate::metrics::Metrics::job(&j.kind, &j.lane))
             .collect();
-        let out = self.inner.store.commit(change, self.now()).await?;
-        if let Committed::Applied { jobs, .. } = &out {
-            for (label, enqueued) in labels.iter().zip(jobs) {
-                if let (Some(m), false) = (&self.inner.metrics, enqueued.existing) {
-                    m.enqueued.get_or_create(label).inc();
+        let queue = self.clone();
+        let now = self.now();
+        detached(async move {
+            let out = queue.inner.store.commit(change, now).await?;
+            if let Committed::Applied { jobs, .. } = &out {
+                for (label, enqueued) in labels.iter().zip(jobs) {
+                    if let (Some(m), false) = (&queue.inner.metrics, enqueued.existing) {
+                        m.enqueued.get_or_create(label).inc();
+                    }
+                    queue.waker(&label.lane).notify_one();
                 }
-                self.waker(&label.lane).notify_one();
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
+        .await
     }
 
     pub async fn record(
@@ -487,5 +512,72 @@ impl Queue {
         for waker in wakers.values() {
             waker.notify_one();
         }
+    }
+}
+
+#[cfg(test)]
+mod counting_tests {
+    use std::future::Future as _;
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A request whose client hung up after its commit had started is still counted: the enqueued
+    /// counter counts commits, not answers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn work_committed_for_a_caller_that_stopped_waiting_is_counted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let q = Queue::with_metrics(
+            Arc::new(
+                KvJobStore::open(dir.path(), Backend::Redb, KvOptions::default()).expect("store"),
+            ),
+            Arc::new(clock::TokioClock::new()),
+            RetryPolicies::default(),
+            Duration::from_secs(60),
+            metrics.clone(),
+        );
+        // Polled once — the write is under way — then dropped, as axum drops a handler whose client
+        // went away.
+        {
+            let mut pending = Box::pin(q.enqueue(NewJob::new("k", "l", "A", "A0")));
+            let polled = pending
+                .as_mut()
+                .poll(&mut Context::from_waker(std::task::Waker::noop()));
+            assert!(matches!(polled, Poll::Pending), "the write takes a moment");
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while q
+            .counts()
+            .await
+            .expect("counts")
+            .iter()
+            .map(|c| c.ready)
+            .sum::<u64>()
+            == 0
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the job was never committed"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let counted = || {
+            metrics
+                .enqueued
+                .get_or_create(&crate::metrics::Metrics::job("k", "l"))
+                .get()
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while counted() == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "committed, never counted"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(counted(), 1);
     }
 }

@@ -178,6 +178,22 @@ pub const GENERATED_KEY: &str = "store.key";
 /// With `Encryption::Off`, the key of the keyed record-key hashes, in the store directory.
 pub const RECORD_KEY: &str = "record-keys.key";
 
+impl Settings {
+    /// What a valid configuration may still get wrong, said at `check-config` and at start.
+    pub fn advice(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (name, target) in &self.upstreams.portal {
+            // The national portal (and provincial portals behind the same LGSP) route by `dstcode`.
+            if target.routing_code.is_empty() && name == "national" {
+                out.push(format!(
+                    "upstreams.portal.{name}.routing_code is not set: the national portal's gateway routes calls by the dstcode header, and calls without it are refused there"
+                ));
+            }
+        }
+        out
+    }
+}
+
 impl StoreSettings {
     /// Reads the key files into a keyring (None with encryption off), making the generated key when
     /// it is missing.

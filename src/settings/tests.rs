@@ -24,6 +24,50 @@ fn write_config(text: &str) -> (tempfile::TempDir, PathBuf) {
 }
 
 #[test]
+fn template_placeholders_are_refused_and_a_missing_secret_names_its_variable() {
+    let (_dir, path) = write_config(
+        "[store]\npath = \"s\"\n[upstreams.portal.national]\nbase_url = \"https://lgsp.CHANGE-ME.gov.vn\"\nusername = \"u\"\nagency_code = \"CHANGE-ME\"\n[upstreams.postal]\nbase_url = \"https://vnpost.invalid\"\ncustomer_code = \"C\"\ncustomer_key = \"k\"\nsecret_key = \"s\"\n",
+    );
+    let errors = load(&path, no_env()).expect_err("placeholders");
+    let found = |key: &str| {
+        errors
+            .0
+            .iter()
+            .find(|e| e.key == key)
+            .map(|e| e.message.clone())
+    };
+    assert!(
+        found("upstreams.portal.national.base_url").is_some_and(|m| m.contains("placeholder")),
+        "{errors}"
+    );
+    assert!(
+        found("upstreams.portal.national.agency_code").is_some_and(|m| m.contains("placeholder")),
+        "{errors}"
+    );
+    assert!(
+        found("upstreams.postal.base_url").is_some_and(|m| m.contains("placeholder")),
+        "{errors}"
+    );
+    assert!(
+        found("upstreams.portal.national.password")
+            .is_some_and(|m| m.contains("DVC_CONNECTOR__UPSTREAMS__PORTAL__NATIONAL__PASSWORD")),
+        "{errors}"
+    );
+}
+
+#[test]
+fn a_national_target_without_a_routing_code_is_warned_about() {
+    let section = "[upstreams.portal.national]\nbase_url = \"https://dvc.h56.gov.vn\"\nusername = \"u\"\npassword = \"p\"\nagency_code = \"A\"\n";
+    let (_dir, path) = write_config(&format!("[store]\npath = \"s\"\n{section}"));
+    let advice = load(&path, no_env()).expect("valid").advice();
+    assert!(advice[0].contains("routing_code"), "{advice:?}");
+    let (_dir, path) = write_config(&format!(
+        "[store]\npath = \"s\"\n{section}routing_code = \"DVCQG\"\n"
+    ));
+    assert!(load(&path, no_env()).expect("valid").advice().is_empty());
+}
+
+#[test]
 fn encryption_at_rest_is_on_unless_the_settings_say_otherwise() {
     let (_dir, path) = write_config("[store]\npath = \"s\"\nencryption = \"on\"\n");
     let errors = load(&path, no_env()).expect_err("a key is required");
@@ -98,7 +142,10 @@ fn the_production_template_needs_only_its_blanks_filled() {
     let filled = keys.path().join("production.toml");
     std::fs::write(
         &filled,
-        template.replace("/etc/dvc-connector/store.key", &key.display().to_string()),
+        template
+            .replace("/etc/dvc-connector/store.key", &key.display().to_string())
+            // The template's placeholders are blanks too.
+            .replace("CHANGE-ME", "h56"),
     )
     .expect("filled");
     let env = [
@@ -122,6 +169,8 @@ fn the_production_template_needs_only_its_blanks_filled() {
     let keys: Vec<&str> = errors.0.iter().map(|e| e.key.as_str()).collect();
     for key in [
         "store.encryption_key_files[0]",
+        "upstreams.population.service_url",
+        "upstreams.portal.national.agency_code",
         "api.tokens.0.sha256",
         "upstreams.population.client_secret",
         "upstreams.postal.secret_key",
@@ -506,7 +555,7 @@ const PORTAL_WITH: &str = r#"
 [store]
 path = "store"
 [upstreams.portal.national]
-base_url = "https://portal.example"
+base_url = "https://portal.h56.gov.vn"
 username = "u"
 agency_code = "A"
 "#;

@@ -244,7 +244,10 @@ impl Checker<'_> {
 
     fn required<'v>(&mut self, key: &str, value: Option<&'v str>) -> Option<&'v str> {
         match value {
-            Some(v) if !v.trim().is_empty() => Some(v),
+            Some(v) if !v.trim().is_empty() => {
+                self.no_placeholder(key, v);
+                Some(v)
+            }
             Some(_) => {
                 self.fail(key, "must not be empty");
                 None
@@ -302,12 +305,39 @@ impl Checker<'_> {
                 None
             }
             None => {
+                let var = format!(
+                    "{ENV_PREFIX}{}",
+                    key.replace('.', "__").to_ascii_uppercase()
+                );
                 self.fail(
                     key,
-                    "missing; this secret is required (set it here or in the environment)",
+                    format!("missing; this secret is required: set {var} in the environment (or `{}_file`, or the key itself in the file)", key.rsplit('.').next().unwrap_or(key)),
                 );
                 None
             }
+        }
+    }
+
+    /// Refuses a value the templates leave for the integrator to replace (`CHANGE-ME`, `example.*`,
+    /// `*.invalid`): a placeholder that reaches an upstream fails far from where it was written.
+    fn no_placeholder(&mut self, key: &str, value: &str) {
+        let lower = value.to_ascii_lowercase();
+        let host = url::Url::parse(value)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_ascii_lowercase));
+        let placeholder = lower.contains("change-me")
+            || host.as_deref().is_some_and(|h| {
+                h.ends_with(".invalid")
+                    || h == "example.com"
+                    || h.starts_with("example.")
+                    || h.ends_with(".example.com")
+                    || h.ends_with(".example")
+            });
+        if placeholder {
+            self.fail(
+                key,
+                format!("`{value}` is a placeholder of the template: put the real value here"),
+            );
         }
     }
 
