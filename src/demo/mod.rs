@@ -126,11 +126,7 @@ async fn start_sims(no_faults: bool) -> anyhow::Result<Sims> {
             FaultPlan {
                 http_500: 0.05,
                 http_429: 0.02,
-                // The national portal is down for five seconds early in the day.
-                outages: vec![Outage {
-                    start_ms: 4_000,
-                    end_ms: 9_000,
-                }],
+                // The outage is set when the traffic starts (below), so that it falls inside the run.
                 ..Default::default()
             },
         )),
@@ -318,8 +314,16 @@ async fn full(args: DemoArgs, run: String) -> anyhow::Result<bool> {
         println!("  faults: none (--no-faults)");
     } else {
         println!(
-            "  faults: population 10% (500/429/reset/malformed), postal 7% (500/reset), portals 5% (500/429/malformed);\n          national portal down from 4 s to 9 s"
+            "  faults: population 10% (500/429/reset/malformed), postal 7% (500/reset), portals 5% (500/429/malformed);\n          national portal down for 2.5 s, from 0.2 s into the traffic"
         );
+        // The national portal goes down while the traffic runs, whatever this machine's speed.
+        let mut plan = sims.national.faults.plan();
+        let now = sims.national.faults.elapsed_ms();
+        plan.outages = vec![Outage {
+            start_ms: now + 200,
+            end_ms: now + 2_700,
+        }];
+        sims.national.faults.set(plan);
     }
 
     let driver = traffic::Driver::new(&api, &token, &run)?;
@@ -443,6 +447,8 @@ async fn summary(
     println!("\n== Identity ==\n  {verdicts:?}");
 
     let mut states: BTreeMap<String, u64> = BTreeMap::new();
+    // Results delivered by post: each adds a "result returned" step to its dossier.
+    let mut results_delivered = 0usize;
     for id in shipments {
         let a = driver
             .send(
@@ -455,6 +461,9 @@ async fn summary(
         *states
             .entry(a.body["status"].as_str().unwrap_or("?").to_owned())
             .or_default() += 1;
+        if a.body["kind"] == "result_delivery" && a.body["status"] == "delivered" {
+            results_delivered += 1;
+        }
     }
     println!("\n== Shipments ==\n  {states:?}");
 
@@ -478,12 +487,19 @@ async fn summary(
         e.2 += u64::from(j.attempts.saturating_sub(1));
     }
     println!("\n== Deliveries (accepted → upstream confirmed) ==");
+    let step_jobs = per_kind.get("portal.step").map_or(0, |e| e.0 + e.1);
     for (kind, (done, dead, retries, lat)) in per_kind {
         println!(
             "  {kind:<17} done {done:>5}  dead {dead:>3}  retries {retries:>5}  {}",
             percentiles(lat)
         );
     }
+    let accepted_steps: usize = report.dossiers.iter().map(|d| d.steps.len()).sum();
+    let returned = results_delivered;
+    println!(
+        "  jobs and steps: each accepted step is one portal.step job per portal target ({accepted_steps} steps × 2 targets), and each result delivered by post adds a \"result returned\" step ({returned} × 2): {} expected, {step_jobs} counted. A job sends its step together with the steps queued right behind it, up to ten per call.",
+        accepted_steps * 2 + returned * 2
+    );
     let r = received.lock().unwrap_or_else(|p| p.into_inner());
     println!(
         "\n== Callbacks (signed, verified by the receiver) ==\n  {:?}; repeats {}, bad signatures {}",

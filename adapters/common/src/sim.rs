@@ -115,6 +115,11 @@ impl Faults {
         })
     }
 
+    /// Milliseconds since the simulator started: where [`Outage`] windows are counted from.
+    pub fn elapsed_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
     pub fn plan(&self) -> FaultPlan {
         self.plan.read().map(|p| p.clone()).unwrap_or_default()
     }
