@@ -178,12 +178,21 @@ pub enum JobsCommand {
         limit: usize,
     },
     /// Show one job.
-    Show { id: String },
-    /// Put a dead job back to ready with a fresh attempt budget.
-    Retry { id: String },
-    /// Take a ready or dead job out of delivery for good.
-    Discard { id: String },
-    /// Retry every dead job matching the filters, with progress.
+    Show {
+        /// The job's id: the 26-character ULID `jobs list` shows.
+        id: String,
+    },
+    /// Put a dead job back to ready with a fresh attempt budget (needs the running daemon).
+    Retry {
+        /// The job's id: the 26-character ULID `jobs list` shows.
+        id: String,
+    },
+    /// Take a ready or dead job out of delivery for good (needs the running daemon).
+    Discard {
+        /// The job's id: the 26-character ULID `jobs list` shows.
+        id: String,
+    },
+    /// Retry every dead job matching the filters, with progress (needs the running daemon).
     Replay {
         #[command(flatten)]
         filter: JobFilterArgs,
@@ -216,16 +225,18 @@ pub enum AuditCommand {
     /// Check that no line was altered, removed or reordered; exit 1 naming the first broken line.
     Verify {
         /// The audit log (`audit.path`, by default `audit.log` in the store directory).
-        #[arg(value_name = "FILE")]
+        #[arg(long, value_name = "FILE")]
         file: PathBuf,
     },
     /// List the lookups of one citizen (needs the audit key: the log holds only keyed hashes).
     Search {
+        /// The audit log (`audit.path`, by default `audit.log` in the store directory).
         #[arg(long, value_name = "FILE")]
         file: PathBuf,
         /// The audit key file (`audit.key_file`).
         #[arg(long, value_name = "FILE")]
         key_file: PathBuf,
+        /// The 12-digit number whose lookups to list.
         #[arg(long)]
         citizen_id: String,
     },
@@ -316,7 +327,7 @@ pub struct E2eBenchArgs {
     pub settle: std::time::Duration,
     /// Run the default scenario this many times, each with a fresh daemon, store and simulator, and
     /// end with a table of every run and each column's median: the machine's speed drifts from
-    /// minute to minute, and the reference figures are medians of three runs.
+    /// minute to minute, so one run alone says little.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub runs: u32,
     /// Directory for the temporary store; must be on the disk being measured (not tmpfs).

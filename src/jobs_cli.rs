@@ -85,11 +85,11 @@ pub fn open_stopped_store(
     let store = crate::queue::KvJobStore::open_read_only(dir, crate::queue::Backend::Redb, keyring)
         .map_err(|e| match e {
             crate::queue::StoreError::Locked(_) => anyhow::anyhow!(
-                "the store at {} is in use: the daemon is running; use the API (--api)",
+                "the store at {} is in use: the daemon is running; ask it instead (drop --store)",
                 dir.display()
             ),
             crate::queue::StoreError::Unclean(_) => anyhow::anyhow!(
-                "the store at {} was not closed cleanly (the daemon was killed or crashed). Start the daemon: it recovers the store and replays its write-ahead log at start, and nothing acknowledged is lost. Then use the API (--api), or stop it cleanly (SIGTERM) and read the store here",
+                "the store at {} was not closed cleanly (the daemon was killed or crashed). Start the daemon: it recovers the store and replays its write-ahead log at start, and nothing acknowledged is lost. Then ask it (drop --store), or stop it cleanly (SIGTERM) and read the store here",
                 dir.display()
             ),
             other => anyhow::anyhow!("{other}"),
@@ -149,7 +149,9 @@ async fn run_offline(args: &JobsArgs, dir: &std::path::Path) -> anyhow::Result<(
             let job = queue.get(id).await?.context("no such job")?;
             print_job(&view(&job), args.output)?;
         }
-        _ => bail!("retry, discard and replay need the running daemon: drop --store and use --api"),
+        _ => bail!(
+            "retry, discard and replay change the store: they need the running daemon (drop --store; --api names it)"
+        ),
     }
     Ok(())
 }

@@ -603,7 +603,7 @@ fn every_accepted_request_reaches_its_upstream_once_and_in_order_despite_faults(
             String::from_utf8_lossy(&out.stdout).into_owned(),
         )
     };
-    let (ok, out) = run(&["audit", "verify", log.to_str().expect("path")]);
+    let (ok, out) = run(&["audit", "verify", "--file", log.to_str().expect("path")]);
     assert!(ok && out.contains("chain intact"), "{out}");
     let entries: usize = out
         .split(": ")
