@@ -429,6 +429,8 @@ impl std::error::Error for ConfigErrors {}
 #[derive(Debug, Clone)]
 pub struct Source {
     pub path: PathBuf,
+    /// The file as written, for the line numbers of problems.
+    text: String,
     table: toml::Table,
     /// Problems worth telling but not fatal (a world-readable file holding secrets).
     warnings: Vec<String>,
@@ -495,6 +497,7 @@ impl Source {
         }
         Ok(Source {
             path: path.to_owned(),
+            text,
             table,
             warnings,
             from_env,
@@ -512,7 +515,10 @@ impl Source {
             .iter()
             .find(|(k, _)| key == k.as_str() || key.starts_with(&format!("{k}.")))
             .map(|(_, name)| format!("environment variable {name}"))
-            .unwrap_or_else(|| self.path.display().to_string())
+            .unwrap_or_else(|| match line_of(&self.text, key) {
+                Some(line) => format!("{}:{line}", self.path.display()),
+                None => self.path.display().to_string(),
+            })
     }
 
     /// The configuration as TOML with every secret replaced by `<redacted>`.
@@ -550,6 +556,53 @@ impl Source {
                 .collect(),
         ))
     }
+}
+
+/// The line of `text` where the dotted `key` is set, or else the header of the closest table that
+/// holds it (where a missing key belongs).
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    let clean = |s: &str| s.replace(['"', '\'', ' '], "");
+    let key = clean(key.split('[').next().unwrap_or(key));
+    let mut section = String::new();
+    let mut arrays: BTreeMap<String, usize> = BTreeMap::new();
+    let mut best: Option<(usize, usize)> = None;
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.starts_with('#') || t.is_empty() {
+            continue;
+        }
+        let header = if let Some(rest) = t.strip_prefix("[[") {
+            let name = clean(rest.split("]]").next().unwrap_or(""));
+            let n = arrays
+                .entry(name.clone())
+                .and_modify(|n| *n += 1)
+                .or_insert(0);
+            Some(format!("{name}.{n}"))
+        } else {
+            t.strip_prefix('[')
+                .map(|rest| clean(rest.split(']').next().unwrap_or("")))
+        };
+        if let Some(h) = header {
+            section = h;
+            if (key == section || key.starts_with(&format!("{section}.")))
+                && best.is_none_or(|(len, _)| section.len() >= len)
+            {
+                best = Some((section.len(), i + 1));
+            }
+            continue;
+        }
+        if let Some((k, _)) = t.split_once('=') {
+            let full = if section.is_empty() {
+                clean(k)
+            } else {
+                format!("{section}.{}", clean(k))
+            };
+            if full == key {
+                return Some(i + 1);
+            }
+        }
+    }
+    best.map(|(_, line)| line)
 }
 
 /// Reads and validates in one step.

@@ -56,6 +56,25 @@ fn template_placeholders_are_refused_and_a_missing_secret_names_its_variable() {
 }
 
 #[test]
+fn file_problems_carry_their_line_and_plain_type_names() {
+    let (_dir, path) = write_config(
+        "[store]\npath = \"s\"\n\n[queue]\nlease_concurrency = 3\nlane_concurrency = \"many\"\n",
+    );
+    let errors = load(&path, no_env()).expect_err("mistakes");
+    let text = errors.to_string();
+    let line = |key: &str| {
+        errors
+            .0
+            .iter()
+            .find(|e| e.key == key)
+            .map(|e| e.origin.rsplit(':').next().unwrap_or("").to_owned())
+    };
+    assert_eq!(line("queue.lane_concurrency").as_deref(), Some("7"), "{text}");
+    assert!(text.contains("expected an integer"), "{text}");
+    assert!(!text.contains("i64"), "{text}");
+}
+
+#[test]
 fn a_national_target_without_a_routing_code_is_warned_about() {
     let section = "[upstreams.portal.national]\nbase_url = \"https://dvc.h56.gov.vn\"\nusername = \"u\"\npassword = \"p\"\nagency_code = \"A\"\n";
     let (_dir, path) = write_config(&format!("[store]\npath = \"s\"\n{section}"));
@@ -211,7 +230,10 @@ listen = "localhost"
     assert!(has("api.listen", "IP:PORT"), "{found:?}");
     assert_eq!(found.len(), 4, "{found:?}");
     for e in &errors.0 {
-        assert_eq!(e.origin, path.display().to_string());
+        // The file, and the line the key is on.
+        let (file, line) = e.origin.rsplit_once(':').expect("file:line");
+        assert_eq!(file, path.display().to_string());
+        assert!(line.parse::<usize>().is_ok_and(|n| n > 0), "{}", e.origin);
     }
 }
 

@@ -53,7 +53,7 @@ pub(super) fn deserialize_all(
                 } else {
                     message
                 };
-                problems.push((path.join("."), message));
+                problems.push((path.join("."), plain_types(&message)));
                 if !remove(&mut table, &path) {
                     return None;
                 }
@@ -61,6 +61,27 @@ pub(super) fn deserialize_all(
         }
     }
     None
+}
+
+/// serde names Rust types (`expected i64`); an integrator reads TOML.
+fn plain_types(message: &str) -> String {
+    let mut out = message.to_owned();
+    for (rust, plain) in [
+        ("expected i64", "expected an integer"),
+        ("expected u64", "expected a whole number"),
+        ("expected u32", "expected a whole number"),
+        ("expected u16", "expected a whole number"),
+        ("expected u8", "expected a whole number"),
+        ("expected usize", "expected a whole number"),
+        ("expected i32", "expected an integer"),
+        ("expected f64", "expected a number"),
+        ("expected a sequence", "expected a list ([…])"),
+        ("expected a map", "expected a table"),
+        ("expected struct", "expected a table"),
+    ] {
+        out = out.replace(rust, plain);
+    }
+    out
 }
 
 fn remove(table: &mut toml::Table, path: &[String]) -> bool {

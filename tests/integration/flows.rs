@@ -660,7 +660,8 @@ fn every_accepted_request_reaches_its_upstream_once_and_in_order_despite_faults(
     assert!(cb.good.iter().any(|(t, _)| t == "dossier.sync.completed"));
     drop(cb);
 
-    // The flows' metrics moved and pass promtool.
+    // The flows' metrics moved (their format is promtool's to judge: `metrics::*`, so that this
+    // guarantee test needs no tool beyond the toolchain).
     let metrics = w.rt.block_on(async {
         reqwest::get(format!("http://{ops}/metrics"))
             .await
@@ -669,8 +670,6 @@ fn every_accepted_request_reaches_its_upstream_once_and_in_order_despite_faults(
             .await
             .expect("text")
     });
-    let (ok, out) = super::metrics::promtool_check(&metrics);
-    assert!(ok, "promtool: {out}");
     let value = |prefix: &str| -> f64 {
         metrics
             .lines()

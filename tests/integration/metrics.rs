@@ -203,7 +203,7 @@ fn the_alert_rules_pass_promtool_check_and_their_unit_tests() {
         .args(["check", "rules", "alerts.yml"])
         .current_dir(&dir)
         .output()
-        .expect("promtool");
+        .expect("promtool is needed for this test: install Debian's `prometheus` package (.ci/run does)");
     assert!(
         check.status.success(),
         "{}",
@@ -213,7 +213,7 @@ fn the_alert_rules_pass_promtool_check_and_their_unit_tests() {
         .args(["test", "rules", "alerts.test.yml"])
         .current_dir(&dir)
         .output()
-        .expect("promtool");
+        .expect("promtool is needed for this test: install Debian's `prometheus` package (.ci/run does)");
     assert!(
         test.status.success(),
         "{}{}",
