@@ -69,9 +69,29 @@ fn file_problems_carry_their_line_and_plain_type_names() {
             .find(|e| e.key == key)
             .map(|e| e.origin.rsplit(':').next().unwrap_or("").to_owned())
     };
-    assert_eq!(line("queue.lane_concurrency").as_deref(), Some("7"), "{text}");
+    assert_eq!(
+        line("queue.lane_concurrency").as_deref(),
+        Some("7"),
+        "{text}"
+    );
     assert!(text.contains("expected an integer"), "{text}");
     assert!(!text.contains("i64"), "{text}");
+}
+
+#[test]
+fn a_vnpost_endpoint_may_be_a_whole_url_held_to_the_upstream_rule() {
+    let section = "[upstreams.postal]\nbase_url = \"https://api.vnpost.vn\"\ncustomer_code = \"C\"\ncustomer_key = \"k\"\nsecret_key = \"s\"\n";
+    let (_dir, path) = write_config(&format!(
+        "[store]\npath = \"s\"\n{section}token_path = \"https://auth.vnpost.vn/token\"\n"
+    ));
+    let settings = load(&path, no_env()).expect("valid");
+    let postal = settings.upstreams.postal.expect("postal");
+    assert_eq!(postal.profile.token_path, "https://auth.vnpost.vn/token");
+    let (_dir, path) = write_config(&format!(
+        "[store]\npath = \"s\"\n{section}token_path = \"http://auth.vnpost.vn/token\"\n"
+    ));
+    let errors = load(&path, no_env()).expect_err("plain http");
+    assert_eq!(errors.0[0].key, "upstreams.postal.token_path");
 }
 
 #[test]

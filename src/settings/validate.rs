@@ -485,6 +485,23 @@ impl Checker<'_> {
         }
     }
 
+    /// A path on the upstream's `base_url`, or a whole URL of its own (VNPost's gateways put the token,
+    /// order, cancel and tracking endpoints on different hosts), held to the upstream URL rule.
+    fn endpoint_value(
+        &mut self,
+        key: &str,
+        value: Option<&String>,
+        default: &str,
+        allow_http: Option<bool>,
+    ) -> String {
+        match value {
+            Some(url) if url.starts_with("http://") || url.starts_with("https://") => self
+                .upstream_url(key, Some(url), allow_http)
+                .map_or_else(|| default.to_owned(), |u| u.to_string()),
+            _ => self.path_value(key, value, default),
+        }
+    }
+
     fn header_name(&mut self, key: &str, value: Option<&String>, default: &str) -> String {
         match value {
             None => default.to_owned(),
@@ -920,25 +937,29 @@ pub(super) fn settings(raw: RawSettings, base_dir: &Path, problems: &mut Problem
             }
         }
         let profile = dvc_postal::client::Profile {
-            token_path: c.path_value(
+            token_path: c.endpoint_value(
                 &format!("{s}.token_path"),
                 p.token_path.as_ref(),
                 &d.token_path,
+                p.allow_insecure_http,
             ),
-            order_path: c.path_value(
+            order_path: c.endpoint_value(
                 &format!("{s}.order_path"),
                 p.order_path.as_ref(),
                 &d.order_path,
+                p.allow_insecure_http,
             ),
-            cancel_path: c.path_value(
+            cancel_path: c.endpoint_value(
                 &format!("{s}.cancel_path"),
                 p.cancel_path.as_ref(),
                 &d.cancel_path,
+                p.allow_insecure_http,
             ),
-            tracking_path: c.path_value(
+            tracking_path: c.endpoint_value(
                 &format!("{s}.tracking_path"),
                 p.tracking_path.as_ref(),
                 &d.tracking_path,
+                p.allow_insecure_http,
             ),
             success_status: p.success_status.unwrap_or(d.success_status),
             already_exists_statuses: p

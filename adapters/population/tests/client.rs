@@ -444,6 +444,7 @@ async fn the_simulator_refuses_a_planted_violation_and_the_ledger_names_it() {
 /// for element (the request id is fresh per call, so only its form is compared).
 #[tokio::test]
 async fn the_client_sends_what_the_hand_written_fixtures_say() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let fixture = |name: &str| {
         std::fs::read(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -439,6 +439,7 @@ async fn the_simulator_refuses_a_planted_violation_and_the_ledger_names_it() {
 /// What the client sends, captured on the wire, is each hand-written fixture field for field.
 #[tokio::test]
 async fn the_client_sends_what_the_hand_written_fixtures_say() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let fixture = |name: &str| -> serde_json::Value {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../fixtures/portal")

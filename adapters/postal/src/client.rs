@@ -71,7 +71,11 @@ impl PostalConfig {
         }
     }
 
+    /// Where an endpoint is: a path on `base_url`, or a whole URL of its own.
     fn url(&self, path: &str) -> String {
+        if path.starts_with("https://") || path.starts_with("http://") {
+            return path.to_owned();
+        }
         format!("{}{path}", self.base_url.trim_end_matches('/'))
     }
 }

@@ -407,6 +407,7 @@ async fn the_simulator_refuses_a_planted_violation_and_the_ledger_names_it() {
 /// field: no district when none is known, `CODAmount` a number.
 #[tokio::test]
 async fn the_client_sends_what_the_hand_written_fixtures_say() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let capture = dvc_upstream::sim::Capture::start(|request| match request.path.as_str() {
         "/token" => (
             200,
@@ -509,4 +510,44 @@ async fn the_client_sends_what_the_hand_written_fixtures_say() {
         .find(|r| r.path == "/order/tracking")
         .expect("tracking");
     assert_eq!(tracking.query, fixture("tracking-request.query").trim());
+}
+
+/// Each endpoint may live on a host of its own: a whole URL in place of a path is used as it is.
+#[tokio::test]
+async fn an_endpoint_given_as_a_whole_url_is_called_there() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tokens = dvc_upstream::sim::Capture::start(|_| {
+        (
+            200,
+            r#"{"access_token":"t","token_type":"Bearer","expires_in":3600}"#.into(),
+        )
+    })
+    .await;
+    let orders = dvc_upstream::sim::Capture::start(|_| {
+        (
+            201,
+            r#"{"Status":100,"Message":"ok","ItemCode":"EB000000014VN"}"#.into(),
+        )
+    })
+    .await;
+    let mut config = PostalConfig::new(orders.base_url(), "DVCDEV01", "dev-customer", "dev-secret");
+    config.profile.token_path = format!("{}/oauth/token", tokens.base_url());
+    let c = PostalClient::new(config).expect("client");
+    c.create_order(&order("URL-1")).await.expect("created");
+    assert_eq!(
+        tokens
+            .requests()
+            .iter()
+            .map(|r| r.path.clone())
+            .collect::<Vec<_>>(),
+        ["/oauth/token"]
+    );
+    assert_eq!(
+        orders
+            .requests()
+            .iter()
+            .map(|r| r.path.clone())
+            .collect::<Vec<_>>(),
+        ["/order/post"]
+    );
 }
