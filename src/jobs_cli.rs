@@ -302,23 +302,29 @@ async fn replay(
 }
 
 fn print_table(jobs: &[Value]) {
-    println!(
-        "{:<26}  {:<9}  {:<14}  {:<16}  {:<22}  {:>4}  LAST ERROR",
-        "ID", "STATE", "KIND", "TARGET", "DOSSIER", "TRY"
-    );
+    let mut table = crate::table::new([
+        "ID",
+        "STATE",
+        "KIND",
+        "TARGET",
+        "DOSSIER",
+        "TRY",
+        "LAST ERROR",
+    ]);
     for j in jobs {
         let s = |k: &str| j[k].as_str().unwrap_or("").to_owned();
-        println!(
-            "{:<26}  {:<9}  {:<14}  {:<16}  {:<22}  {:>4}  {}",
+        table.add_row(vec![
             s("id"),
             s("state"),
             s("kind"),
             s("target"),
             s("dossier_code"),
-            j["attempts"].as_u64().unwrap_or(0),
-            j["last_error"]["code"].as_str().unwrap_or("")
-        );
+            j["attempts"].as_u64().unwrap_or(0).to_string(),
+            j["last_error"]["code"].as_str().unwrap_or("").to_owned(),
+        ]);
     }
+    crate::table::right_align(&mut table, &[5]);
+    println!("{table}");
     println!("{} jobs", jobs.len());
 }
 

@@ -21,6 +21,7 @@
 //! - [`audit`]: the hash-chained audit log of population-DB lookups, and `dvc-connector audit …`.
 //! - [`demo`]: `dvc-connector demo`, the simulators, the daemon and a day of traffic in one process.
 //! - [`upstreams`]: the upstream clients (`adapters/`) built from settings at start-up.
+//! - `table`: the CLI's aligned tables.
 //! - `serve`: the listeners' accept loop — connection limit, header-read and idle timeouts, the
 //!   client's address for each request.
 //! - [`telemetry`]: logging; [`tls`]: the rustls crypto provider; `hex`: lowercase hex of digests.
@@ -43,6 +44,7 @@ mod serve;
 pub mod settings;
 pub mod simulate;
 pub mod status;
+mod table;
 pub mod telemetry;
 pub mod tls;
 pub mod upstreams;

@@ -219,8 +219,7 @@ fn print(base: &str, v: &StatusView) {
         }
     );
     println!();
-    println!(
-        "{:<20} {:<12} {:>7} {:>7} {:>6} {:>16} {:>9} {:>10} {:>9}  RETRIED (by class)",
+    let mut table = crate::table::new([
         "LANE",
         "STATE",
         "READY",
@@ -229,8 +228,9 @@ fn print(base: &str, v: &StatusView) {
         "BLOCKED BY DEAD",
         "OVERDUE",
         "DELIVERED",
-        "IN FLIGHT"
-    );
+        "IN FLIGHT",
+        "RETRIED (by class)",
+    ]);
     for (lane, l) in &v.lanes {
         let retried = l
             .retried_total
@@ -242,21 +242,21 @@ fn print(base: &str, v: &StatusView) {
             Some(r) => format!("{} ({r})", l.state),
             None => l.state.clone(),
         };
-        let blocked = format!("{} in {} keys", l.blocked_jobs, l.blocked_keys);
-        println!(
-            "{:<20} {:<12} {:>7} {:>7} {:>6} {:>16} {:>8.0}s {:>10} {:>9}  {}",
-            lane,
+        table.add_row(vec![
+            lane.clone(),
             state,
-            l.ready,
-            l.leased,
-            l.dead,
-            blocked,
-            l.oldest_due_seconds,
-            l.completed_total,
-            l.in_flight,
-            retried
-        );
+            l.ready.to_string(),
+            l.leased.to_string(),
+            l.dead.to_string(),
+            format!("{} in {} keys", l.blocked_jobs, l.blocked_keys),
+            format!("{:.0}s", l.oldest_due_seconds),
+            l.completed_total.to_string(),
+            l.in_flight.to_string(),
+            retried,
+        ]);
     }
+    crate::table::right_align(&mut table, &[2, 3, 4, 5, 6, 7, 8]);
+    println!("{table}");
     if !v.dead_lettered_total.is_empty() {
         println!();
         println!("dead-lettered since start (lane, reason):");
