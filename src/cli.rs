@@ -95,16 +95,21 @@ pub struct JobsArgs {
     /// `table` for people, `json` for scripts.
     #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
-    /// Read a stopped daemon's store directly (read-only; redb backend) instead of calling the API.
-    #[arg(long, global = true, value_name = "DIR")]
-    pub store: Option<PathBuf>,
-    /// With --store: the store's encryption key files (`store.encryption_key_files`), newest first.
-    #[arg(long, global = true, value_name = "FILE")]
-    pub key_file: Vec<PathBuf>,
     #[command(flatten)]
     pub tls: ClientTlsArgs,
     #[command(subcommand)]
     pub command: JobsCommand,
+}
+
+/// The read-only way in, offered only by the commands that read (`list`, `show`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct OfflineStoreArgs {
+    /// Read a stopped daemon's store directly (read-only; redb backend) instead of calling the API.
+    #[arg(long, value_name = "DIR")]
+    pub store: Option<PathBuf>,
+    /// With --store: the store's encryption key files (`store.encryption_key_files`), newest first.
+    #[arg(long, value_name = "FILE", requires = "store")]
+    pub key_file: Vec<PathBuf>,
 }
 
 /// How the CLI reaches a daemon whose listener serves TLS (`[api.tls]` / `[ops.tls]`).
@@ -176,11 +181,15 @@ pub enum JobsCommand {
         /// At most this many jobs (all pages are followed up to it).
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        #[command(flatten)]
+        offline: OfflineStoreArgs,
     },
     /// Show one job.
     Show {
         /// The job's id: the 26-character ULID `jobs list` shows.
         id: String,
+        #[command(flatten)]
+        offline: OfflineStoreArgs,
     },
     /// Put a dead job back to ready with a fresh attempt budget (needs the running daemon).
     Retry {

@@ -108,9 +108,13 @@ pub fn open_stopped_store(
     ))
 }
 
-async fn run_offline(args: &JobsArgs, dir: &std::path::Path) -> anyhow::Result<()> {
+async fn run_offline(
+    args: &JobsArgs,
+    dir: &std::path::Path,
+    key_files: &[std::path::PathBuf],
+) -> anyhow::Result<()> {
     use crate::queue::{JobFilter, JobId, JobState};
-    let queue = open_stopped_store(dir, &args.key_file)?;
+    let queue = open_stopped_store(dir, key_files)?;
     let view = |j: &crate::queue::Job| {
         serde_json::to_value(crate::api::JobView::from(j)).unwrap_or(Value::Null)
     };
@@ -119,6 +123,7 @@ async fn run_offline(args: &JobsArgs, dir: &std::path::Path) -> anyhow::Result<(
             state,
             filter,
             limit,
+            ..
         } => {
             let state = match state {
                 None => None,
@@ -144,22 +149,23 @@ async fn run_offline(args: &JobsArgs, dir: &std::path::Path) -> anyhow::Result<(
                 Output::Table => print_table(&jobs),
             }
         }
-        JobsCommand::Show { id } => {
+        JobsCommand::Show { id, .. } => {
             let id = JobId::from_string(id).context("not a job id")?;
             let job = queue.get(id).await?.context("no such job")?;
             print_job(&view(&job), args.output)?;
         }
-        _ => bail!(
-            "retry, discard and replay change the store: they need the running daemon (drop --store; --api names it)"
-        ),
+        // Only `list` and `show` take --store; `run` sends nothing else here.
+        _ => bail!("only list and show read a stopped daemon's store"),
     }
     Ok(())
 }
 
 pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
     crate::tls::install_crypto_provider();
-    if let Some(dir) = &args.store {
-        return run_offline(&args, dir).await;
+    if let JobsCommand::List { offline, .. } | JobsCommand::Show { offline, .. } = &args.command
+        && let Some(dir) = &offline.store
+    {
+        return run_offline(&args, dir, &offline.key_file).await;
     }
     let token = args
         .token
@@ -175,6 +181,7 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
             state,
             filter,
             limit,
+            ..
         } => {
             let mut query = filters(filter);
             if let Some(s) = state {
@@ -186,7 +193,7 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
                 Output::Table => print_table(&jobs),
             }
         }
-        JobsCommand::Show { id } => {
+        JobsCommand::Show { id, .. } => {
             let job = api
                 .call(reqwest::Method::GET, &format!("/v1/jobs/{id}"), &[])
                 .await?;

@@ -1550,13 +1550,13 @@ fn with_a_key_configured_no_citizen_data_is_in_the_store_files_in_clear() {
             let jobs = |extra: &[&str]| {
                 let mut args = vec![
                     "jobs",
+                    "list",
                     "--store",
                     store.to_str().expect("path"),
                     "--output",
                     "json",
                 ];
                 args.extend_from_slice(extra);
-                args.push("list");
                 std::process::Command::new(super::helpers::binary())
                     .args(&args)
                     .output()
