@@ -261,20 +261,15 @@ fn check_party(
         }
         (None, _) => None,
     };
-    let district_code = p
-        .district_code
-        .as_deref()
-        .map(str::trim)
-        .filter(|d| !d.is_empty());
-    if let Some(d) = district_code
-        && !(d.len() <= 5 && d.bytes().all(|b| b.is_ascii_digit()))
-    {
-        faults.push(invalid(
-            district,
-            "invalid_admin_code",
-            "a district code (up to 5 digits), only when known",
-        ));
-    }
+    let district_code =
+        dvc_upstream::admin::district(p.district_code.as_deref()).unwrap_or_else(|_| {
+            faults.push(invalid(
+                district,
+                "invalid_admin_code",
+                "a district code (up to 5 digits), only when known",
+            ));
+            None
+        });
     Party {
         name: p.name.trim().to_owned(),
         phone: p.phone.trim().to_owned(),

@@ -1162,13 +1162,13 @@ pub(super) fn settings(raw: RawSettings, base_dir: &Path, problems: &mut Problem
 fn flows(c: &mut Checker<'_>, raw: &RawFlows) -> FlowSettings {
     let i = &raw.identity;
     let default_mode = match i.default_mode.as_deref() {
-        None => crate::flows::identity::Mode::Exists,
-        Some(m) => crate::flows::identity::Mode::parse(m).unwrap_or_else(|| {
+        None => super::IdentityMode::Exists,
+        Some(m) => super::IdentityMode::parse(m).unwrap_or_else(|| {
             c.fail(
                 "flows.identity.default_mode",
                 format!("`{m}`: expected \"exists\" or \"full\""),
             );
-            crate::flows::identity::Mode::Exists
+            super::IdentityMode::Exists
         }),
     };
     let identity = IdentityFlowSettings {
@@ -1212,19 +1212,16 @@ fn flows(c: &mut Checker<'_>, raw: &RawFlows) -> FlowSettings {
             },
             _ => None,
         };
-        let district_code = s
-            .district_code
-            .as_deref()
-            .map(str::trim)
-            .filter(|d| !d.is_empty());
-        if let Some(d) = district_code
-            && !(d.len() <= 5 && d.bytes().all(|b| b.is_ascii_digit()))
-        {
-            c.fail(
-                "flows.postal.sender.district_code",
-                format!("`{d}`: a district code (up to 5 digits); leave the key out when unknown"),
-            );
-        }
+        let district_code = dvc_upstream::admin::district(s.district_code.as_deref())
+            .unwrap_or_else(|d| {
+                c.fail(
+                    "flows.postal.sender.district_code",
+                    format!(
+                        "`{d}`: a district code (up to 5 digits); leave the key out when unknown"
+                    ),
+                );
+                None
+            });
         Some(Sender {
             name: name?,
             phone: phone?,

@@ -67,6 +67,16 @@ pub struct Catalogue {
     legacy: HashMap<u16, u16>,
 }
 
+/// A district code as given: `Ok(None)` when absent or blank (districts are optional since 2025),
+/// `Ok(Some(code))` for up to 5 digits, else `Err` with the trimmed value.
+pub fn district(raw: Option<&str>) -> Result<Option<&str>, &str> {
+    match raw.map(str::trim).filter(|d| !d.is_empty()) {
+        None => Ok(None),
+        Some(d) if d.len() <= 5 && d.bytes().all(|b| b.is_ascii_digit()) => Ok(Some(d)),
+        Some(d) => Err(d),
+    }
+}
+
 /// The catalogue built into the binary.
 pub fn catalogue() -> &'static Catalogue {
     static CATALOGUE: OnceLock<Catalogue> = OnceLock::new();
