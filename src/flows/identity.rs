@@ -39,32 +39,9 @@ pub const AUDIT_UNAVAILABLE: &str = "audit_unavailable";
 const BY_DOSSIER: &str = "verification_dossier";
 const CACHE: &str = "verdict_cache";
 
-/// Which population DB operation answers the request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    /// `XacThucThongTinCongDan`: does a citizen with this number and name exist?
-    Exists,
-    /// `XacMinhThongTinNhanThan`: the record, compared field by field.
-    Full,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Exists => "exists",
-            Mode::Full => "full",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Mode> {
-        match s {
-            "exists" => Some(Mode::Exists),
-            "full" => Some(Mode::Full),
-            _ => None,
-        }
-    }
-}
+/// Which population DB operation answers the request (defined with the settings, which pick the
+/// default).
+pub use crate::settings::IdentityMode as Mode;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

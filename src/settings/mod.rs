@@ -58,7 +58,7 @@ pub struct FlowSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdentityFlowSettings {
     /// `exists` (XacThucThongTinCongDan) or `full` (XacMinhThongTinNhanThan) when a request names none.
-    pub default_mode: crate::flows::identity::Mode,
+    pub default_mode: IdentityMode,
     /// Identical requests within this window are answered from the previous verdict.
     pub cache_window: Duration,
     /// `MaTichHop` and `MaDonVi` of full-record lookups.
@@ -773,6 +773,33 @@ fn redact(table: &mut toml::Table) {
                 }
             }
             _ => {}
+        }
+    }
+}
+
+/// Which population DB operation answers the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentityMode {
+    /// `XacThucThongTinCongDan`: does a citizen with this number and name exist?
+    Exists,
+    /// `XacMinhThongTinNhanThan`: the record, compared field by field.
+    Full,
+}
+
+impl IdentityMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentityMode::Exists => "exists",
+            IdentityMode::Full => "full",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<IdentityMode> {
+        match s {
+            "exists" => Some(IdentityMode::Exists),
+            "full" => Some(IdentityMode::Full),
+            _ => None,
         }
     }
 }
