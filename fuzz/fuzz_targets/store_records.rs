@@ -5,7 +5,11 @@ use dvc_connector::queue::Job;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     if let Ok(job) = Job::decode(data) {
-        assert_eq!(Job::decode(&job.encode()).as_ref(), Ok(&job), "job round trip");
+        assert_eq!(
+            Job::decode(&job.encode()).as_ref(),
+            Ok(&job),
+            "job round trip"
+        );
     }
     dvc_connector::flows::dossier::fuzz_state_records(data);
 });
