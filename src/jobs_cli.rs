@@ -89,17 +89,11 @@ pub fn open_stopped_store(
                 dir.display()
             ),
             crate::queue::StoreError::Unclean(_) => anyhow::anyhow!(
-                "the store at {} was not closed cleanly (the daemon was killed or crashed). Start the daemon: it recovers the store and replays its write-ahead log at start, and nothing acknowledged is lost. Then ask it (drop --store), or stop it cleanly (SIGTERM) and read the store here",
+                "the store at {} was not closed cleanly (the daemon was killed or crashed). Start the daemon: it recovers the store at start, and nothing acknowledged is lost. Then ask it (drop --store), or stop it cleanly (SIGTERM) and read the store here",
                 dir.display()
             ),
             other => anyhow::anyhow!("{other}"),
         })?;
-    let unreplayed = store.unreplayed_batches();
-    if unreplayed > 0 {
-        eprintln!(
-            "warning: the last {unreplayed} batch(es) of changes are in the store's write-ahead log, which only the daemon replays: start it once to see them here"
-        );
-    }
     Ok(crate::queue::Queue::new(
         Arc::new(store),
         Arc::new(crate::queue::TokioClock::new()),

@@ -615,20 +615,11 @@ client_secret = "s"
     }
 
     #[tokio::test]
-    async fn an_idempotent_replay_is_answered_only_once_the_store_can_vouch_it_is_durable() {
+    async fn a_commit_that_landed_but_was_never_answered_is_replayed_from_the_store_after_a_restart()
+     {
         let dir = tempfile::tempdir().expect("tempdir");
-        // The first commit succeeds; the store's next batch fails as a failing disk would. The replay
-        // reads the stored 202 fine, but must not repeat it without the durability barrier.
-        let queue = open_queue(
-            &dir.path().join("store"),
-            Some(CrashPlan::new(
-                CrashPoint::BeforeCommit,
-                2,
-                CrashAction::Halt,
-            )),
-        );
-        let (addr, server) = serve_portal_api(dir.path(), &queue).await;
-        let put = || {
+        let store_dir = dir.path().join("store");
+        let put = |addr: std::net::SocketAddr| {
             reqwest::Client::new()
                 .put(format!("http://{addr}/v1/dossiers/H56-0001"))
                 .bearer_auth("test")
@@ -636,11 +627,46 @@ client_secret = "s"
                 .json(&serde_json::json!({"procedure_code": "1.1", "status": "new"}))
                 .send()
         };
-        assert_eq!(put().await.expect("request").status().as_u16(), 202);
-        let replay = put().await.expect("request");
-        assert_eq!(replay.status().as_u16(), 503);
-        let body: serde_json::Value = replay.json().await.expect("json");
-        assert_eq!(body["code"], "store_unavailable");
+        // The first commit reaches the disk and the store stops before anyone is answered, as a
+        // process killed at that moment would.
+        let queue = open_queue(
+            &store_dir,
+            Some(CrashPlan::new(
+                CrashPoint::AfterCommit,
+                1,
+                CrashAction::Halt,
+            )),
+        );
+        let (addr, server) = serve_portal_api(dir.path(), &queue).await;
+        let first = put(addr).await.expect("request");
+        assert_eq!(first.status().as_u16(), 503, "never acknowledged");
+        server.abort();
+        let _ = server.await;
+        drop(queue);
+
+        let queue = open_queue(&store_dir, None);
+        let (addr, server) = serve_portal_api(dir.path(), &queue).await;
+        let replay = put(addr).await.expect("request");
+        assert_eq!(replay.status().as_u16(), 202);
+        assert_eq!(
+            replay
+                .headers()
+                .get("idempotent-replayed")
+                .and_then(|v| v.to_str().ok()),
+            Some("true"),
+            "the retry is answered from the stored, durable answer, not committed twice"
+        );
+        assert_eq!(
+            queue
+                .counts()
+                .await
+                .expect("counts")
+                .iter()
+                .map(|c| c.ready)
+                .sum::<u64>(),
+            1,
+            "one dossier job, not two"
+        );
         server.abort();
         let _ = server.await;
     }

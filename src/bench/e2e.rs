@@ -125,7 +125,12 @@ fn rss_mib(pid: u32) -> (f64, f64) {
 
 /// The daemon's configuration: its defaults, but for what the benchmark needs (loopback addresses, the
 /// store under `dir`, no rate limit, fast retries) and the lane concurrency if one is asked for.
-fn config(dir: &Path, portal: &str, concurrency: Option<usize>) -> anyhow::Result<PathBuf> {
+fn config(
+    dir: &Path,
+    portal: &str,
+    concurrency: Option<usize>,
+    backend: &str,
+) -> anyhow::Result<PathBuf> {
     let hash = crate::hex::encode(&sha2::Sha256::digest(TOKEN.as_bytes()));
     let path = dir.join("bench.toml");
     std::fs::write(
@@ -142,6 +147,7 @@ scopes = ["portal", "admin"]
 [ops]
 listen = "127.0.0.1:0"
 [store]
+backend = "{backend}"
 path = "{store}"
 # A key made beside the store: encryption at rest as in production, without a key file to provision.
 encryption = "generated"
@@ -489,7 +495,12 @@ async fn scenario(args: &E2eBenchArgs) -> anyhow::Result<Figures> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let sim = dvc_portal::simulator::Simulator::new(Default::default());
     let portal = dvc_upstream::sim::serve(listener, dvc_portal::simulator::router(sim.clone()))?;
-    let config = config(tmp.path(), &portal.base_url(), args.lane_concurrency)?;
+    let config = config(
+        tmp.path(),
+        &portal.base_url(),
+        args.lane_concurrency,
+        &args.store,
+    )?;
     // As the daemon will read it: it inherits this process's environment, overrides included.
     let lane_concurrency = crate::settings::load(&config, std::env::vars())
         .context("the benchmark's daemon config")?
@@ -689,7 +700,7 @@ async fn backlog(args: &E2eBenchArgs, dir: &Path) -> anyhow::Result<()> {
         }],
         ..Default::default()
     });
-    let config = config(&dir, &portal.base_url(), args.lane_concurrency)?;
+    let config = config(&dir, &portal.base_url(), args.lane_concurrency, &args.store)?;
     let (daemon, _) = Daemon::start(&config).await?;
     let events = 9;
     let dossiers = args.backlog.div_ceil(events + 1);
@@ -757,7 +768,7 @@ mod tests {
     #[test]
     fn the_daemon_under_test_has_a_valid_config_without_a_rate_limit() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = config(dir.path(), "http://127.0.0.1:9", Some(4)).expect("config");
+        let path = config(dir.path(), "http://127.0.0.1:9", Some(4), "redb").expect("config");
         let settings = crate::settings::load(&path, Vec::new()).expect("the bench config is valid");
         // A limit would cap what is measured: the million-job backlog is sent faster than the default.
         assert_eq!(settings.api.rate_limit, 0);
@@ -767,7 +778,7 @@ mod tests {
     #[test]
     fn without_a_lane_concurrency_the_daemon_runs_with_its_default() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = config(dir.path(), "http://127.0.0.1:9", None).expect("config");
+        let path = config(dir.path(), "http://127.0.0.1:9", None, "redb").expect("config");
         let settings = crate::settings::load(&path, Vec::new()).expect("the bench config is valid");
         // The documented default (docs/CONFIGURATION.md), as in production.
         assert_eq!(settings.queue.lane_concurrency, 16);

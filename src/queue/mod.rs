@@ -237,11 +237,6 @@ impl Queue {
             .await
     }
 
-    /// Waits until everything committed so far is durable ([`JobStore::barrier`]).
-    pub async fn barrier(&self) -> Result<(), StoreError> {
-        self.inner.store.barrier().await
-    }
-
     pub async fn records(
         &self,
         collection: &'static str,

@@ -41,6 +41,11 @@ pub enum StoreError {
         "store at {0} was not closed cleanly (its daemon was killed or crashed); the daemon recovers it when it starts"
     )]
     Unclean(String),
+    /// Only the daemon upgrades a store written by an earlier format; a read-only opener cannot.
+    #[error(
+        "store at {0} was written by an earlier version of dvc-connector; start the daemon once (it upgrades the store), then read it here"
+    )]
+    NeedsUpgrade(String),
     #[error("store record is corrupt: {0}")]
     Corrupt(String),
 }
@@ -380,13 +385,4 @@ pub trait JobStore: Send + Sync + Debug {
 
     /// Bytes the store occupies on disk.
     fn size_on_disk(&self) -> u64;
-
-    /// Returns once every change committed before the call is durable. The embedded stores let
-    /// readers see a batch while its log record is still being synced; a caller about to repeat an
-    /// acknowledgement it *read* (an idempotent replay) waits here first, so that it never acknowledges
-    /// what a crash could still take back. A store whose readers see only durable changes has nothing
-    /// to wait for.
-    fn barrier(&self) -> StoreFuture<'_, ()> {
-        Box::pin(async { Ok(()) })
-    }
 }

@@ -81,6 +81,10 @@ macro_rules! each_backend {
             async fn sled() {
                 run(Backend::Sled).await
             }
+            #[tokio::test]
+            async fn fjall() {
+                run(Backend::Fjall).await
+            }
         }
     };
 }

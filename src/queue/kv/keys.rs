@@ -7,7 +7,7 @@ use crate::queue::job::{JobId, JobState, Millis};
 use crate::queue::store::StoreError;
 
 /// The logical tables. redb keeps each in its own table; sled keeps all in one tree, prefixed by `tag`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) enum Table {
     /// id → job record.
     Jobs,

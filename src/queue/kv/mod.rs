@@ -3,7 +3,7 @@
 //!
 //! # Layout on disk
 //! `<store dir>/STORE` names the backend and the format version; the engine's files sit beside it
-//! (`queue.redb`, or `sled/`), and for redb so does the write-ahead log (`queue.wal`, `queue.1.wal`). The tables and their key layout are described in [`keys`]. `Meta` holds
+//! (`queue.redb`, or `sled/`). The tables and their key layout are described in [`keys`]. `Meta` holds
 //! `format_version`, the next commit sequence number and a counter per (lane, state).
 //!
 //! # Invariants
@@ -15,28 +15,22 @@
 //!
 //! # Group commit
 //! One writer thread owns all writes. It takes every operation waiting in its channel (up to
-//! [`MAX_BATCH`]), applies them as one batch (sled: one engine transaction), and hands its answers to the
-//! *syncer* thread together with what the commit still needs to be durable (redb: an `fdatasync` of
-//! its write-ahead log record, [`wal`] — the batch itself lands in memory, [`memtable`], and reaches
-//! redb at the next checkpoint; sled syncs its own log inside the commit, so nothing). The
-//! writer goes on with the next batch while the disk syncs this one; the syncer takes every batch
-//! waiting, covers them with one sync, and only then answers their callers, in commit order. Concurrent
-//! callers therefore share fsyncs, no caller hears "ok" before its change is on disk, and nobody hears
-//! of a change before every change committed ahead of it is on disk too (a lease of a job is never
-//! answered before the job's enqueue is durable). A storage failure fails the whole batch and nothing
-//! of it is applied; a failed sync fails every batch waiting on it, and the store takes no more writes.
+//! [`MAX_BATCH`]), applies them in one engine transaction and commits it durably (the engine's own
+//! fsync), then answers their callers in order. Concurrent callers therefore share one commit and one
+//! fsync, and nobody hears "ok" before their change is on disk. Readers use the engine's snapshots,
+//! which hold only committed — that is, durable — changes. A storage failure fails the whole batch and
+//! nothing of it is applied.
 
+mod fjall;
 mod keys;
-mod memtable;
+mod legacy;
 mod ops;
+mod overlay;
 mod redb;
 mod seal;
 mod sled;
-mod wal;
 
 pub use self::seal::Keyring;
-
-use self::wal::Flush;
 
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
@@ -54,26 +48,25 @@ use super::store::{
     Leased, Record, StoreError, StoreFuture, Transition,
 };
 
-/// The on-disk format this build writes. Version 2 added the write-ahead log (`queue.wal`); version 3 its
-/// second file (`queue.1.wal`), which holds acknowledged batches the engine does not have yet just as
-/// the first does; version 4 writes a job's header in binary instead of JSON ([`Job::encode`]), and
-/// reads the JSON headers of earlier versions until their jobs are next written. An older store
-/// (version 1: no log; 2: one file; 3: JSON headers) is upgraded in place when opened for writing. A
-/// build that knows only older versions refuses a newer store, so it cannot ignore a log file it does
-/// not know about or misread a record.
-pub const FORMAT_VERSION: u32 = 4;
+/// The on-disk format this build writes. Version 5 has no write-ahead log of its own: every batch is
+/// a durable engine commit. Versions 2–4 kept one in front of redb (`queue.wal`, `queue.1.wal`);
+/// opening such a store for writing writes the batches the log holds into redb and removes the log
+/// files ([`legacy`]). Version 4 introduced the binary job header ([`Job::encode`]); the JSON headers
+/// of versions 1–3 are still read until their jobs are next written. A build that knows only older
+/// versions refuses a newer store.
+pub const FORMAT_VERSION: u32 = 5;
 
 /// Versions this build opens.
 fn readable(version: &str) -> bool {
-    matches!(version, "1" | "2" | "3") || version == FORMAT_VERSION.to_string()
+    version
+        .parse::<u32>()
+        .is_ok_and(|v| (1..=FORMAT_VERSION).contains(&v))
 }
 
 /// Page cache of either engine unless `store.cache` says otherwise (both engines default to 1 GiB).
-/// The daemon must stay within 64 MiB idle and
-/// 256 MiB holding a million jobs; jobs live on disk and only hot index pages need caching. The cache
-/// stays full once a large backlog has passed through, and costs ≈ 1.3× its size in RSS: idle again
-/// after a million-job drain the daemon held 65.8–66.6 MiB with 32 MiB, 55.1–55.4 MiB with 24 MiB. The
-/// drain with 24 MiB was 22.5–29.3k events/s against 24.7–27.8k with 32 (docs/BENCHMARKS.md, 2026-12-07).
+/// The daemon must stay within 64 MiB idle and 256 MiB holding a million jobs; jobs live on disk and
+/// only hot index pages need caching. The cache stays full once a large backlog has passed through and
+/// costs about 1.3× its size in RSS, so 32 MiB would leave the daemon above 64 MiB when idle again.
 pub const CACHE_BYTES: usize = 24 << 20;
 
 /// Most operations applied in one transaction.
@@ -93,39 +86,9 @@ pub(crate) trait KvRead {
         to: Option<&[u8]>,
         limit: usize,
     ) -> Result<Entries, StoreError>;
-    /// Whether any entry has `from <= key < to`; the layers over the engine answer it without
-    /// collecting an entry.
+    /// Whether any entry has `from <= key < to`.
     fn any(&self, table: Table, from: &[u8], to: Option<&[u8]>) -> Result<bool, StoreError> {
         Ok(!self.scan(table, from, to, 1)?.is_empty())
-    }
-    /// Visits the entries with `from <= key < to` in key order until `visit` answers false. An
-    /// engine that can lends its own bytes, so that a caller skipping most entries copies none
-    /// (the layers in memory over redb do, for every key a newer layer deleted); this default reads
-    /// pages through [`KvRead::scan`].
-    fn scan_each(
-        &self,
-        table: Table,
-        from: &[u8],
-        to: Option<&[u8]>,
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<(), StoreError> {
-        const PAGE: usize = 256;
-        let mut from = from.to_vec();
-        loop {
-            let page = self.scan(table, &from, to, PAGE)?;
-            for (key, value) in &page {
-                if !visit(key, value) {
-                    return Ok(());
-                }
-            }
-            match page.last() {
-                Some((last, _)) if page.len() == PAGE => {
-                    from.clone_from(last);
-                    from.push(0);
-                }
-                _ => return Ok(()),
-            }
-        }
     }
 }
 
@@ -140,23 +103,10 @@ type ReadFn<'a> = dyn FnMut(&dyn KvRead) -> Result<(), StoreError> + 'a;
 
 /// An ordered key-value engine with atomic, durable write transactions.
 pub(crate) trait KvEngine: Send + Sync + Debug + 'static {
-    /// Runs `f` in one write transaction; commits iff `f` returns Ok, else discards it. A `durable`
-    /// commit is on disk (fsync) when this returns, together with every earlier commit; a non-durable
-    /// one becomes durable with the next durable commit (and is lost if the process dies first).
-    fn write(&self, durable: bool, f: &mut WriteFn<'_>) -> Result<(), StoreError>;
-    /// Like [`KvEngine::write`], except that a durable commit may return before it is on disk: the
-    /// returned [`Flush`] finishes it. Readers may see the commit before then; nobody may be told it
-    /// happened until its flush is finished. An engine that cannot defer finishes it before returning.
-    fn write_deferred(&self, durable: bool, f: &mut WriteFn<'_>) -> Result<Flush, StoreError> {
-        self.write(durable, f).map(|()| Flush::done())
-    }
-    /// True when [`KvEngine::write_deferred`] really leaves the sync to the flush. The writer then
-    /// has no reason to hold a batch open for stragglers: the syncer covers consecutive batches with
-    /// one sync anyway.
-    fn defers_sync(&self) -> bool {
-        false
-    }
-    /// Runs `f` over a consistent snapshot.
+    /// Runs `f` in one write transaction; commits iff `f` returns Ok, else discards it. The commit is
+    /// on disk (fsync) when this returns, together with every earlier one.
+    fn write(&self, f: &mut WriteFn<'_>) -> Result<(), StoreError>;
+    /// Runs `f` over a consistent snapshot of what has been committed.
     fn read(&self, f: &mut ReadFn<'_>) -> Result<(), StoreError>;
     fn size_on_disk(&self) -> u64;
 }
@@ -166,15 +116,17 @@ pub(crate) trait KvEngine: Send + Sync + Debug + 'static {
 pub enum Backend {
     Redb,
     Sled,
+    Fjall,
 }
 
 impl Backend {
-    pub const ALL: [Backend; 2] = [Backend::Redb, Backend::Sled];
+    pub const ALL: [Backend; 3] = [Backend::Redb, Backend::Sled, Backend::Fjall];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Backend::Redb => "redb",
             Backend::Sled => "sled",
+            Backend::Fjall => "fjall",
         }
     }
 
@@ -263,9 +215,7 @@ pub struct KvJobStore {
     path: PathBuf,
     engine: Arc<dyn KvEngine>,
     sender: Mutex<Option<mpsc::Sender<Pending>>>,
-    /// The writer, then the syncer.
-    threads: Mutex<Vec<JoinHandle<()>>>,
-    unreplayed: usize,
+    writer: Mutex<Option<JoinHandle<()>>>,
     /// The engine's page cache as opened for writing (None: read-only, the engine's own default).
     cache_bytes: Option<usize>,
 }
@@ -301,27 +251,38 @@ fn restrict(dir: &Path) -> std::io::Result<()> {
 impl KvJobStore {
     /// Opens (creating if needed) the store in directory `dir`.
     ///
-    /// Refuses a store made by another backend or with another format version. Leases left by a previous
-    /// process are returned to ready: the engine's file lock guarantees no other process holds them.
-    /// Opens (creating) the store in `dir`. The directory is made 0700 and the files in it 0600: they
-    /// hold citizen data (sealed or not) that no other account on the machine has any business with.
+    /// Refuses a store made by another backend or with a newer format version, and upgrades an older
+    /// one. Leases left by a previous process are returned to ready: the engine's file lock guarantees
+    /// no other process holds them. The directory is made 0700 and the files in it 0600: they hold
+    /// citizen data (sealed or not) that no other account on the machine has any business with.
     pub fn open(dir: &Path, backend: Backend, options: KvOptions) -> Result<Self, StoreError> {
         let io = |e: std::io::Error| StoreError::Io(format!("{}: {e}", dir.display()));
         std::fs::create_dir_all(dir).map_err(io)?;
         restrict(dir).map_err(io)?;
-        check_or_write_marker(dir, backend, true)?;
+        if let Some(older) = check_or_write_marker(dir, backend, true)? {
+            tracing::warn!(
+                store = %dir.display(),
+                from = %older,
+                to = FORMAT_VERSION,
+                "upgrading the queue store's format; builds before this one will refuse it afterwards, so \
+                 keep a copy of the stopped store directory (taken before this start) if you may roll back"
+            );
+        }
         let cache = options.cache_bytes.unwrap_or(CACHE_BYTES);
         let engine: Arc<dyn KvEngine> = match backend {
             Backend::Redb => Arc::new(redb::RedbEngine::open(&dir.join("queue.redb"), cache)?),
             Backend::Sled => Arc::new(sled::SledEngine::open(&dir.join("sled"), cache)?),
+            Backend::Fjall => Arc::new(fjall::FjallEngine::open(&dir.join("fjall"), cache)?),
         };
-        // redb's durable commit rewrites scattered pages, so redb gets the write-ahead log; sled is
-        // log-structured already and syncs its own log (with ours too it was slower: docs/STORE.md).
-        // Below the sealing layer, so the log holds sealed values only.
-        let engine: Arc<dyn KvEngine> = match backend {
-            Backend::Redb => Arc::new(wal::WalEngine::open(engine, dir)?),
-            Backend::Sled => engine,
-        };
+        // Formats 2-4 kept a log of their own in front of redb; what it holds goes into redb first.
+        // Below the sealing layer: the log holds sealed values.
+        if backend == Backend::Redb && legacy::has_log(dir) {
+            let batches = legacy::upgrade(dir, engine.as_ref())?;
+            tracing::info!(
+                batches,
+                "wrote the batches of the old write-ahead log into the store and removed the log"
+            );
+        }
         let engine: Arc<dyn KvEngine> = match &options.keys {
             Some(keys) => Arc::new(seal::SealedEngine {
                 inner: engine,
@@ -331,7 +292,7 @@ impl KvJobStore {
         };
         let mut seq = 0;
         let display = dir.display().to_string();
-        engine.write(true, &mut |tx| {
+        engine.write(&mut |tx| {
             match tx.get(Table::Meta, keys::FORMAT_VERSION_KEY)? {
                 Some(v) if v == FORMAT_VERSION.to_string().as_bytes() => {}
                 Some(v) if readable(&String::from_utf8_lossy(&v)) => tx.put(
@@ -364,7 +325,7 @@ impl KvJobStore {
         })?;
         // Orphaned leases from a previous process.
         let mut recovered = 0;
-        engine.write(true, &mut |tx| {
+        engine.write(&mut |tx| {
             let mut s = seq;
             let mut deltas = ops::Deltas::default();
             if let OpResult::Count(n) = ops::apply(
@@ -388,24 +349,18 @@ impl KvJobStore {
             );
         }
         let (sender, receiver) = mpsc::channel();
-        let (answers, inbox) = mpsc::channel();
-        let syncer = std::thread::Builder::new()
-            .name(format!("queue-syncer-{}", backend.as_str()))
-            .spawn(move || run_syncer(inbox))
-            .map_err(io)?;
         let writer_engine = Arc::clone(&engine);
         let crash = options.crash;
         let writer = std::thread::Builder::new()
             .name(format!("queue-writer-{}", backend.as_str()))
-            .spawn(move || run_writer(writer_engine, receiver, answers, seq, crash))
+            .spawn(move || run_writer(writer_engine, receiver, seq, crash))
             .map_err(io)?;
         Ok(Self {
             backend,
             path: dir.to_owned(),
             engine,
             sender: Mutex::new(Some(sender)),
-            threads: Mutex::new(vec![writer, syncer]),
-            unreplayed: 0,
+            writer: Mutex::new(Some(writer)),
             cache_bytes: Some(cache),
         })
     }
@@ -422,13 +377,16 @@ impl KvJobStore {
             return Err(StoreError::Io(format!("{display}: no queue store here")));
         }
         check_or_write_marker(dir, backend, false)?;
+        if legacy::has_log(dir) {
+            return Err(StoreError::NeedsUpgrade(display));
+        }
         let engine: Arc<dyn KvEngine> = match backend {
             Backend::Redb => Arc::new(redb::RedbEngine::open_read_only(&dir.join("queue.redb"))?),
-            Backend::Sled => {
-                return Err(StoreError::Io(
-                    "the sled backend cannot be opened read-only; use the running daemon's API"
-                        .into(),
-                ));
+            Backend::Sled | Backend::Fjall => {
+                return Err(StoreError::Io(format!(
+                    "the {} backend cannot be opened read-only; use the running daemon's API",
+                    backend.as_str()
+                )));
             }
         };
         let engine: Arc<dyn KvEngine> = match keys {
@@ -455,14 +413,12 @@ impl KvJobStore {
                 supported: FORMAT_VERSION,
             });
         }
-        let unreplayed = wal::pending(dir, engine.as_ref())?;
         Ok(Self {
             backend,
             path: dir.to_owned(),
             engine,
             sender: Mutex::new(None),
-            threads: Mutex::new(Vec::new()),
-            unreplayed,
+            writer: Mutex::new(None),
             cache_bytes: None,
         })
     }
@@ -470,12 +426,6 @@ impl KvJobStore {
     /// The page cache the engine was opened with (`store.cache`); None for a read-only store.
     pub fn cache_bytes(&self) -> Option<usize> {
         self.cache_bytes
-    }
-
-    /// Batches in the write-ahead log that a read-only store cannot see (only the daemon replays the
-    /// log); 0 for a store opened for writing, which replays it at open.
-    pub fn unreplayed_batches(&self) -> usize {
-        self.unreplayed
     }
 
     async fn submit(&self, op: Op) -> Result<OpResult, StoreError> {
@@ -533,11 +483,11 @@ impl KvJobStore {
         if let Ok(mut sender) = self.sender.lock() {
             sender.take();
         }
-        // The writer ends when its channel closes and drops the syncer's, which then ends in turn.
-        if let Ok(mut threads) = self.threads.lock() {
-            for handle in threads.drain(..) {
-                let _ = handle.join();
-            }
+        // The writer ends when its channel closes.
+        if let Ok(mut writer) = self.writer.lock()
+            && let Some(handle) = writer.take()
+        {
+            let _ = handle.join();
         }
     }
 }
@@ -548,7 +498,13 @@ impl Drop for KvJobStore {
     }
 }
 
-fn check_or_write_marker(dir: &Path, backend: Backend, upgrade: bool) -> Result<(), StoreError> {
+/// Checks `STORE` against `backend` and the versions this build reads, writing it for a new store.
+/// When `upgrade` is set and the store has an older format, rewrites it and answers the older version.
+fn check_or_write_marker(
+    dir: &Path,
+    backend: Backend,
+    upgrade: bool,
+) -> Result<Option<String>, StoreError> {
     let path = dir.join(MARKER);
     let display = dir.display().to_string();
     let io = |e: std::io::Error| StoreError::Io(format!("{}: {e}", path.display()));
@@ -577,10 +533,13 @@ fn check_or_write_marker(dir: &Path, backend: Backend, upgrade: bool) -> Result<
             }
             if upgrade && version != FORMAT_VERSION.to_string() {
                 write_marker(dir, backend)?;
+                return Ok(Some(version));
             }
-            Ok(())
+            Ok(None)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => write_marker(dir, backend),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            write_marker(dir, backend).map(|()| None)
+        }
         Err(e) => Err(io(e)),
     }
 }
@@ -607,40 +566,23 @@ fn write_marker(dir: &Path, backend: Backend) -> Result<(), StoreError> {
         .map_err(io)
 }
 
-type Reply = oneshot::Sender<Result<OpResult, StoreError>>;
-
-/// A batch's answers, on their way from the writer to the syncer.
-struct Answers {
-    flush: Flush,
-    replies: Vec<(Reply, Result<OpResult, StoreError>)>,
-}
-
-/// Applies batches in order. A batch's answers go to the syncer with what its commit still needs to be
-/// durable, and the writer goes on with the next batch while the disk syncs this one.
+/// Applies batches in order: each is one durable engine commit, and its callers are answered once it
+/// has returned.
 fn run_writer(
     engine: Arc<dyn KvEngine>,
     receiver: mpsc::Receiver<Pending>,
-    answers: mpsc::Sender<Answers>,
     mut seq: u64,
     crash: Option<CrashPlan>,
 ) {
     let crashed = |point| crash.as_ref().is_some_and(|plan| plan.hit(point));
-    let window = if engine.defers_sync() {
-        std::time::Duration::ZERO
-    } else {
-        GATHER_WINDOW
-    };
     let mut last_batch = 1;
     while let Ok(first) = receiver.recv() {
         let mut batch = vec![first];
-        gather(&receiver, &mut batch, last_batch, window);
+        gather(&receiver, &mut batch, last_batch);
         last_batch = batch.len();
         let mut results = Vec::with_capacity(batch.len());
         let mut next_seq = seq;
-        // Leasing alone need not wait for the disk: a lease lost in a crash leaves the job ready,
-        // exactly as recovery at open would (it returns every lease). Anything else is fsynced.
-        let durable = batch.iter().any(|p| p.op.needs_durability());
-        let outcome = engine.write_deferred(durable, &mut |tx| {
+        let outcome = engine.write(&mut |tx| {
             results.clear();
             next_seq = seq;
             let mut deltas = ops::Deltas::default();
@@ -653,20 +595,15 @@ fn run_writer(
             }
             Ok(())
         });
-        let answer = match outcome {
-            Ok(flush) => {
+        match outcome {
+            Ok(()) => {
                 seq = next_seq;
                 if crashed(CrashPoint::AfterCommit) {
                     halt(batch, receiver);
                     return;
                 }
-                Answers {
-                    flush,
-                    replies: batch
-                        .into_iter()
-                        .zip(results.drain(..))
-                        .map(|(pending, result)| (pending.reply, Ok(result)))
-                        .collect(),
+                for (pending, result) in batch.into_iter().zip(results.drain(..)) {
+                    let _ = pending.reply.send(Ok(result));
                 }
             }
             Err(StoreError::Closed) => {
@@ -675,49 +612,17 @@ fn run_writer(
             }
             Err(error) => {
                 tracing::error!(%error, operations = batch.len(), "queue store write failed");
-                Answers {
-                    flush: Flush::done(),
-                    replies: batch
-                        .into_iter()
-                        .map(|pending| (pending.reply, Err(error.clone())))
-                        .collect(),
+                for pending in batch {
+                    let _ = pending.reply.send(Err(error.clone()));
                 }
             }
-        };
-        // Answers leave in commit order, even those that need no sync, so nobody hears of a change
-        // that depends on an earlier one before that one is durable.
-        if answers.send(answer).is_err() {
-            return;
-        }
-    }
-}
-
-/// Finishes the flushes of what the writer sends, in order, then answers. Everything waiting is taken
-/// at once and covered by one sync: the last flush covers all before it.
-fn run_syncer(inbox: mpsc::Receiver<Answers>) {
-    while let Ok(first) = inbox.recv() {
-        let mut group = vec![first];
-        group.extend(inbox.try_iter());
-        let flush = group
-            .iter_mut()
-            .map(|answers| std::mem::take(&mut answers.flush))
-            .filter(|flush| !flush.is_done())
-            .last();
-        let synced = flush.map_or(Ok(()), Flush::finish);
-        for (reply, result) in group.into_iter().flat_map(|answers| answers.replies) {
-            let result = match &synced {
-                Ok(()) => result,
-                Err(error) => Err(error.clone()),
-            };
-            let _ = reply.send(result);
         }
     }
 }
 
 /// Under concurrent load, the writer keeps collecting until no operation has arrived for `GATHER_QUIET`,
-/// for at most `GATHER_WINDOW` in all — when each commit syncs the disk itself (sled). In front of the
-/// write-ahead log (redb) it takes only what is waiting: waiting for more bought nothing once the
-/// syncer shared the fsyncs, and cost the writer a sixth of its time (docs/BENCHMARKS.md).
+/// for at most `GATHER_WINDOW` in all, so that the callers of the previous commit, back with their next
+/// operation, share the next one.
 const GATHER_QUIET: std::time::Duration = std::time::Duration::from_micros(40);
 const GATHER_WINDOW: std::time::Duration = std::time::Duration::from_micros(400);
 
@@ -725,13 +630,8 @@ const GATHER_WINDOW: std::time::Duration = std::time::Duration::from_micros(400)
 /// rest of them to come back, so concurrent callers share one commit instead of splitting into several
 /// half-full ones; a lone caller never waits (the idea of PostgreSQL's `commit_delay` with
 /// `commit_siblings`).
-fn gather(
-    receiver: &mpsc::Receiver<Pending>,
-    batch: &mut Vec<Pending>,
-    last_batch: usize,
-    window: std::time::Duration,
-) {
-    let deadline = std::time::Instant::now() + window;
+fn gather(receiver: &mpsc::Receiver<Pending>, batch: &mut Vec<Pending>, last_batch: usize) {
+    let deadline = std::time::Instant::now() + GATHER_WINDOW;
     while batch.len() < MAX_BATCH {
         match receiver.try_recv() {
             Ok(next) => batch.push(next),
@@ -762,18 +662,25 @@ fn unexpected(result: OpResult) -> StoreError {
     StoreError::Corrupt(format!("writer answered with {result:?}"))
 }
 
+/// The writer's answer to `$op`, as the variant `$answer` of [`OpResult`] it must be.
+macro_rules! answer {
+    ($store:ident, $op:expr, $answer:path) => {
+        Box::pin(async move {
+            match $store.submit($op).await? {
+                $answer(out) => Ok(out),
+                other => Err(unexpected(other)),
+            }
+        })
+    };
+}
+
 impl JobStore for KvJobStore {
     fn backend(&self) -> &'static str {
         self.backend.as_str()
     }
 
     fn enqueue(&self, jobs: Vec<NewJob>, now: Millis) -> StoreFuture<'_, Vec<Enqueued>> {
-        Box::pin(async move {
-            match self.submit(Op::Enqueue { jobs, now }).await? {
-                OpResult::Enqueued(out) => Ok(out),
-                other => Err(unexpected(other)),
-            }
-        })
+        answer!(self, Op::Enqueue { jobs, now }, OpResult::Enqueued)
     }
 
     fn lease(
@@ -783,20 +690,16 @@ impl JobStore for KvJobStore {
         now: Millis,
         until: Millis,
     ) -> StoreFuture<'_, Leased> {
-        Box::pin(async move {
-            match self
-                .submit(Op::Lease {
-                    lane,
-                    limit,
-                    now,
-                    until,
-                })
-                .await?
-            {
-                OpResult::Leased(out) => Ok(out),
-                other => Err(unexpected(other)),
-            }
-        })
+        answer!(
+            self,
+            Op::Lease {
+                lane,
+                limit,
+                now,
+                until
+            },
+            OpResult::Leased
+        )
     }
 
     fn complete_many(
@@ -806,17 +709,16 @@ impl JobStore for KvJobStore {
         now: Millis,
     ) -> StoreFuture<'_, (Vec<Transition>, bool)> {
         Box::pin(async move {
-            match self
-                .submit(Op::CompleteMany {
+            let fut: StoreFuture<'_, ops::Completed> = answer!(
+                self,
+                Op::CompleteMany {
                     leases,
                     change,
-                    now,
-                })
-                .await?
-            {
-                OpResult::Completed(c) => Ok((c.transitions, c.change_applied)),
-                other => Err(unexpected(other)),
-            }
+                    now
+                },
+                OpResult::Completed
+            );
+            fut.await.map(|c| (c.transitions, c.change_applied))
         })
     }
 
@@ -828,18 +730,17 @@ impl JobStore for KvJobStore {
         until: Millis,
     ) -> StoreFuture<'_, Vec<Job>> {
         Box::pin(async move {
-            match self
-                .submit(Op::LeaseFollowers {
+            let fut: StoreFuture<'_, Leased> = answer!(
+                self,
+                Op::LeaseFollowers {
                     head,
                     limit,
                     now,
-                    until,
-                })
-                .await?
-            {
-                OpResult::Leased(out) => Ok(out.jobs),
-                other => Err(unexpected(other)),
-            }
+                    until
+                },
+                OpResult::Leased
+            );
+            fut.await.map(|leased| leased.jobs)
         })
     }
 
@@ -850,63 +751,40 @@ impl JobStore for KvJobStore {
         disposition: Disposition,
         now: Millis,
     ) -> StoreFuture<'_, Transition> {
-        Box::pin(async move {
-            match self
-                .submit(Op::Finish {
-                    id,
-                    token,
-                    disposition,
-                    now,
-                })
-                .await?
-            {
-                OpResult::Transition(t) => Ok(t),
-                other => Err(unexpected(other)),
-            }
-        })
+        answer!(
+            self,
+            Op::Finish {
+                id,
+                token,
+                disposition,
+                now
+            },
+            OpResult::Transition
+        )
     }
 
     fn expire_leases(&self, now: Millis, limit: usize) -> StoreFuture<'_, usize> {
-        Box::pin(async move {
-            match self
-                .submit(Op::ExpireLeases {
-                    cutoff: now,
-                    now,
-                    limit,
-                })
-                .await?
-            {
-                OpResult::Count(n) => Ok(n),
-                other => Err(unexpected(other)),
-            }
-        })
+        answer!(
+            self,
+            Op::ExpireLeases {
+                cutoff: now,
+                now,
+                limit
+            },
+            OpResult::Count
+        )
     }
 
     fn retry_dead(&self, id: JobId, now: Millis) -> StoreFuture<'_, AdminOutcome> {
-        Box::pin(async move {
-            match self.submit(Op::RetryDead { id, now }).await? {
-                OpResult::Admin(a) => Ok(a),
-                other => Err(unexpected(other)),
-            }
-        })
+        answer!(self, Op::RetryDead { id, now }, OpResult::Admin)
     }
 
     fn discard(&self, id: JobId, now: Millis) -> StoreFuture<'_, AdminOutcome> {
-        Box::pin(async move {
-            match self.submit(Op::Discard { id, now }).await? {
-                OpResult::Admin(a) => Ok(a),
-                other => Err(unexpected(other)),
-            }
-        })
+        answer!(self, Op::Discard { id, now }, OpResult::Admin)
     }
 
     fn replay(&self, filter: JobFilter, now: Millis, limit: usize) -> StoreFuture<'_, usize> {
-        Box::pin(async move {
-            match self.submit(Op::Replay { filter, now, limit }).await? {
-                OpResult::Count(n) => Ok(n),
-                other => Err(unexpected(other)),
-            }
-        })
+        answer!(self, Op::Replay { filter, now, limit }, OpResult::Count)
     }
 
     fn get(&self, id: JobId) -> StoreFuture<'_, Option<Job>> {
@@ -933,12 +811,7 @@ impl JobStore for KvJobStore {
     }
 
     fn purge_finished(&self, before: Millis, limit: usize) -> StoreFuture<'_, usize> {
-        Box::pin(async move {
-            match self.submit(Op::Purge { before, limit }).await? {
-                OpResult::Count(n) => Ok(n),
-                other => Err(unexpected(other)),
-            }
-        })
+        answer!(self, Op::Purge { before, limit }, OpResult::Count)
     }
 
     fn counts(&self) -> StoreFuture<'_, Vec<LaneCounts>> {
@@ -951,12 +824,7 @@ impl JobStore for KvJobStore {
     }
 
     fn commit(&self, change: Change, now: Millis) -> StoreFuture<'_, Committed> {
-        Box::pin(async move {
-            match self.submit(Op::Commit { change, now }).await? {
-                OpResult::Committed(c) => Ok(c),
-                other => Err(unexpected(other)),
-            }
-        })
+        answer!(self, Op::Commit { change, now }, OpResult::Committed)
     }
 
     fn get_record(&self, collection: &'static str, key: String) -> StoreFuture<'_, Option<Record>> {
@@ -979,20 +847,11 @@ impl JobStore for KvJobStore {
     }
 
     fn purge_expired_records(&self, now: Millis, limit: usize) -> StoreFuture<'_, usize> {
-        Box::pin(async move {
-            match self.submit(Op::PurgeRecords { now, limit }).await? {
-                OpResult::Count(n) => Ok(n),
-                other => Err(unexpected(other)),
-            }
-        })
+        answer!(self, Op::PurgeRecords { now, limit }, OpResult::Count)
     }
 
     fn size_on_disk(&self) -> u64 {
         self.engine.size_on_disk()
-    }
-
-    fn barrier(&self) -> StoreFuture<'_, ()> {
-        Box::pin(async move { self.submit(Op::Barrier).await.map(|_| ()) })
     }
 }
 
@@ -1009,151 +868,6 @@ pub(crate) fn disk_usage(path: &Path) -> u64 {
             .unwrap_or(0),
         Ok(meta) => meta.len(),
         Err(_) => 0,
-    }
-}
-
-#[cfg(test)]
-mod syncer_tests {
-    use super::*;
-
-    type Answer = oneshot::Receiver<Result<OpResult, StoreError>>;
-
-    fn answers(flush: Flush, n: usize) -> (Answers, Answer) {
-        let (reply, answer) = oneshot::channel();
-        let answers = Answers {
-            flush,
-            replies: vec![(reply, Ok(OpResult::Count(n)))],
-        };
-        (answers, answer)
-    }
-
-    fn heard(answer: Answer) -> Result<usize, StoreError> {
-        match answer.blocking_recv().expect("answered") {
-            Ok(OpResult::Count(n)) => Ok(n),
-            Ok(other) => panic!("unexpected {other:?}"),
-            Err(e) => Err(e),
-        }
-    }
-
-    #[test]
-    fn answers_are_given_once_the_log_holds_them_and_one_sync_serves_all_waiting() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("log");
-        let file = std::fs::File::create(&path).expect("file");
-        let (first, sync) = wal::Flush::over(file.try_clone().expect("clone"), &path, 2);
-        let (inbox_tx, inbox) = mpsc::channel();
-        let (a, ra) = answers(Flush::done(), 1);
-        let (b, rb) = answers(first, 2);
-        let (c, rc) = answers(Flush::done(), 3);
-        for x in [a, b, c] {
-            inbox_tx.send(x).expect("send");
-        }
-        drop(inbox_tx);
-        run_syncer(inbox);
-        assert_eq!(heard(ra).expect("ok"), 1);
-        assert_eq!(heard(rb).expect("ok"), 2);
-        assert_eq!(heard(rc).expect("ok"), 3);
-        assert_eq!(
-            sync.synced_through(),
-            2,
-            "the log was synced through the flush's LSN before anyone was answered"
-        );
-    }
-
-    #[test]
-    fn a_failed_sync_fails_every_answer_behind_it_and_stops_the_log() {
-        // fdatasync of a character device fails (EINVAL): a stand-in for a disk that stopped syncing.
-        let null = std::fs::OpenOptions::new()
-            .write(true)
-            .open("/dev/null")
-            .expect("/dev/null");
-        let (failing, sync) = wal::Flush::over(null, Path::new("/dev/null"), 1);
-        let (inbox_tx, inbox) = mpsc::channel();
-        let (a, ra) = answers(failing, 1);
-        // Committed after it and needing no sync of its own — but it must not be heard of as done
-        // while the commit before it is not durable.
-        let (b, rb) = answers(Flush::done(), 2);
-        inbox_tx.send(a).expect("send");
-        inbox_tx.send(b).expect("send");
-        drop(inbox_tx);
-        run_syncer(inbox);
-        assert!(matches!(heard(ra), Err(StoreError::Io(_))));
-        assert!(matches!(heard(rb), Err(StoreError::Io(_))));
-        assert!(
-            sync.sync_through(1).is_err(),
-            "the log stays failed (fail-stop)"
-        );
-    }
-}
-
-#[cfg(test)]
-mod scan_each_tests {
-    use std::collections::BTreeMap;
-
-    use super::*;
-
-    /// An engine that only knows `scan`, so that `scan_each` is the trait's paged default.
-    struct Pages(BTreeMap<Vec<u8>, Vec<u8>>);
-
-    impl KvRead for Pages {
-        fn get(&self, _: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-            Ok(self.0.get(key).cloned())
-        }
-
-        fn scan(
-            &self,
-            _: Table,
-            from: &[u8],
-            to: Option<&[u8]>,
-            limit: usize,
-        ) -> Result<Entries, StoreError> {
-            Ok(self
-                .0
-                .range(from.to_vec()..)
-                .take_while(|(k, _)| to.is_none_or(|to| k.as_slice() < to))
-                .take(limit)
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect())
-        }
-    }
-
-    fn key(i: u32) -> Vec<u8> {
-        i.to_be_bytes().to_vec()
-    }
-
-    #[test]
-    fn the_paged_default_visits_every_entry_in_range_once_in_order_and_stops_when_told() {
-        let engine = Pages((0..700).map(|i| (key(i), key(i * 2))).collect());
-        let mut seen = Vec::new();
-        engine
-            .scan_each(Table::Jobs, &key(10), Some(&key(650)), &mut |k, v| {
-                seen.push((k.to_vec(), v.to_vec()));
-                true
-            })
-            .expect("scan");
-        let expected: Vec<_> = (10..650).map(|i| (key(i), key(i * 2))).collect();
-        assert_eq!(seen, expected, "640 entries over three pages, none twice");
-
-        let mut visited = 0;
-        engine
-            .scan_each(Table::Jobs, &key(0), None, &mut |_, _| {
-                visited += 1;
-                visited < 300
-            })
-            .expect("scan");
-        assert_eq!(
-            visited, 300,
-            "stops at the first false, past a page boundary"
-        );
-
-        let mut any = false;
-        engine
-            .scan_each(Table::Jobs, &key(5), Some(&key(5)), &mut |_, _| {
-                any = true;
-                true
-            })
-            .expect("scan");
-        assert!(!any, "an empty range visits nothing");
     }
 }
 
@@ -1180,10 +894,8 @@ mod format_upgrade_tests {
         let mut all = Vec::new();
         engine
             .read(&mut |tx| {
-                tx.scan_each(Table::Jobs, &[], None, &mut |k, v| {
-                    all.push((k.to_vec(), v.to_vec()));
-                    true
-                })
+                all = tx.scan(Table::Jobs, &[], None, usize::MAX)?;
+                Ok(())
             })
             .expect("read");
         all
@@ -1234,24 +946,22 @@ mod format_upgrade_tests {
             {
                 let engine: Arc<dyn KvEngine> = match backend {
                     Backend::Redb => Arc::new(
-                        wal::WalEngine::open(
-                            Arc::new(
-                                redb::RedbEngine::open(&tmp.path().join("queue.redb"), CACHE_BYTES)
-                                    .expect("redb"),
-                            ),
-                            tmp.path(),
-                        )
-                        .expect("log"),
+                        redb::RedbEngine::open(&tmp.path().join("queue.redb"), CACHE_BYTES)
+                            .expect("redb"),
                     ),
                     Backend::Sled => Arc::new(
                         sled::SledEngine::open(&tmp.path().join("sled"), CACHE_BYTES)
                             .expect("sled"),
                     ),
+                    Backend::Fjall => Arc::new(
+                        fjall::FjallEngine::open(&tmp.path().join("fjall"), CACHE_BYTES)
+                            .expect("fjall"),
+                    ),
                 };
                 let rows = raw_jobs(&*engine);
                 assert_eq!(rows.len(), 4);
                 engine
-                    .write(true, &mut |tx| {
+                    .write(&mut |tx| {
                         for (key, value) in &rows {
                             let job = Job::decode(value).map_err(StoreError::Corrupt)?;
                             tx.put(Table::Jobs, key, &as_format_3(&job))?;
@@ -1265,7 +975,10 @@ mod format_upgrade_tests {
             let text = std::fs::read_to_string(&marker).expect("marker");
             std::fs::write(
                 &marker,
-                text.replace("format_version = 4", "format_version = 3"),
+                text.replace(
+                    &format!("format_version = {FORMAT_VERSION}"),
+                    "format_version = 3",
+                ),
             )
             .expect("marker");
 
@@ -1316,6 +1029,101 @@ mod format_upgrade_tests {
                     .expect("marker")
                     .contains(&format!("format_version = {FORMAT_VERSION}"))
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod log_upgrade_tests {
+    use super::*;
+    use crate::queue::job::JobState;
+
+    /// Copies a store the previous format left (`fixtures/store-format-4/<name>`, made by the build
+    /// before the log was retired) into a fresh directory.
+    fn fixture(name: &str) -> tempfile::TempDir {
+        let from = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/store-format-4")
+            .join(name);
+        let tmp = tempfile::tempdir().expect("tempdir");
+        for entry in std::fs::read_dir(&from).expect("fixture") {
+            let entry = entry.expect("entry");
+            std::fs::copy(entry.path(), tmp.path().join(entry.file_name())).expect("copy");
+        }
+        tmp
+    }
+
+    async fn states(store: &KvJobStore) -> Vec<(String, JobState)> {
+        let mut out: Vec<_> = store
+            .list(JobFilter::default(), None, 100)
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|j| (j.idempotency_key.clone().unwrap_or_default(), j.state))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    #[tokio::test]
+    async fn a_format_4_store_keeps_every_job_and_record_its_log_held_and_loses_the_log() {
+        // `clean` was stopped cleanly: redb held everything. `unclean` was copied as a crash would
+        // leave it, with its last two batches (three jobs, a record's second version) only in the log.
+        for (name, jobs, version) in [("clean", 5, 1), ("unclean", 8, 2)] {
+            let tmp = fixture(name);
+            assert!(
+                KvJobStore::open_read_only(tmp.path(), Backend::Redb, None)
+                    .is_err_and(|e| matches!(e, StoreError::NeedsUpgrade(_))),
+                "{name}: an offline reader refuses what only the daemon can upgrade"
+            );
+            let store =
+                KvJobStore::open(tmp.path(), Backend::Redb, KvOptions::default()).expect("opens");
+            let found = states(&store).await;
+            let expected: Vec<_> = (0..jobs)
+                .map(|i| {
+                    let state = if i == 0 {
+                        JobState::Done
+                    } else {
+                        JobState::Ready
+                    };
+                    (format!("step-{i}"), state)
+                })
+                .collect();
+            assert_eq!(found, expected, "{name}: every job, in its state");
+            let record = store
+                .get_record("dossier", "H56-0000".into())
+                .await
+                .expect("read")
+                .expect("record");
+            assert_eq!(record.version, version, "{name}");
+            assert!(
+                !legacy::has_log(tmp.path()),
+                "{name}: the log files are gone"
+            );
+            assert!(
+                std::fs::read_to_string(tmp.path().join(MARKER))
+                    .expect("marker")
+                    .contains(&format!("format_version = {FORMAT_VERSION}"))
+            );
+            // Leasing follows the keys' order as before: H56-0000's next job is step-3.
+            let leased = store
+                .lease("portal.step".into(), 10, 10_000, 20_000)
+                .await
+                .expect("lease")
+                .jobs;
+            assert!(
+                leased
+                    .iter()
+                    .any(|j| j.idempotency_key.as_deref() == Some("step-3"))
+            );
+            assert!(
+                !leased
+                    .iter()
+                    .any(|j| j.idempotency_key.as_deref() == Some("step-6"))
+            );
+            store.close();
+            drop(store);
+            // Upgraded once: it reopens as a current store, offline readers included.
+            KvJobStore::open_read_only(tmp.path(), Backend::Redb, None).expect("reads offline");
         }
     }
 }

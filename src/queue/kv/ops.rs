@@ -76,19 +76,6 @@ pub(crate) enum Op {
         now: Millis,
         limit: usize,
     },
-    /// Writes nothing; answered once everything committed before it is durable.
-    Barrier,
-}
-
-impl Op {
-    /// Whether the caller's answer must wait for the disk. Leases need not: a crash loses only the
-    /// lease (and the attempt count), and recovery at open returns every lease to ready anyway.
-    pub(crate) fn needs_durability(&self) -> bool {
-        !matches!(
-            self,
-            Op::Lease { .. } | Op::LeaseFollowers { .. } | Op::ExpireLeases { .. }
-        )
-    }
 }
 
 #[derive(Debug)]
@@ -244,7 +231,6 @@ pub(crate) fn apply(
         }),
         Op::Commit { change, now } => OpResult::Committed(commit(tx, d, seq, change, *now)?),
         Op::PurgeRecords { now, limit } => OpResult::Count(purge_records(tx, *now, *limit)?),
-        Op::Barrier => OpResult::Count(0),
     })
 }
 

@@ -1,10 +1,9 @@
-//! The redb engine: one redb table per logical table; every write transaction commits with
-//! `Durability::Immediate`, so a successful commit is on disk.
+//! The redb engine: one redb table per logical table; every write transaction commits with redb's
+//! default durability, so a successful commit is on disk.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::keys::Table;
 use super::{Entries, KvEngine, KvRead, KvWrite, ReadFn, StoreError, WriteFn};
@@ -36,9 +35,6 @@ impl std::fmt::Debug for Db {
 
 #[derive(Debug)]
 pub(crate) struct RedbEngine {
-    /// A read transaction at the latest commit, shared by every reader until the next commit replaces
-    /// it (see [`KvEngine::read`]). Declared before `db` so that it is dropped first.
-    latest: Mutex<Option<Arc<Read>>>,
     db: Db,
     path: PathBuf,
 }
@@ -62,7 +58,6 @@ impl RedbEngine {
         }
         txn.commit().map_err(err)?;
         Ok(Self {
-            latest: Mutex::new(None),
             db: Db::ReadWrite(db),
             path: path.to_owned(),
         })
@@ -78,7 +73,6 @@ impl RedbEngine {
             other => err(other),
         })?;
         Ok(Self {
-            latest: Mutex::new(None),
             db: Db::ReadOnly(db),
             path: path.to_owned(),
         })
@@ -91,36 +85,19 @@ fn scan_table(
     to: Option<&[u8]>,
     limit: usize,
 ) -> Result<Entries, StoreError> {
-    let mut out = Vec::new();
-    if limit > 0 {
-        visit_table(table, from, to, &mut |k, v| {
-            out.push((k.to_vec(), v.to_vec()));
-            out.len() < limit
-        })?;
-    }
-    Ok(out)
-}
-
-/// [`KvRead::scan_each`] over redb's own pages: nothing is copied.
-fn visit_table(
-    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
-    from: &[u8],
-    to: Option<&[u8]>,
-    visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-) -> Result<(), StoreError> {
     let range = match to {
-        Some(to) if to <= from => return Ok(()),
+        Some(to) if to <= from => return Ok(Vec::new()),
         Some(to) => table.range::<&[u8]>(from..to),
         None => table.range::<&[u8]>(from..),
     }
     .map_err(err)?;
-    for entry in range {
-        let (k, v) = entry.map_err(err)?;
-        if !visit(k.value(), v.value()) {
-            break;
-        }
-    }
-    Ok(())
+    range
+        .take(limit)
+        .map(|entry| {
+            let (k, v) = entry.map_err(err)?;
+            Ok((k.value().to_vec(), v.value().to_vec()))
+        })
+        .collect()
 }
 
 struct Write<'t> {
@@ -151,16 +128,6 @@ impl KvRead for Write<'_> {
     ) -> Result<Entries, StoreError> {
         scan_table(self.table(table), from, to, limit)
     }
-
-    fn scan_each(
-        &self,
-        table: Table,
-        from: &[u8],
-        to: Option<&[u8]>,
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<(), StoreError> {
-        visit_table(self.table(table), from, to, visit)
-    }
 }
 
 impl KvWrite for Write<'_> {
@@ -175,24 +142,16 @@ impl KvWrite for Write<'_> {
     }
 }
 
-type ReadTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
-
-#[derive(Debug)]
 struct Read {
     txn: redb::ReadTransaction,
-    /// Tables opened so far: opening one looks it up in redb's table of tables, and every reader of
-    /// this snapshot reads the same few tables.
-    tables: [OnceLock<ReadTable>; Table::ALL.len()],
 }
 
 impl Read {
-    fn table(&self, table: Table) -> Result<&ReadTable, StoreError> {
-        let cell = &self.tables[table.index()];
-        if let Some(opened) = cell.get() {
-            return Ok(opened);
-        }
-        let opened = self.txn.open_table(def(table)).map_err(err)?;
-        Ok(cell.get_or_init(|| opened))
+    fn table(
+        &self,
+        table: Table,
+    ) -> Result<redb::ReadOnlyTable<&'static [u8], &'static [u8]>, StoreError> {
+        self.txn.open_table(def(table)).map_err(err)
     }
 }
 
@@ -212,32 +171,16 @@ impl KvRead for Read {
         to: Option<&[u8]>,
         limit: usize,
     ) -> Result<Entries, StoreError> {
-        scan_table(self.table(table)?, from, to, limit)
-    }
-
-    fn scan_each(
-        &self,
-        table: Table,
-        from: &[u8],
-        to: Option<&[u8]>,
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<(), StoreError> {
-        visit_table(self.table(table)?, from, to, visit)
+        scan_table(&self.table(table)?, from, to, limit)
     }
 }
 
 impl KvEngine for RedbEngine {
-    fn write(&self, durable: bool, f: &mut WriteFn<'_>) -> Result<(), StoreError> {
+    fn write(&self, f: &mut WriteFn<'_>) -> Result<(), StoreError> {
         let Db::ReadWrite(db) = &self.db else {
             return Err(StoreError::Io("the store is open read-only".into()));
         };
-        let mut txn = db.begin_write().map_err(err)?;
-        txn.set_durability(if durable {
-            Durability::Immediate
-        } else {
-            Durability::None
-        })
-        .map_err(err)?;
+        let txn = db.begin_write().map_err(err)?;
         let result = {
             let mut tables = Vec::with_capacity(Table::ALL.len());
             for table in Table::ALL {
@@ -248,13 +191,9 @@ impl KvEngine for RedbEngine {
         };
         match result {
             Ok(()) => {
-                let committed = txn.commit().map_err(err);
-                // Readers after this returns must not be handed the snapshot before the commit: the
-                // layers in memory it made redundant are released as soon as it returns. Readers
-                // during the commit may still share the old one; they hold those layers. The lock is
-                // not held across the commit, which syncs, so that readers never wait for a disk.
-                *self.latest.lock().unwrap_or_else(PoisonError::into_inner) = None;
-                committed
+                // redb's default durability: on disk when `commit` returns, and only then visible to
+                // readers.
+                txn.commit().map_err(err)
             }
             Err(e) => {
                 txn.abort().map_err(err)?;
@@ -263,32 +202,14 @@ impl KvEngine for RedbEngine {
         }
     }
 
-    /// Every reader shares one read transaction at the latest commit, begun by the first reader
-    /// after it: beginning one, opening its tables and ending it cost more than most point reads
-    /// (and redb serialises them on one lock). Only [`KvEngine::write`] commits, and it clears the
-    /// shared snapshot after its commit and before it returns, so no reader that starts after a
-    /// write returned sees the state before it.
+    /// Each reader gets its own read transaction: a snapshot of the last commit.
     fn read(&self, f: &mut ReadFn<'_>) -> Result<(), StoreError> {
-        let snapshot = {
-            let mut latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
-            match &*latest {
-                Some(read) => Arc::clone(read),
-                None => {
-                    let txn = match &self.db {
-                        Db::ReadWrite(db) => db.begin_read(),
-                        Db::ReadOnly(db) => db.begin_read(),
-                    }
-                    .map_err(err)?;
-                    let read = Arc::new(Read {
-                        txn,
-                        tables: Default::default(),
-                    });
-                    *latest = Some(Arc::clone(&read));
-                    read
-                }
-            }
-        };
-        f(&*snapshot)
+        let txn = match &self.db {
+            Db::ReadWrite(db) => db.begin_read(),
+            Db::ReadOnly(db) => db.begin_read(),
+        }
+        .map_err(err)?;
+        f(&Read { txn })
     }
 
     fn size_on_disk(&self) -> u64 {
@@ -313,7 +234,7 @@ mod tests {
 
     fn put(engine: &RedbEngine, key: &[u8], value: &[u8]) {
         engine
-            .write(true, &mut |w| w.put(Table::Jobs, key, value))
+            .write(&mut |w| w.put(Table::Jobs, key, value))
             .expect("write");
     }
 
@@ -327,9 +248,9 @@ mod tests {
         engine
             .read(&mut |before| {
                 put(&engine, b"a", b"2");
-                // The snapshot shared before the commit still answers as it was...
+                // The snapshot begun before the commit still answers as it was...
                 assert_eq!(before.get(Table::Jobs, b"a")?.as_deref(), Some(&b"1"[..]));
-                // ...while a reader starting after it is handed the new one.
+                // ...while a reader starting after it sees the commit.
                 assert_eq!(get(&engine, b"a").as_deref(), Some(&b"2"[..]));
                 Ok(())
             })
@@ -337,7 +258,7 @@ mod tests {
         assert_eq!(get(&engine, b"a").as_deref(), Some(&b"2"[..]));
 
         // A write that fails commits nothing, and the readers still see the last commit.
-        let failed = engine.write(true, &mut |w| {
+        let failed = engine.write(&mut |w| {
             w.put(Table::Jobs, b"a", b"3")?;
             Err(StoreError::Closed)
         });

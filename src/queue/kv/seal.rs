@@ -158,24 +158,10 @@ impl std::fmt::Debug for SealedEngine {
 }
 
 impl super::KvEngine for SealedEngine {
-    fn write(&self, durable: bool, f: &mut super::WriteFn<'_>) -> Result<(), StoreError> {
+    fn write(&self, f: &mut super::WriteFn<'_>) -> Result<(), StoreError> {
         let keys = &self.keys;
         self.inner
-            .write(durable, &mut |tx| f(&mut SealedWrite { inner: tx, keys }))
-    }
-
-    fn defers_sync(&self) -> bool {
-        self.inner.defers_sync()
-    }
-
-    fn write_deferred(
-        &self,
-        durable: bool,
-        f: &mut super::WriteFn<'_>,
-    ) -> Result<super::Flush, StoreError> {
-        let keys = &self.keys;
-        self.inner
-            .write_deferred(durable, &mut |tx| f(&mut SealedWrite { inner: tx, keys }))
+            .write(&mut |tx| f(&mut SealedWrite { inner: tx, keys }))
     }
 
     fn read(&self, f: &mut super::ReadFn<'_>) -> Result<(), StoreError> {
