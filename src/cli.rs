@@ -328,7 +328,7 @@ pub struct E2eBenchArgs {
     #[arg(long)]
     pub lane_concurrency: Option<usize>,
     /// The daemon's store backend (`store.backend`).
-    #[arg(long, value_name = "BACKEND", default_value = "redb", value_parser = ["redb", "sled", "fjall"])]
+    #[arg(long, value_name = "BACKEND", default_value = "redb", value_parser = ["redb", "sled"])]
     pub store: String,
     /// Also measure a backlog of this many requests accepted while the portal is down (restart, drain).
     #[arg(long, default_value_t = 0)]
@@ -350,7 +350,7 @@ pub struct E2eBenchArgs {
 #[derive(Debug, Args)]
 pub struct QueueBenchArgs {
     /// Backends to measure, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "redb,sled,fjall")]
+    #[arg(long, value_delimiter = ',', default_value = "redb,sled")]
     pub backend: Vec<String>,
     /// Concurrent producer counts, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,8,64")]

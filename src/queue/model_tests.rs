@@ -246,10 +246,4 @@ proptest! {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         rt.block_on(run(Backend::Sled, ops))?;
     }
-
-    #[test]
-    fn fjall_behaves_like_the_model(ops in proptest::collection::vec(op(), 1..80)) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        rt.block_on(run(Backend::Fjall, ops))?;
-    }
 }

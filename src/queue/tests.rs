@@ -81,10 +81,6 @@ macro_rules! each_backend {
             async fn sled() {
                 run(Backend::Sled).await
             }
-            #[tokio::test]
-            async fn fjall() {
-                run(Backend::Fjall).await
-            }
         }
     };
 }

@@ -632,7 +632,7 @@ pub(super) fn settings(raw: RawSettings, base_dir: &Path, problems: &mut Problem
         Some(name) => Backend::parse(name).unwrap_or_else(|| {
             c.fail(
                 "store.backend",
-                format!("unknown backend `{name}`; expected \"redb\", \"sled\" or \"fjall\""),
+                format!("unknown backend `{name}`; expected \"redb\" or \"sled\""),
             );
             Backend::Redb
         }),

@@ -33,12 +33,6 @@ fn qualify_sled() {
 }
 
 #[test]
-fn qualify_fjall() {
-    let summary = qualify("fjall", None).unwrap_or_else(|e| panic!("{e}"));
-    eprintln!("{summary}");
-}
-
-#[test]
 fn a_planted_fifo_bug_fails_the_qualification() {
     let verdict = qualify("redb", Some("fifo"));
     let error = verdict.expect_err("jobs of a key delivered out of order must fail");

@@ -21,7 +21,6 @@
 //! which hold only committed — that is, durable — changes. A storage failure fails the whole batch and
 //! nothing of it is applied.
 
-mod fjall;
 mod keys;
 mod legacy;
 mod ops;
@@ -116,17 +115,15 @@ pub(crate) trait KvEngine: Send + Sync + Debug + 'static {
 pub enum Backend {
     Redb,
     Sled,
-    Fjall,
 }
 
 impl Backend {
-    pub const ALL: [Backend; 3] = [Backend::Redb, Backend::Sled, Backend::Fjall];
+    pub const ALL: [Backend; 2] = [Backend::Redb, Backend::Sled];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Backend::Redb => "redb",
             Backend::Sled => "sled",
-            Backend::Fjall => "fjall",
         }
     }
 
@@ -272,7 +269,6 @@ impl KvJobStore {
         let engine: Arc<dyn KvEngine> = match backend {
             Backend::Redb => Arc::new(redb::RedbEngine::open(&dir.join("queue.redb"), cache)?),
             Backend::Sled => Arc::new(sled::SledEngine::open(&dir.join("sled"), cache)?),
-            Backend::Fjall => Arc::new(fjall::FjallEngine::open(&dir.join("fjall"), cache)?),
         };
         // Formats 2-4 kept a log of their own in front of redb; what it holds goes into redb first.
         // Below the sealing layer: the log holds sealed values.
@@ -382,7 +378,7 @@ impl KvJobStore {
         }
         let engine: Arc<dyn KvEngine> = match backend {
             Backend::Redb => Arc::new(redb::RedbEngine::open_read_only(&dir.join("queue.redb"))?),
-            Backend::Sled | Backend::Fjall => {
+            Backend::Sled => {
                 return Err(StoreError::Io(format!(
                     "the {} backend cannot be opened read-only; use the running daemon's API",
                     backend.as_str()
@@ -952,10 +948,6 @@ mod format_upgrade_tests {
                     Backend::Sled => Arc::new(
                         sled::SledEngine::open(&tmp.path().join("sled"), CACHE_BYTES)
                             .expect("sled"),
-                    ),
-                    Backend::Fjall => Arc::new(
-                        fjall::FjallEngine::open(&tmp.path().join("fjall"), CACHE_BYTES)
-                            .expect("fjall"),
                     ),
                 };
                 let rows = raw_jobs(&*engine);

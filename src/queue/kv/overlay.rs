@@ -1,5 +1,5 @@
 //! A write transaction for engines whose own transactions cannot read their writes back over a range
-//! (sled, fjall): the batch's changes wait in memory, reads see them over the engine's committed state,
+//! (sled): the batch's changes wait in memory, reads see them over the engine's committed state,
 //! and the engine applies them as one atomic batch at the end.
 
 use std::collections::BTreeMap;
