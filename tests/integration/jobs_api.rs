@@ -511,3 +511,52 @@ fn with_the_daemon_stopped_jobs_and_status_read_the_store_directly() {
     assert_eq!(view["lanes"]["portal:national"]["dead"], 2);
     assert_eq!(view["lanes"]["portal:national"]["ready"], 2);
 }
+
+#[test]
+fn a_store_of_the_previous_format_is_upgraded_by_the_daemon_which_warns_to_keep_a_copy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    std::fs::create_dir_all(&store).expect("mkdir");
+    // Made by the previous build and copied as a kill left it: its last batches only in its own log.
+    let fixture = crate::helpers::repo_file("fixtures/store-format-4/unclean");
+    for entry in std::fs::read_dir(&fixture).expect("fixture") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), store.join(entry.file_name())).expect("copy");
+    }
+    let store_arg = store.to_str().expect("path");
+    let (code, _, err) = run(&["jobs", "list", "--store", store_arg]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("earlier version") && err.contains("start the daemon once"),
+        "{err}"
+    );
+
+    let config = write_config(dir.path(), "redb", &store, "");
+    let mut daemon = Proc::spawn(&["run", "--config", config.to_str().expect("path")]);
+    let warning = daemon
+        .wait_for("upgrading the queue store", true, Duration::from_secs(20))
+        .or_else(|| daemon.wait_for("upgrading the queue store", false, Duration::ZERO))
+        .expect("the upgrade is announced");
+    assert!(warning.contains("keep a copy"), "{warning}");
+    assert!(
+        warning.contains("WARN") || warning.contains("warn"),
+        "{warning}"
+    );
+    daemon.listen_addr("api_addr");
+    daemon.sigterm();
+    assert!(
+        daemon
+            .wait_exit(Duration::from_secs(10))
+            .expect("exits")
+            .success()
+    );
+    assert!(!store.join("queue.wal").exists(), "the old log is gone");
+    let (code, out, err) = run(&["jobs", "list", "--store", store_arg, "--output", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let jobs: Vec<Value> = serde_json::from_str(&out).expect("json");
+    assert_eq!(
+        jobs.len(),
+        8,
+        "every job, the three only the log held included"
+    );
+}
