@@ -38,8 +38,9 @@ fn main() -> ExitCode {
             }
             exit(runtime().and_then(|rt| {
                 rt.block_on(async {
+                    let stop = app::shutdown_signal();
                     let app = Application::build(&settings).await?;
-                    app.run_until_stopped(app::shutdown_signal()).await
+                    app.run_until_stopped(stop).await
                 })
             }))
         }

@@ -70,6 +70,8 @@ impl JobHandler for LedgerHandler {
 }
 
 pub async fn child(args: QualifyArgs) -> anyhow::Result<()> {
+    // Before the application exists: the driver's SIGTERM may come as soon as it has started.
+    let signal = app::shutdown_signal();
     let settings = crate::settings::load(&args.config, std::env::vars())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     crate::telemetry::init(settings.log.format, &settings.log.level);
@@ -146,7 +148,7 @@ pub async fn child(args: QualifyArgs) -> anyhow::Result<()> {
         }));
     }
     let stop = async {
-        app::shutdown_signal().await;
+        signal.await;
         for p in &producers {
             p.abort();
         }
