@@ -171,7 +171,7 @@ pub struct JobFilterArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum JobsCommand {
-    /// List jobs, newest last.
+    /// List jobs, newest first.
     List {
         /// ready, leased, done, dead or discarded.
         #[arg(long)]
@@ -181,6 +181,9 @@ pub enum JobsCommand {
         /// At most this many jobs (all pages are followed up to it).
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// Oldest first instead: the jobs that have waited longest.
+        #[arg(long)]
+        oldest_first: bool,
         #[command(flatten)]
         offline: OfflineStoreArgs,
     },

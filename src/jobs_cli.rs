@@ -117,6 +117,7 @@ async fn run_offline(
             state,
             filter,
             limit,
+            oldest_first,
             ..
         } => {
             let state = match state {
@@ -131,6 +132,7 @@ async fn run_offline(
                     Some(code) => Some(crate::flows::identity::dossier_jobs(&queue, code).await?),
                     None => None,
                 },
+                newest_first: !oldest_first,
             };
             let jobs: Vec<Value> = queue
                 .list(filter, None, *limit)
@@ -175,12 +177,15 @@ pub async fn run(args: JobsArgs) -> anyhow::Result<()> {
             state,
             filter,
             limit,
+            oldest_first,
             ..
         } => {
             let mut query = filters(filter);
             if let Some(s) = state {
                 query.push(("state", s.clone()));
             }
+            let order = if *oldest_first { "oldest" } else { "newest" };
+            query.push(("order", order.into()));
             let jobs = list(&api, query, *limit).await?;
             match args.output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&jobs)?),

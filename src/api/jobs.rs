@@ -96,7 +96,15 @@ pub struct JobList {
 }
 
 /// The parameters of `GET /v1/jobs`; `replay` takes the filters and `all`.
-const LIST_PARAMS: [&str; 6] = ["state", "kind", "target", "dossier_code", "limit", "cursor"];
+const LIST_PARAMS: [&str; 7] = [
+    "state",
+    "kind",
+    "target",
+    "dossier_code",
+    "limit",
+    "cursor",
+    "order",
+];
 const REPLAY_PARAMS: [&str; 5] = ["state", "kind", "target", "dossier_code", "all"];
 
 /// Parses the shared filters; every problem is reported with its parameter. An empty value is
@@ -158,6 +166,16 @@ async fn filter(
             None
         }),
     };
+    let newest_first = match params.get("order").map(String::as_str) {
+        None | Some("oldest") => false,
+        Some("newest") => true,
+        Some(_) => {
+            error = error
+                .clone()
+                .field("order", "invalid_value", "expected oldest or newest");
+            false
+        }
+    };
     if let Some(code) = params.get("dossier_code").filter(|c| !c.is_empty())
         && !crate::flows::dossier::valid_code(code)
     {
@@ -185,6 +203,7 @@ async fn filter(
             kind: non_empty("kind"),
             lane: non_empty("target"),
             dossier,
+            newest_first,
         },
         limit,
         cursor,

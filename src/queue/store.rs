@@ -110,6 +110,9 @@ pub struct JobFilter {
     pub kind: Option<String>,
     pub lane: Option<String>,
     pub dossier: Option<DossierJobs>,
+    /// [`JobStore::list`] from the newest job back (ids are time-ordered); a cursor then continues
+    /// with older jobs. Bulk replay ignores it.
+    pub newest_first: bool,
 }
 
 impl JobFilter {
@@ -339,7 +342,8 @@ pub trait JobStore: Send + Sync + Debug {
 
     fn get(&self, id: JobId) -> StoreFuture<'_, Option<Job>>;
 
-    /// Jobs matching `filter` in id order, starting after `after`.
+    /// Jobs matching `filter` in id order — oldest first, or newest first when `filter.newest_first`
+    /// — starting after `after` in that order.
     fn list(
         &self,
         filter: JobFilter,

@@ -472,6 +472,60 @@ each_backend!(listing_filters_and_pages_in_id_order, |h, dir, backend| {
 });
 
 each_backend!(
+    listing_newest_first_pages_back_to_the_oldest,
+    |h, dir, backend| {
+        let mut ids = Vec::new();
+        for n in 0..7 {
+            h.clock.advance(Duration::from_millis(1));
+            ids.push(
+                h.queue
+                    .enqueue(NewJob::new("k", "l", format!("K{n}"), vec![]))
+                    .await
+                    .expect("enqueue")
+                    .id,
+            );
+        }
+        // Two dead jobs, so that the dead-letter index is listed newest first too.
+        for _ in 0..2 {
+            let job = h.queue.lease("l", 1).await.expect("lease").jobs.remove(0);
+            h.queue
+                .fail(&job, &JobError::permanent("http_400", "refused"))
+                .await
+                .expect("dead");
+        }
+        let newest = |after, limit, state| {
+            h.queue.list(
+                JobFilter {
+                    state,
+                    newest_first: true,
+                    ..Default::default()
+                },
+                after,
+                limit,
+            )
+        };
+        let page1 = newest(None, 3, None).await.expect("list");
+        let page2 = newest(Some(page1[2].id), 10, None).await.expect("list");
+        let listed: Vec<JobId> = page1.iter().chain(&page2).map(|j| j.id).collect();
+        let mut expected = ids.clone();
+        expected.reverse();
+        assert_eq!(
+            listed, expected,
+            "every job once, newest first, across pages"
+        );
+        let dead = newest(None, 10, Some(JobState::Dead)).await.expect("list");
+        assert_eq!(
+            dead.iter().map(|j| j.id).collect::<Vec<_>>(),
+            vec![ids[1], ids[0]]
+        );
+        let older = newest(Some(ids[1]), 10, Some(JobState::Dead))
+            .await
+            .expect("list");
+        assert_eq!(older.iter().map(|j| j.id).collect::<Vec<_>>(), vec![ids[0]]);
+    }
+);
+
+each_backend!(
     concurrent_producers_keep_every_job_and_per_key_order,
     |h, dir, backend| {
         let producers = 32;

@@ -207,6 +207,39 @@ fn operators_find_and_repair_jobs_through_the_api() {
         (Some(3), Some(2))
     );
     assert!(page2.get("next_cursor").is_none());
+    // Newest first: the same five jobs in the opposite order, over pages as well.
+    let page_ids = |page: &Value| -> Vec<String> {
+        page["jobs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|j| j["id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let oldest: Vec<String> = page_ids(&page1)
+        .into_iter()
+        .chain(page_ids(&page2))
+        .collect();
+    let (_, _, newest1) = c.call("GET", "/v1/jobs?limit=3&order=newest", Some(ADMIN), None);
+    let cursor = newest1["next_cursor"]
+        .as_str()
+        .expect("more pages")
+        .to_owned();
+    let (_, _, newest2) = c.call(
+        "GET",
+        &format!("/v1/jobs?limit=3&order=newest&cursor={cursor}"),
+        Some(ADMIN),
+        None,
+    );
+    let mut newest: Vec<String> = page_ids(&newest1)
+        .into_iter()
+        .chain(page_ids(&newest2))
+        .collect();
+    newest.reverse();
+    assert_eq!(newest, oldest);
+    let (status, _, bad_order) = c.call("GET", "/v1/jobs?order=latest", Some(ADMIN), None);
+    assert_eq!(status, 400);
+    assert_eq!(bad_order["errors"][0]["field"], "order", "{bad_order}");
     let (status, _, bad) = c.call(
         "GET",
         "/v1/jobs?state=zombie&limit=0&colour=red",
@@ -334,6 +367,24 @@ fn the_jobs_command_lists_shows_and_replays_dead_letters() {
     assert_eq!(code, 0, "{err}");
     let dead: Vec<Value> = serde_json::from_str(&out).expect("json list");
     assert_eq!(dead.len(), 2);
+    assert!(
+        dead[0]["id"].as_str() > dead[1]["id"].as_str(),
+        "newest first by default"
+    );
+    let (_, out, _) = jobs_cmd(
+        &api,
+        Some(ADMIN),
+        &[
+            "list",
+            "--state",
+            "dead",
+            "--oldest-first",
+            "--output",
+            "json",
+        ],
+    );
+    let oldest: Vec<Value> = serde_json::from_str(&out).expect("json list");
+    assert_eq!(oldest[0]["id"], dead[1]["id"]);
     let (code, table, _) = jobs_cmd(
         &api,
         Some(ADMIN),
@@ -468,12 +519,9 @@ fn after_a_kill_the_offline_tools_say_to_start_the_daemon_and_read_the_store_aft
     let mut again = Proc::spawn(&["run", "--config", config.to_str().expect("path")]);
     again.listen_addr("api_addr");
     again.sigterm();
-    assert!(
-        again
-            .wait_exit(Duration::from_secs(10))
-            .expect("exits")
-            .success()
-    );
+    let status = again.wait_exit(Duration::from_secs(10)).expect("exits");
+    again.pump();
+    assert!(status.success(), "{status:?}: {:#?}", again.err_lines);
     let (code, out, err) = run(&["status", "--store", store_arg, "--output", "json"]);
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains("warning"), "nothing left unreplayed: {err}");
@@ -554,9 +602,11 @@ fn a_store_of_the_previous_format_is_upgraded_by_the_daemon_which_warns_to_keep_
     let (code, out, err) = run(&["jobs", "list", "--store", store_arg, "--output", "json"]);
     assert_eq!(code, 0, "{err}");
     let jobs: Vec<Value> = serde_json::from_str(&out).expect("json");
+    // Seven jobs were waiting, three of them only in the log; the one done in 1970 may already have
+    // been purged by the daemon's retention.
+    let ready = jobs.iter().filter(|j| j["state"] == "ready").count();
     assert_eq!(
-        jobs.len(),
-        8,
-        "every job, the three only the log held included"
+        ready, 7,
+        "every waiting job, the three only the log held included"
     );
 }

@@ -85,6 +85,14 @@ pub(crate) trait KvRead {
         to: Option<&[u8]>,
         limit: usize,
     ) -> Result<Entries, StoreError>;
+    /// The entries of [`KvRead::scan`] in descending key order: the `limit` highest keys below `to`.
+    fn scan_rev(
+        &self,
+        table: Table,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, StoreError>;
     /// Whether any entry has `from <= key < to`.
     fn any(&self, table: Table, from: &[u8], to: Option<&[u8]>) -> Result<bool, StoreError> {
         Ok(!self.scan(table, from, to, 1)?.is_empty())

@@ -903,17 +903,30 @@ pub(crate) fn list(
         Some(JobState::Dead) => (Table::ByState, vec![JobState::Dead.code()]),
         _ => (Table::Jobs, Vec::new()),
     };
-    let end = keys::prefix_end(&prefix);
     let mut from = prefix.clone();
-    if let Some(after) = after {
-        from.extend_from_slice(&keys::id_key(after));
-        from.push(0);
+    let mut to = keys::prefix_end(&prefix);
+    let cursor = |id| [prefix.as_slice(), &keys::id_key(id)].concat();
+    match after {
+        Some(after) if filter.newest_first => to = Some(cursor(after)),
+        Some(after) => {
+            from = cursor(after);
+            from.push(0);
+        }
+        None => {}
     }
     loop {
-        let chunk = tx.scan(table, &from, end.as_deref(), SCAN_CHUNK)?;
+        let chunk = if filter.newest_first {
+            tx.scan_rev(table, &from, to.as_deref(), SCAN_CHUNK)?
+        } else {
+            tx.scan(table, &from, to.as_deref(), SCAN_CHUNK)?
+        };
         let Some((last, _)) = chunk.last() else { break };
-        from = last.clone();
-        from.push(0);
+        if filter.newest_first {
+            to = Some(last.clone());
+        } else {
+            from = last.clone();
+            from.push(0);
+        }
         for (key, value) in &chunk {
             let job = if table == Table::Jobs {
                 Job::decode(value).map_err(StoreError::Corrupt)?

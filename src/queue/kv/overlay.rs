@@ -23,14 +23,37 @@ impl KvRead for Overlay<'_> {
         }
     }
 
-    /// Each pending change in the range can hide or replace at most one stored entry, so the first
-    /// `limit + changes` stored entries hold every stored entry of the merged first `limit`.
     fn scan(
         &self,
         table: Table,
         from: &[u8],
         to: Option<&[u8]>,
         limit: usize,
+    ) -> Result<Entries, StoreError> {
+        self.merged(table, (from, to), limit, false)
+    }
+
+    fn scan_rev(
+        &self,
+        table: Table,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, StoreError> {
+        self.merged(table, (from, to), limit, true)
+    }
+}
+
+impl Overlay<'_> {
+    /// Each pending change in the range can hide or replace at most one stored entry, so the first
+    /// `limit + changes` stored entries (in the scan's order) hold every stored entry of the merged
+    /// first `limit`.
+    fn merged(
+        &self,
+        table: Table,
+        (from, to): (&[u8], Option<&[u8]>),
+        limit: usize,
+        rev: bool,
     ) -> Result<Entries, StoreError> {
         if to.is_some_and(|to| to <= from) {
             return Ok(Vec::new());
@@ -41,17 +64,26 @@ impl KvRead for Overlay<'_> {
             .take_while(|((t, k), _)| *t == table && to.is_none_or(|to| k.as_slice() < to))
             .map(|((_, k), v)| (k.clone(), v.clone()))
             .collect();
-        let stored = self
-            .base
-            .scan(table, from, to, limit.saturating_add(changes.len()))?;
+        let wanted = limit.saturating_add(changes.len());
+        let stored = if rev {
+            self.base.scan_rev(table, from, to, wanted)?
+        } else {
+            self.base.scan(table, from, to, wanted)?
+        };
         let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> =
             stored.into_iter().map(|(k, v)| (k, Some(v))).collect();
         merged.extend(changes);
-        Ok(merged
-            .into_iter()
-            .filter_map(|(k, v)| Some((k, v?)))
-            .take(limit)
-            .collect())
+        let live = |(k, v): (Vec<u8>, Option<Vec<u8>>)| Some((k, v?));
+        Ok(if rev {
+            merged
+                .into_iter()
+                .rev()
+                .filter_map(live)
+                .take(limit)
+                .collect()
+        } else {
+            merged.into_iter().filter_map(live).take(limit).collect()
+        })
     }
 }
 
@@ -97,6 +129,19 @@ mod tests {
                 .map(|((_, k), v)| (k.clone(), v.clone()))
                 .collect())
         }
+
+        fn scan_rev(
+            &self,
+            table: Table,
+            from: &[u8],
+            to: Option<&[u8]>,
+            limit: usize,
+        ) -> Result<Entries, StoreError> {
+            let mut all = self.scan(table, from, to, usize::MAX)?;
+            all.reverse();
+            all.truncate(limit);
+            Ok(all)
+        }
     }
 
     fn key() -> impl Strategy<Value = Vec<u8>> {
@@ -137,6 +182,14 @@ mod tests {
                 .map(|(k, v)| (k.clone(), vec![*v]))
                 .collect();
             prop_assert_eq!(overlay.scan(table, &from, to.as_deref(), limit).expect("scan"), expected);
+            let mut newest: Entries = model
+                .range(from.clone()..)
+                .take_while(|(k, _)| to.as_ref().is_none_or(|to| *k < to))
+                .map(|(k, v)| (k.clone(), vec![*v]))
+                .collect();
+            newest.reverse();
+            newest.truncate(limit);
+            prop_assert_eq!(overlay.scan_rev(table, &from, to.as_deref(), limit).expect("scan"), newest);
             for k in model.keys().chain(changes.iter().map(|(k, _)| k)) {
                 prop_assert_eq!(overlay.get(table, k).expect("get"), model.get(k).map(|v| vec![*v]));
             }

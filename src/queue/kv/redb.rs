@@ -84,6 +84,7 @@ fn scan_table(
     from: &[u8],
     to: Option<&[u8]>,
     limit: usize,
+    rev: bool,
 ) -> Result<Entries, StoreError> {
     let range = match to {
         Some(to) if to <= from => return Ok(Vec::new()),
@@ -91,6 +92,11 @@ fn scan_table(
         None => table.range::<&[u8]>(from..),
     }
     .map_err(err)?;
+    let range: Box<dyn Iterator<Item = _>> = if rev {
+        Box::new(range.rev())
+    } else {
+        Box::new(range)
+    };
     range
         .take(limit)
         .map(|entry| {
@@ -126,7 +132,17 @@ impl KvRead for Write<'_> {
         to: Option<&[u8]>,
         limit: usize,
     ) -> Result<Entries, StoreError> {
-        scan_table(self.table(table), from, to, limit)
+        scan_table(self.table(table), from, to, limit, false)
+    }
+
+    fn scan_rev(
+        &self,
+        table: Table,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, StoreError> {
+        scan_table(self.table(table), from, to, limit, true)
     }
 }
 
@@ -171,7 +187,17 @@ impl KvRead for Read {
         to: Option<&[u8]>,
         limit: usize,
     ) -> Result<Entries, StoreError> {
-        scan_table(&self.table(table)?, from, to, limit)
+        scan_table(&self.table(table)?, from, to, limit, false)
+    }
+
+    fn scan_rev(
+        &self,
+        table: Table,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, StoreError> {
+        scan_table(&self.table(table)?, from, to, limit, true)
     }
 }
 

@@ -188,16 +188,21 @@ impl Keyring {
             .transpose()
     }
 
+    /// Opens what `scan` (or `scan_rev`, when `rev`) of `inner` answers.
     fn scan_from(
         &self,
         inner: &dyn KvRead,
         table: Table,
-        from: &[u8],
-        to: Option<&[u8]>,
+        (from, to): (&[u8], Option<&[u8]>),
         limit: usize,
+        rev: bool,
     ) -> Result<Entries, StoreError> {
-        inner
-            .scan(table, from, to, limit)?
+        let entries = if rev {
+            inner.scan_rev(table, from, to, limit)?
+        } else {
+            inner.scan(table, from, to, limit)?
+        };
+        entries
             .into_iter()
             .map(|(k, v)| {
                 let v = self.open(table, &k, v)?;
@@ -225,7 +230,19 @@ impl KvRead for SealedRead<'_> {
         to: Option<&[u8]>,
         limit: usize,
     ) -> Result<Entries, StoreError> {
-        self.keys.scan_from(self.inner, table, from, to, limit)
+        self.keys
+            .scan_from(self.inner, table, (from, to), limit, false)
+    }
+
+    fn scan_rev(
+        &self,
+        table: Table,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, StoreError> {
+        self.keys
+            .scan_from(self.inner, table, (from, to), limit, true)
     }
 
     /// Keys are not sealed: the question needs no keyring.
@@ -252,7 +269,19 @@ impl KvRead for SealedWrite<'_> {
         to: Option<&[u8]>,
         limit: usize,
     ) -> Result<Entries, StoreError> {
-        self.keys.scan_from(&*self.inner, table, from, to, limit)
+        self.keys
+            .scan_from(&*self.inner, table, (from, to), limit, false)
+    }
+
+    fn scan_rev(
+        &self,
+        table: Table,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, StoreError> {
+        self.keys
+            .scan_from(&*self.inner, table, (from, to), limit, true)
     }
 
     /// Keys are not sealed: the question needs no keyring.

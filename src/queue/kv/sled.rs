@@ -79,13 +79,20 @@ fn scan_tree(
     from: &[u8],
     to: Option<&[u8]>,
     limit: usize,
+    rev: bool,
 ) -> Result<Entries, StoreError> {
     let (start, end) = full_range(table, from, to);
     if end <= start {
         return Ok(Vec::new());
     }
+    let range = tree.range(start..end);
+    let range: Box<dyn Iterator<Item = _>> = if rev {
+        Box::new(range.rev())
+    } else {
+        Box::new(range)
+    };
     let mut out = Vec::new();
-    for entry in tree.range(start..end).take(limit) {
+    for entry in range.take(limit) {
         let (k, v) = entry.map_err(err)?;
         out.push((k[1..].to_vec(), v.to_vec()));
     }
@@ -112,7 +119,17 @@ impl KvRead for Snapshot<'_> {
         to: Option<&[u8]>,
         limit: usize,
     ) -> Result<Entries, StoreError> {
-        scan_tree(self.tree, table, from, to, limit)
+        scan_tree(self.tree, table, from, to, limit, false)
+    }
+
+    fn scan_rev(
+        &self,
+        table: Table,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, StoreError> {
+        scan_tree(self.tree, table, from, to, limit, true)
     }
 }
 
