@@ -205,7 +205,14 @@ impl Application {
                 stop.clone(),
             ));
         }
-        let tokens = Arc::new(crate::api::auth::Tokens::new(settings.api.tokens.clone()));
+        let tokens = Arc::new(
+            crate::api::auth::Tokens::load(
+                settings.api.tokens.clone(),
+                settings.api.tokens_file.clone(),
+            )
+            .map_err(|e| anyhow::anyhow!("api.tokens_file: {e}"))?,
+        );
+        workers.push(spawn_reload_on_hangup(tokens.clone(), stop.clone()));
         let history = Arc::new(crate::ops::dashboard::History::default());
         workers.push(crate::ops::dashboard::spawn_sampler(
             queue.clone(),
@@ -362,6 +369,34 @@ fn spawn_audit_maintenance(
                 }
                 Ok(Err(e)) => tracing::error!(error = %e, "audit log maintenance"),
                 Err(e) => tracing::error!(error = %e, "audit log maintenance task"),
+            }
+        }
+    })
+}
+
+/// On SIGHUP, reads the files that may change without a restart again (`api.tokens_file`). A file
+/// that does not read or validate leaves what was loaded before in place, and says why.
+fn spawn_reload_on_hangup(
+    tokens: Arc<crate::api::auth::Tokens>,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let hangup = signal(SignalKind::hangup());
+    tokio::spawn(async move {
+        let Ok(mut hangup) = hangup else {
+            tracing::warn!("cannot install the SIGHUP handler; changed token files need a restart");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = hangup.recv() => {}
+                _ = stop.wait_for(|stopped| *stopped) => return,
+            }
+            match tokens.reload() {
+                Ok(count) => tracing::info!(tokens = count, "SIGHUP: API tokens reloaded"),
+                Err(error) => {
+                    tracing::error!(%error, "SIGHUP: the tokens file was not loaded; the previous tokens stay")
+                }
             }
         }
     })

@@ -30,6 +30,8 @@ pub enum Command {
     },
     /// Check a configuration file and report every problem (file or variable, key, what was expected).
     CheckConfig {
+        /// The configuration file (TOML) the daemon would run with; `DVC_CONNECTOR__…` variables
+        /// in the environment apply as they would to `run`.
         #[arg(value_name = "FILE")]
         config: PathBuf,
         /// Also print the configuration as read (file plus environment), with secrets redacted.

@@ -3,7 +3,8 @@
 //! an attacker how close a guess was.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use axum::extract::FromRequestParts;
 use axum::http::header;
@@ -15,30 +16,77 @@ use super::ApiState;
 use super::problem::{ApiError, Code, Lang};
 use crate::settings::{Scope, TokenSettings};
 
+/// The configured tokens: `[[api.tokens]]`, and those of `api.tokens_file`, which [`Tokens::reload`]
+/// reads again (on SIGHUP) without a restart.
 #[derive(Debug, Default)]
-pub struct Tokens(Vec<TokenSettings>);
+pub struct Tokens {
+    inline: Vec<TokenSettings>,
+    file: Option<PathBuf>,
+    current: RwLock<Vec<TokenSettings>>,
+}
 
 impl Tokens {
     pub fn new(tokens: Vec<TokenSettings>) -> Self {
-        Self(tokens)
+        Self {
+            current: RwLock::new(tokens.clone()),
+            inline: tokens,
+            file: None,
+        }
+    }
+
+    /// The configuration's tokens and those of its tokens file, read now.
+    pub fn load(inline: Vec<TokenSettings>, file: Option<PathBuf>) -> Result<Self, String> {
+        let tokens = Self {
+            current: RwLock::new(inline.clone()),
+            inline,
+            file,
+        };
+        tokens.reload()?;
+        Ok(tokens)
+    }
+
+    /// Reads the tokens file again and, if it is valid, serves its tokens from now on (tokens no
+    /// longer listed stop working at once); if not, keeps the current ones. Answers how many tokens
+    /// are configured.
+    pub fn reload(&self) -> Result<usize, String> {
+        let mut all = self.inline.clone();
+        if let Some(path) = &self.file {
+            for t in crate::settings::read_tokens_file(path)? {
+                if all.iter().any(|known| known.name == t.name) {
+                    return Err(format!(
+                        "{}: `{}` is also a token in the configuration",
+                        path.display(),
+                        t.name
+                    ));
+                }
+                all.push(t);
+            }
+        }
+        let count = all.len();
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = all;
+        Ok(count)
+    }
+
+    fn current(&self) -> std::sync::RwLockReadGuard<'_, Vec<TokenSettings>> {
+        self.current.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The configured token named `name`.
-    pub fn by_name(&self, name: &str) -> Option<&TokenSettings> {
-        self.0.iter().find(|t| t.name == name)
+    pub fn by_name(&self, name: &str) -> Option<TokenSettings> {
+        self.current().iter().find(|t| t.name == name).cloned()
     }
 
     /// The configured token matching `Authorization: Bearer …`, if any.
-    pub fn authenticate(&self, authorization: Option<&str>) -> Option<&TokenSettings> {
+    pub fn authenticate(&self, authorization: Option<&str>) -> Option<TokenSettings> {
         let token = authorization?.strip_prefix("Bearer ")?.trim();
         if token.is_empty() {
             return None;
         }
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let mut found = None;
-        for t in &self.0 {
+        for t in self.current().iter() {
             if bool::from(t.sha256.ct_eq(&digest)) && found.is_none() {
-                found = Some(t);
+                found = Some(t.clone());
             }
         }
         found
@@ -312,16 +360,12 @@ mod tests {
             token("ops", "o-secret", &[Scope::Admin]),
         ]);
         assert_eq!(
-            tokens
-                .authenticate(Some("Bearer o-secret"))
-                .map(|t| t.name.as_str()),
-            Some("ops")
+            tokens.authenticate(Some("Bearer o-secret")).map(|t| t.name),
+            Some("ops".to_owned())
         );
         assert_eq!(
-            tokens
-                .authenticate(Some("Bearer p-secret"))
-                .map(|t| t.name.as_str()),
-            Some("portal")
+            tokens.authenticate(Some("Bearer p-secret")).map(|t| t.name),
+            Some("portal".to_owned())
         );
         for bad in [
             None,

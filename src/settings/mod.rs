@@ -20,7 +20,7 @@ use url::Url;
 
 use crate::queue::{Backend, RetryPolicies};
 
-pub use self::validate::parse_duration;
+pub use self::validate::{parse_duration, read_tokens_file};
 
 /// Prefix of environment variables that override the file; `__` separates the key's parts.
 pub const ENV_PREFIX: &str = "DVC_CONNECTOR__";
@@ -96,7 +96,10 @@ pub struct ApiSettings {
     pub listen: SocketAddr,
     pub limits: ListenerLimits,
     pub body_limit: usize,
+    /// `[[api.tokens]]`.
     pub tokens: Vec<TokenSettings>,
+    /// More tokens in their own file, read at start and again on SIGHUP ([`read_tokens_file`]).
+    pub tokens_file: Option<PathBuf>,
     /// Requests per second allowed to each token (bursts up to the same number); 0: no limit.
     pub rate_limit: u32,
     /// Failed authentications a minute from one client address (API and dashboard together) before

@@ -92,6 +92,7 @@ pub(crate) struct RawApi {
     pub rate_limit: Option<i64>,
     #[serde(default)]
     pub tokens: Vec<RawToken>,
+    pub tokens_file: Option<String>,
     pub tls: Option<RawServerTls>,
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use url::Url;
 
-use super::raw::{RawFlows, RawRetry, RawRetryOverride, RawSettings};
+use super::raw::{RawFlows, RawRetry, RawRetryOverride, RawSettings, RawToken};
 use super::*;
 use crate::queue::{Backend, RetryPolicies, RetryPolicy};
 
@@ -176,6 +176,74 @@ struct Checker<'a> {
 impl Checker<'_> {
     fn fail(&mut self, key: &str, message: impl Into<String>) {
         self.problems.push((key.to_owned(), message.into()));
+    }
+
+    /// `[[api.tokens]]` entries (or a tokens file's `[[tokens]]`), under `prefix`; `names` are the
+    /// names taken so far.
+    fn tokens(
+        &mut self,
+        prefix: &str,
+        raw: &[RawToken],
+        names: &mut BTreeSet<String>,
+    ) -> Vec<TokenSettings> {
+        let mut tokens = Vec::new();
+        for (i, t) in raw.iter().enumerate() {
+            let key = format!("{prefix}.{i}");
+            let name = self
+                .required(&format!("{key}.name"), t.name.as_deref())
+                .unwrap_or_default()
+                .to_owned();
+            if !name.is_empty() && !names.insert(name.clone()) {
+                self.fail(
+                    &format!("{key}.name"),
+                    format!("`{name}` is used by another token"),
+                );
+            }
+            let sha256 = match self.required(&format!("{key}.sha256"), t.sha256.as_deref()) {
+                Some(hex) => decode_sha256(hex).unwrap_or_else(|| {
+                    self.fail(
+                        &format!("{key}.sha256"),
+                        "expected 64 hex digits (sha256 of the token)",
+                    );
+                    [0; 32]
+                }),
+                None => [0; 32],
+            };
+            let mut scopes = BTreeSet::new();
+            match &t.scopes {
+                None => self.fail(
+                    &format!("{key}.scopes"),
+                    "missing; expected a list of \"portal\" and/or \"admin\"",
+                ),
+                Some(list) => {
+                    for s in list {
+                        match s.as_str() {
+                            "portal" => {
+                                scopes.insert(Scope::Portal);
+                            }
+                            "admin" => {
+                                scopes.insert(Scope::Admin);
+                            }
+                            other => self.fail(
+                                &format!("{key}.scopes"),
+                                format!(
+                                    "unknown scope `{other}`; expected \"portal\" or \"admin\""
+                                ),
+                            ),
+                        }
+                    }
+                    if list.is_empty() {
+                        self.fail(&format!("{key}.scopes"), "must name at least one scope");
+                    }
+                }
+            }
+            tokens.push(TokenSettings {
+                name,
+                sha256,
+                scopes,
+            });
+        }
+        tokens
     }
 
     fn duration(
@@ -535,61 +603,28 @@ pub(super) fn settings(raw: RawSettings, base_dir: &Path, problems: &mut Problem
             1 << 20
         }),
     };
-    let mut tokens = Vec::new();
     let mut names = BTreeSet::new();
-    for (i, t) in raw.api.tokens.iter().enumerate() {
-        let key = format!("api.tokens.{i}");
-        let name = c
-            .required(&format!("{key}.name"), t.name.as_deref())
-            .unwrap_or_default()
-            .to_owned();
-        if !name.is_empty() && !names.insert(name.clone()) {
-            c.fail(
-                &format!("{key}.name"),
-                format!("`{name}` is used by another token"),
-            );
-        }
-        let sha256 = match c.required(&format!("{key}.sha256"), t.sha256.as_deref()) {
-            Some(hex) => decode_sha256(hex).unwrap_or_else(|| {
-                c.fail(
-                    &format!("{key}.sha256"),
-                    "expected 64 hex digits (sha256 of the token)",
-                );
-                [0; 32]
-            }),
-            None => [0; 32],
-        };
-        let mut scopes = BTreeSet::new();
-        match &t.scopes {
-            None => c.fail(
-                &format!("{key}.scopes"),
-                "missing; expected a list of \"portal\" and/or \"admin\"",
-            ),
-            Some(list) => {
-                for s in list {
-                    match s.as_str() {
-                        "portal" => {
-                            scopes.insert(Scope::Portal);
-                        }
-                        "admin" => {
-                            scopes.insert(Scope::Admin);
-                        }
-                        other => c.fail(
-                            &format!("{key}.scopes"),
-                            format!("unknown scope `{other}`; expected \"portal\" or \"admin\""),
-                        ),
+    let tokens = c.tokens("api.tokens", &raw.api.tokens, &mut names);
+    let tokens_file = raw.api.tokens_file.as_deref().map(|f| base_dir.join(f));
+    // Checked here (check-config, start); the daemon itself reads it at start and on SIGHUP.
+    if let Some(path) = &tokens_file {
+        match read_tokens_file(path) {
+            Ok(more) => {
+                for t in more {
+                    if !names.insert(t.name.clone()) {
+                        c.fail(
+                            "api.tokens_file",
+                            format!(
+                                "`{}` in {} is also a token in the configuration",
+                                t.name,
+                                path.display()
+                            ),
+                        );
                     }
                 }
-                if list.is_empty() {
-                    c.fail(&format!("{key}.scopes"), "must name at least one scope");
-                }
             }
+            Err(message) => c.fail("api.tokens_file", message),
         }
-        tokens.push(TokenSettings {
-            name,
-            sha256,
-            scopes,
-        });
     }
     let api = ApiSettings {
         listen,
@@ -602,6 +637,7 @@ pub(super) fn settings(raw: RawSettings, base_dir: &Path, problems: &mut Problem
         ),
         body_limit,
         tokens,
+        tokens_file,
         rate_limit: c.int("api.rate_limit", raw.api.rate_limit, 20_000, (0, 1_000_000)) as u32,
         auth_failure_limit: c.int(
             "api.auth_failure_limit",
@@ -1333,4 +1369,32 @@ fn decode_sha256(hex: &str) -> Option<[u8; 32]> {
         out[i] = u8::from_str_radix(text, 16).ok()?;
     }
     Some(out)
+}
+
+/// Reads a tokens file (`api.tokens_file`): `[[tokens]]` entries shaped like `[[api.tokens]]`. The
+/// daemon reads it at start and again on SIGHUP; every problem is named with the file and the key.
+pub fn read_tokens_file(path: &Path) -> Result<Vec<TokenSettings>, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct File {
+        #[serde(default)]
+        tokens: Vec<RawToken>,
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let file: File = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut problems = Problems::new();
+    let tokens = Checker {
+        problems: &mut problems,
+        allow_http: false,
+    }
+    .tokens("tokens", &file.tokens, &mut BTreeSet::new());
+    if problems.is_empty() {
+        Ok(tokens)
+    } else {
+        Err(problems
+            .iter()
+            .map(|(key, message)| format!("{}: {key}: {message}", path.display()))
+            .collect::<Vec<_>>()
+            .join("; "))
+    }
 }

@@ -159,10 +159,15 @@ impl Proc {
     }
 
     pub fn sigterm(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends the named signal (`TERM`, `HUP`, …) with kill(1).
+    pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
-            .expect("kill -TERM");
+            .expect("kill");
         assert!(status.success());
     }
 

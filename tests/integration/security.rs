@@ -469,3 +469,74 @@ fn idempotency_keys_are_per_caller_and_a_race_on_one_key_accepts_one_request() {
     }
     daemon.sigterm();
 }
+
+#[test]
+fn api_tokens_come_from_their_own_file_and_change_on_sighup_without_a_restart() {
+    dvc_connector::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), "redb", &dir.path().join("store"), "");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text.replacen("[api]\n", "[api]\ntokens_file = \"tokens.toml\"\n", 1),
+    )
+    .expect("config");
+    let tokens = dir.path().join("tokens.toml");
+    let entry = |name: &str, secret: &str| {
+        format!(
+            "[[tokens]]\nname = \"{name}\"\nsha256 = \"{}\"\nscopes = [\"admin\"]\n",
+            sha256_hex(secret)
+        )
+    };
+    std::fs::write(&tokens, entry("first", "first-secret")).expect("tokens");
+    let mut daemon = Proc::spawn(&["run", "--config", config.to_str().expect("path")]);
+    let api = daemon.listen_addr("api_addr");
+    let http = client();
+    let status = |secret: &str| {
+        http.get(format!("http://{api}/v1/jobs"))
+            .bearer_auth(secret)
+            .send()
+            .expect("request")
+            .status()
+            .as_u16()
+    };
+    assert_eq!(status("first-secret"), 200);
+    assert_eq!(status("second-secret"), 401);
+
+    // The file changes: the new token works after SIGHUP, and the one taken out stops working.
+    std::fs::write(&tokens, entry("second", "second-secret")).expect("tokens");
+    daemon.signal("HUP");
+    daemon
+        .wait_for("API tokens reloaded", true, Duration::from_secs(10))
+        .expect("the reload is logged");
+    assert_eq!(status("second-secret"), 200);
+    assert_eq!(status("first-secret"), 401);
+
+    // A file that does not validate changes nothing, and the log says why.
+    std::fs::write(&tokens, "[[tokens]]\nname = \"third\"\n").expect("tokens");
+    daemon.signal("HUP");
+    let line = daemon
+        .wait_for("tokens file was not loaded", true, Duration::from_secs(10))
+        .expect("the refusal is logged");
+    assert!(line.contains("tokens.0.sha256"), "{line}");
+    assert_eq!(status("second-secret"), 200);
+
+    daemon.sigterm();
+    assert!(
+        daemon
+            .wait_exit(Duration::from_secs(10))
+            .expect("exits")
+            .success()
+    );
+    // check-config names the file's problem with the file and the key.
+    let out = std::process::Command::new(crate::helpers::binary())
+        .args(["check-config", config.to_str().expect("path")])
+        .output()
+        .expect("check-config");
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("api.tokens_file") && err.contains("tokens.toml") && err.contains("sha256"),
+        "{err}"
+    );
+}
