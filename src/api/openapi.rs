@@ -304,6 +304,7 @@ pub fn document() -> Value {
         json!({ "name": "state", "in": "query", "required": false, "schema": { "type": "string", "enum": ["ready", "leased", "done", "dead", "discarded"] } }),
         json!({ "name": "limit", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 1, "maximum": 500, "default": 50 } }),
         json!({ "name": "cursor", "in": "query", "required": false, "description": "`next_cursor` of the previous page", "schema": { "type": "string" } }),
+        json!({ "name": "order", "in": "query", "required": false, "description": "`oldest` (default) lists from the first job created, `newest` from the last; a cursor continues in the same order", "schema": { "type": "string", "enum": ["oldest", "newest"], "default": "oldest" } }),
     ];
     list_params.extend(filters());
     let mut doc = json!({
