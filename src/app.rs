@@ -104,6 +104,7 @@ impl Application {
             Some(metrics.clone() as Arc<dyn dvc_upstream::Observer>),
         )
         .context("building the upstream clients")?;
+        let officers = clients.officers.clone();
         // The audit log is opened only where lookups can happen; a broken chain stops the start.
         let audit = if settings.upstreams.population.is_some() {
             let key = match &settings.audit.key_file {
@@ -212,7 +213,11 @@ impl Application {
             )
             .map_err(|e| anyhow::anyhow!("api.tokens_file: {e}"))?,
         );
-        workers.push(spawn_reload_on_hangup(tokens.clone(), stop.clone()));
+        workers.push(spawn_reload_on_hangup(
+            tokens.clone(),
+            officers,
+            stop.clone(),
+        ));
         let history = Arc::new(crate::ops::dashboard::History::default());
         workers.push(crate::ops::dashboard::spawn_sampler(
             queue.clone(),
@@ -374,17 +379,21 @@ fn spawn_audit_maintenance(
     })
 }
 
-/// On SIGHUP, reads the files that may change without a restart again (`api.tokens_file`). A file
-/// that does not read or validate leaves what was loaded before in place, and says why.
+/// On SIGHUP, reads the files that may change without a restart again (`api.tokens_file`,
+/// `upstreams.population.officers_file`). A file that does not read or validate leaves what was
+/// loaded from it before in place, and says why.
 fn spawn_reload_on_hangup(
     tokens: Arc<crate::api::auth::Tokens>,
+    officers: Arc<crate::upstreams::Officers>,
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let hangup = signal(SignalKind::hangup());
     tokio::spawn(async move {
         let Ok(mut hangup) = hangup else {
-            tracing::warn!("cannot install the SIGHUP handler; changed token files need a restart");
+            tracing::warn!(
+                "cannot install the SIGHUP handler; changed token and officer files need a restart"
+            );
             return;
         };
         loop {
@@ -396,6 +405,14 @@ fn spawn_reload_on_hangup(
                 Ok(count) => tracing::info!(tokens = count, "SIGHUP: API tokens reloaded"),
                 Err(error) => {
                     tracing::error!(%error, "SIGHUP: the tokens file was not loaded; the previous tokens stay")
+                }
+            }
+            match officers.reload() {
+                Ok(count) => {
+                    tracing::info!(officers = count, "SIGHUP: officers' credentials reloaded")
+                }
+                Err(error) => {
+                    tracing::error!(%error, "SIGHUP: the officers file was not loaded; the previous credentials stay")
                 }
             }
         }

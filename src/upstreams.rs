@@ -11,12 +11,14 @@ use dvc_postal::client::{PostalClient, PostalConfig};
 use dvc_upstream::http::HttpOptions;
 use secrecy::ExposeSecret;
 
-use crate::settings::{HttpSettings, PopulationSettings, Upstreams};
+use crate::settings::{HttpSettings, OfficerCredentials, PopulationSettings, Upstreams};
 
 /// One client per configured upstream; portal clients by target name.
 #[derive(Debug, Clone)]
 pub struct Clients {
     pub population: Option<PopulationClient>,
+    /// The officers the population client may act for (shared: SIGHUP reloads them).
+    pub officers: std::sync::Arc<Officers>,
     pub postal: Option<PostalClient>,
     pub portal: BTreeMap<String, PortalClient>,
 }
@@ -91,21 +93,88 @@ pub fn build_observed(
         };
         portal.insert(name.clone(), client);
     }
+    let officers = Officers::load(upstreams.population.as_ref())
+        .map_err(|e| anyhow::anyhow!("upstreams.population.officers_file: {e}"))?;
     Ok(Clients {
         population,
+        officers: std::sync::Arc::new(officers),
         postal,
         portal,
     })
 }
 
-/// The officer as the population client needs it: the code, and AuthHash credentials when configured.
-pub fn officer(settings: &PopulationSettings, code: &str) -> Officer {
-    Officer {
-        code: code.to_owned(),
-        auth_hash: settings
-            .officers
-            .get(code)
-            .map(|o| (o.key.clone(), o.password.expose_secret().to_owned())),
+/// Officers' gateway credentials: `[upstreams.population.officers]` and those of `officers_file`,
+/// which [`Officers::reload`] reads again (on SIGHUP) without a restart.
+#[derive(Debug, Default)]
+pub struct Officers {
+    inline: BTreeMap<String, OfficerCredentials>,
+    file: Option<std::path::PathBuf>,
+    current: std::sync::RwLock<BTreeMap<String, OfficerCredentials>>,
+}
+
+impl Officers {
+    /// The configuration's officers and those of its officers file, read now.
+    pub fn load(settings: Option<&PopulationSettings>) -> Result<Self, String> {
+        let Some(settings) = settings else {
+            return Ok(Self::default());
+        };
+        let officers = Self {
+            inline: settings.officers.clone(),
+            file: settings.officers_file.clone(),
+            current: Default::default(),
+        };
+        officers.reload()?;
+        Ok(officers)
+    }
+
+    /// Reads the officers file again and, if it is valid, uses its officers from now on; if not,
+    /// keeps the current ones. Answers how many officers have credentials.
+    pub fn reload(&self) -> Result<usize, String> {
+        let mut all = self.inline.clone();
+        if let Some(path) = &self.file {
+            for (code, credentials) in crate::settings::read_officers_file(path)? {
+                if all.contains_key(&code) {
+                    return Err(format!(
+                        "{}: officer `{code}` is also in the configuration",
+                        path.display()
+                    ));
+                }
+                all.insert(code, credentials);
+            }
+        }
+        let count = all.len();
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = all;
+        Ok(count)
+    }
+
+    fn current(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, OfficerCredentials>> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether the gateway wants officers' credentials (some are configured).
+    pub fn required(&self) -> bool {
+        !self.current().is_empty()
+    }
+
+    pub fn knows(&self, code: &str) -> bool {
+        self.current().contains_key(code)
+    }
+
+    /// The officer as the population client needs it: the code, and AuthHash credentials when
+    /// configured.
+    pub fn officer(&self, code: &str) -> Officer {
+        Officer {
+            code: code.to_owned(),
+            auth_hash: self
+                .current()
+                .get(code)
+                .map(|o| (o.key.clone(), o.password.expose_secret().to_owned())),
+        }
     }
 }
 

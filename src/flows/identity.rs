@@ -582,9 +582,7 @@ impl Verify {
 
     async fn ask_upstream(&self, ask: &Ask) -> Result<(String, Status, Checks), JobError> {
         let ctx = &self.0.ctx;
-        let (Some(client), Some(settings)) =
-            (&ctx.clients.population, &ctx.settings.upstreams.population)
-        else {
+        let Some(client) = &ctx.clients.population else {
             return Err(JobError::auth(
                 "not_configured",
                 "no population upstream is configured",
@@ -598,7 +596,8 @@ impl Verify {
         // When the gateway wants officers' credentials (some are configured), a lookup on behalf of an
         // officer who has none is refused here, without a call: it could only earn a 401 that says
         // nothing about the other officers' lookups.
-        if !settings.officers.is_empty() && !settings.officers.contains_key(&ask.officer_id) {
+        let officers = &ctx.clients.officers;
+        if officers.required() && !officers.knows(&ask.officer_id) {
             return Err(JobError::permanent(
                 "officer_unknown",
                 format!(
@@ -607,7 +606,7 @@ impl Verify {
                 ),
             ));
         }
-        let officer = crate::upstreams::officer(settings, &ask.officer_id);
+        let officer = officers.officer(&ask.officer_id);
         let request_id = dvc_population::client::new_request_id();
         self.audit_request(ask, &request_id).await?;
         match ask.mode {

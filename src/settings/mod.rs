@@ -20,7 +20,7 @@ use url::Url;
 
 use crate::queue::{Backend, RetryPolicies};
 
-pub use self::validate::{parse_duration, read_tokens_file};
+pub use self::validate::{parse_duration, read_officers_file, read_tokens_file};
 
 /// Prefix of environment variables that override the file; `__` separates the key's parts.
 pub const ENV_PREFIX: &str = "DVC_CONNECTOR__";
@@ -351,6 +351,8 @@ pub struct PopulationSettings {
     pub profile: dvc_population::client::Profile,
     /// Officer code (`MaCanBo`) → gateway credentials for `AuthHash`.
     pub officers: BTreeMap<String, OfficerCredentials>,
+    /// More officers in their own file, read at start and again on SIGHUP ([`read_officers_file`]).
+    pub officers_file: Option<PathBuf>,
     pub http: HttpSettings,
 }
 

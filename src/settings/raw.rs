@@ -230,6 +230,7 @@ pub(crate) struct RawPopulation {
     /// Officer code (`MaCanBo`) → the officer's gateway key and password, for `AuthHash`.
     #[serde(default)]
     pub officers: BTreeMap<String, RawOfficer>,
+    pub officers_file: Option<String>,
     pub connect_timeout: Option<String>,
     pub timeout: Option<String>,
     /// PEM file of extra trusted CA certificates (government root CAs).

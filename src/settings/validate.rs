@@ -8,7 +8,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use url::Url;
 
-use super::raw::{RawFlows, RawRetry, RawRetryOverride, RawSettings, RawToken};
+use super::raw::{RawFlows, RawOfficer, RawRetry, RawRetryOverride, RawSettings, RawToken};
 use super::*;
 use crate::queue::{Backend, RetryPolicies, RetryPolicy};
 
@@ -176,6 +176,25 @@ struct Checker<'a> {
 impl Checker<'_> {
     fn fail(&mut self, key: &str, message: impl Into<String>) {
         self.problems.push((key.to_owned(), message.into()));
+    }
+
+    /// Officers' gateway credentials by officer code, under `prefix`.
+    fn officers(
+        &mut self,
+        prefix: &str,
+        raw: BTreeMap<String, RawOfficer>,
+    ) -> BTreeMap<String, OfficerCredentials> {
+        let mut officers = BTreeMap::new();
+        for (code, o) in raw {
+            let key = self
+                .required(&format!("{prefix}.{code}.key"), o.key.as_deref())
+                .map(str::to_owned);
+            let password = self.secret(&format!("{prefix}.{code}.password"), o.password);
+            if let (Some(key), Some(password)) = (key, password) {
+                officers.insert(code, OfficerCredentials { key, password });
+            }
+        }
+        officers
     }
 
     /// `[[api.tokens]]` entries (or a tokens file's `[[tokens]]`), under `prefix`; `names` are the
@@ -905,14 +924,23 @@ pub(super) fn settings(raw: RawSettings, base_dir: &Path, problems: &mut Problem
                 &defaults.auth_hash_header,
             ),
         };
-        let mut officers = BTreeMap::new();
-        for (code, o) in p.officers {
-            let key = c
-                .required(&format!("{s}.officers.{code}.key"), o.key.as_deref())
-                .map(str::to_owned);
-            let password = c.secret(&format!("{s}.officers.{code}.password"), o.password);
-            if let (Some(key), Some(password)) = (key, password) {
-                officers.insert(code, OfficerCredentials { key, password });
+        let officers = c.officers(&format!("{s}.officers"), p.officers);
+        let officers_file = p.officers_file.as_deref().map(|f| base_dir.join(f));
+        // Checked here (check-config, start); the daemon itself reads it at start and on SIGHUP.
+        if let Some(path) = &officers_file {
+            match read_officers_file(path) {
+                Ok(more) => {
+                    for code in more.keys().filter(|code| officers.contains_key(*code)) {
+                        c.fail(
+                            &format!("{s}.officers_file"),
+                            format!(
+                                "officer `{code}` in {} is also in the configuration",
+                                path.display()
+                            ),
+                        );
+                    }
+                }
+                Err(message) => c.fail(&format!("{s}.officers_file"), message),
             }
         }
         let http = c.http(
@@ -937,6 +965,7 @@ pub(super) fn settings(raw: RawSettings, base_dir: &Path, problems: &mut Problem
                 lgsp_access_token: p.lgsp_access_token,
                 profile,
                 officers,
+                officers_file,
                 http,
             });
         }
@@ -1394,6 +1423,49 @@ pub fn read_tokens_file(path: &Path) -> Result<Vec<TokenSettings>, String> {
         Err(problems
             .iter()
             .map(|(key, message)| format!("{}: {key}: {message}", path.display()))
+            .collect::<Vec<_>>()
+            .join("; "))
+    }
+}
+
+/// Reads an officers file (`upstreams.population.officers_file`): one table per officer code with its
+/// `key` and `password`, as under `[upstreams.population.officers]`. The daemon reads it at start and
+/// again on SIGHUP; every problem is named with the file and the key. A file readable by every user
+/// of the machine is refused: it holds passwords.
+pub fn read_officers_file(path: &Path) -> Result<BTreeMap<String, OfficerCredentials>, String> {
+    if super::world_readable(path) {
+        return Err(format!(
+            "{} holds officers' passwords and is readable by every user of this machine; chmod 600 it",
+            path.display()
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let raw: BTreeMap<String, RawOfficer> =
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut problems = Problems::new();
+    let officers = Checker {
+        problems: &mut problems,
+        allow_http: false,
+    }
+    .officers("", raw);
+    if problems.is_empty() {
+        Ok(officers)
+    } else {
+        Err(problems
+            .iter()
+            .map(|(key, message)| {
+                // The secret's environment-variable hint is for the configuration, not this file.
+                let message = if message.starts_with("missing") {
+                    "missing"
+                } else {
+                    message
+                };
+                format!(
+                    "{}: {}: {message}",
+                    path.display(),
+                    key.trim_start_matches('.')
+                )
+            })
             .collect::<Vec<_>>()
             .join("; "))
     }

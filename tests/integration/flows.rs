@@ -95,7 +95,7 @@ pub(crate) struct World {
     pub(crate) provincial: Arc<dvc_portal::simulator::Simulator>,
     callbacks: Arc<Mutex<Callbacks>>,
     _running: Vec<Running>,
-    config: std::path::PathBuf,
+    pub(crate) config: std::path::PathBuf,
 }
 
 fn faults(seed: u64, rate: f64) -> FaultPlan {

@@ -162,27 +162,58 @@ fn a_refused_officer_fails_alone_while_other_officers_lookups_go_on() {
                 ("CB-01", "canbo01", "right-pass"),
                 ("CB-02", "canbo02", "stale-pass"),
             ],
-            gateway_officers: vec![("canbo01", "right-pass"), ("canbo02", "new-pass")],
+            gateway_officers: vec![
+                ("canbo01", "right-pass"),
+                ("canbo02", "new-pass"),
+                ("canbo09", "nine-pass"),
+            ],
             ..Options::default()
         },
     );
+    // More officers come from their own file, empty for now (mode 0600: it holds passwords).
+    let officers_file = dir.path().join("officers.toml");
+    std::fs::write(&officers_file, "").expect("officers file");
+    std::fs::set_permissions(
+        &officers_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .expect("chmod");
+    let text = std::fs::read_to_string(&w.config).expect("config");
+    std::fs::write(
+        &w.config,
+        text.replacen(
+            "[upstreams.population]\n",
+            "[upstreams.population]\nofficers_file = \"officers.toml\"\n",
+            1,
+        ),
+    )
+    .expect("config");
     let (mut daemon, addr) = w.daemon(&[]);
     let ops = daemon.listen_addr("ops_addr");
     let a = api(&w, &addr);
-    let verify = |officer: &str| {
+    let verify_citizen = |officer: &str, citizen: Value| {
+        let mut request = json!({"procedure_code": "1.001612", "officer_id": officer});
+        for (k, v) in citizen.as_object().expect("citizen") {
+            request[k] = v.clone();
+        }
         let (status, _, body) = a.send(
             reqwest::Method::POST,
             "/v1/identity/verifications?wait=10s",
             Some(PORTAL_TOKEN),
             None,
-            Some(json!({
-                "citizen_id": "083173316997", "full_name": "Võ Ngọc Trang",
-                "date_of_birth": "1973-09-27", "gender": "female",
-                "procedure_code": "1.001612", "officer_id": officer,
-            })),
+            Some(request),
         );
         assert!(matches!(status, 200 | 202), "{status}: {body}");
         body["id"].as_str().expect("id").to_owned()
+    };
+    let verify = |officer: &str| {
+        verify_citizen(
+            officer,
+            json!({
+                "citizen_id": "083173316997", "full_name": "Võ Ngọc Trang",
+                "date_of_birth": "1973-09-27", "gender": "female",
+            }),
+        )
     };
     let outcome = |id: &str| {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -256,6 +287,71 @@ fn a_refused_officer_fails_alone_while_other_officers_lookups_go_on() {
         readyz["lanes"]["population"]["state"], "running",
         "{readyz}"
     );
+
+    // The province adds CB-09 to the officers file: after SIGHUP its lookups go through, no restart.
+    std::fs::write(
+        &officers_file,
+        "[CB-09]\nkey = \"canbo09\"\npassword = \"nine-pass\"\n",
+    )
+    .expect("officers file");
+    daemon.signal("HUP");
+    let line = daemon
+        .wait_for("reloaded", true, Duration::from_secs(10))
+        .expect("the reload is logged");
+    assert!(
+        line.contains("officers") || line.contains("tokens"),
+        "{line}"
+    );
+    daemon
+        .wait_for(
+            "officers' credentials reloaded",
+            true,
+            Duration::from_secs(10),
+        )
+        .expect("the officers' reload is logged");
+    // Another citizen, so that the answer cannot come from the cache of CB-01's lookup.
+    let other_citizen = json!({
+        "citizen_id": "075160213922", "full_name": "Hoàng Thị Thu Quỳnh",
+        "date_of_birth": "1960-01-19", "gender": "female",
+    });
+    let verified = outcome(&verify_citizen("CB-09", other_citizen.clone()));
+    assert_eq!(verified["status"], "verified", "{verified}");
+    let calls_by = |officer: &str| {
+        w.population
+            .ledger
+            .snapshot()
+            .into_iter()
+            .filter(|e| e.officer == officer && e.outcome == "found")
+            .count()
+    };
+    assert_eq!(
+        calls_by("CB-09"),
+        1,
+        "answered by the gateway with CB-09's credentials"
+    );
+    // A file every user can read is refused, and the credentials in force stay.
+    std::fs::set_permissions(
+        &officers_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .expect("chmod");
+    daemon.signal("HUP");
+    let refusal = daemon
+        .wait_for(
+            "officers file was not loaded",
+            true,
+            Duration::from_secs(10),
+        )
+        .expect("the refusal is logged");
+    assert!(refusal.contains("chmod 600"), "{refusal}");
+    // Another citizen again: the gateway is asked, with the credentials still in force.
+    let third_citizen = json!({
+        "citizen_id": "087197980182", "full_name": "Tạ Thị Ngọc My",
+        "date_of_birth": "1997-09-29", "gender": "female",
+    });
+    let verified = outcome(&verify_citizen("CB-09", third_citizen));
+    assert_eq!(verified["status"], "verified", "{verified}");
+    assert_eq!(calls_by("CB-09"), 2);
 }
 
 #[test]

@@ -46,11 +46,10 @@ async fn the_dev_config_reaches_all_three_simulators() {
     let clients =
         upstreams::build_observed(&settings.upstreams, Some(metrics.clone())).expect("clients");
 
-    let population_settings = settings
-        .upstreams
-        .population
-        .as_ref()
-        .expect("population configured");
+    assert!(
+        settings.upstreams.population.is_some(),
+        "population configured"
+    );
     let citizen =
         &dvc_population::simulator::parse_citizens(dvc_population::simulator::DEFAULT_CITIZENS)
             .expect("fixture")[0];
@@ -60,7 +59,7 @@ async fn the_dev_config_reaches_all_three_simulators() {
         .expect("population client")
         .check_exists(&dvc_population::client::ExistenceQuery {
             service_code: "033".into(),
-            officer: upstreams::officer(population_settings, "CB-DEV-01"),
+            officer: clients.officers.officer("CB-DEV-01"),
             citizen_id: dvc_population::cccd::CitizenId::parse(&citizen.citizen_id).expect("id"),
             legacy_id: String::new(),
             full_name: citizen.full_name(),
