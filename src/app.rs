@@ -91,12 +91,12 @@ impl Application {
         let store_cache_bytes = store.cache_bytes().unwrap_or_default();
         let store = Arc::new(store);
         let metrics = Arc::new(crate::metrics::Metrics::default());
-        let queue = Queue::with_metrics(
+        let queue = Queue::with_observer(
             store.clone(),
             Arc::new(TokioClock::new()),
             settings.queue.retry.clone(),
             settings.queue.lease,
-            metrics.clone(),
+            metrics.clone() as Arc<dyn crate::queue::Observer>,
         );
 
         let clients = crate::upstreams::build_observed(
@@ -139,6 +139,7 @@ impl Application {
             settings.clone(),
             audit,
             record_key,
+            Some(metrics.clone()),
         );
         let mut wiring = flows.wiring();
         wiring.merge(extra);

@@ -517,3 +517,42 @@ mod deploy_tests {
         );
     }
 }
+
+/// The queue's events, counted.
+impl crate::queue::Observer for Metrics {
+    fn enqueued(&self, kind: &str, lane: &str) {
+        self.enqueued.get_or_create(&Self::job(kind, lane)).inc();
+    }
+
+    fn completed(&self, kind: &str, lane: &str, n: u64) {
+        self.completed
+            .get_or_create(&Self::job(kind, lane))
+            .inc_by(n);
+    }
+
+    fn retried(&self, kind: &str, lane: &str, class: &str) {
+        self.retried
+            .get_or_create(&RetryLabels {
+                kind: kind.to_owned(),
+                lane: lane.to_owned(),
+                class: class.to_owned(),
+            })
+            .inc();
+    }
+
+    fn dead_lettered(&self, kind: &str, lane: &str, reason: &str) {
+        self.dead_lettered
+            .get_or_create(&DeadLabels {
+                kind: kind.to_owned(),
+                lane: lane.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    fn attempted(&self, kind: &str, lane: &str, seconds: f64) {
+        self.attempt_seconds
+            .get_or_create(&Self::job(kind, lane))
+            .observe(seconds);
+    }
+}

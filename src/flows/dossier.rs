@@ -944,7 +944,7 @@ impl Sync {
             vec![]
         })
         .await?;
-        if let Some(m) = self.0.ctx.queue.metrics() {
+        if let Some(m) = &self.0.ctx.metrics {
             m.steps_held
                 .get_or_create(&crate::metrics::TargetLabels {
                     target: target.to_owned(),

@@ -752,7 +752,7 @@ async fn record_verdict(
             change.jobs.push(job);
         }
         if let Committed::Applied { .. } = q.commit(change).await? {
-            if let Some(m) = q.metrics() {
+            if let Some(m) = &flows.ctx.metrics {
                 m.verification(v.mode.as_str(), v.status.as_str());
             }
             flows.ctx.wake(id);
@@ -877,6 +877,7 @@ mod tests {
             settings,
             Some(audit.clone()),
             TEST_KEY,
+            None,
         );
         let checked = check(&request(), Mode::Exists, &TEST_KEY).expect("valid");
         queue

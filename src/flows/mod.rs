@@ -48,6 +48,8 @@ pub struct Context {
     pub audit: Option<Arc<crate::audit::AuditLog>>,
     /// Keys the hashes of record keys that could carry personal data (`StoreSettings::record_key`).
     pub record_key: [u8; 32],
+    /// The flows' own counters (verifications, shipments, held steps); None in tests without them.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
     /// API requests waiting for a verdict, by verification id.
     waiters: Mutex<HashMap<String, Arc<Notify>>>,
 }
@@ -61,7 +63,7 @@ pub struct Flows {
 impl Flows {
     /// Flows without an audit log, under a fixed record key (tests of the API alone).
     pub fn new(queue: Queue, clients: Clients, settings: Settings) -> Self {
-        Self::with_audit(queue, clients, settings, None, [0x5a; 32])
+        Self::with_audit(queue, clients, settings, None, [0x5a; 32], None)
     }
 
     pub fn with_audit(
@@ -70,6 +72,7 @@ impl Flows {
         settings: Settings,
         audit: Option<Arc<crate::audit::AuditLog>>,
         record_key: [u8; 32],
+        metrics: Option<Arc<crate::metrics::Metrics>>,
     ) -> Self {
         Self {
             ctx: Arc::new(Context {
@@ -78,6 +81,7 @@ impl Flows {
                 settings,
                 audit,
                 record_key,
+                metrics,
                 waiters: Mutex::new(HashMap::new()),
             }),
         }

@@ -599,7 +599,7 @@ pub fn view(s: &Shipment) -> View {
 }
 
 fn count_transition(flows: &Flows, s: &Shipment) {
-    if let Some(m) = flows.ctx.queue.metrics() {
+    if let Some(m) = &flows.ctx.metrics {
         let kind = match s.kind {
             ShipmentKind::ResultDelivery => "result_delivery",
             ShipmentKind::DossierPickup => "dossier_pickup",
@@ -614,7 +614,7 @@ fn count_transition(flows: &Flows, s: &Shipment) {
 }
 
 fn count_event(flows: &Flows, outcome: &str) {
-    if let Some(m) = flows.ctx.queue.metrics() {
+    if let Some(m) = &flows.ctx.metrics {
         m.tracking_events
             .get_or_create(&crate::metrics::OutcomeLabels {
                 outcome: outcome.to_owned(),

@@ -13,6 +13,7 @@ pub(crate) mod cursor;
 pub mod job;
 pub mod kv;
 pub mod maintenance;
+pub mod observer;
 pub mod protection;
 pub mod schedule;
 pub mod store;
@@ -34,6 +35,7 @@ pub use self::job::{
     DeadReason, ErrorClass, Job, JobError, JobId, JobState, Millis, NewJob, RecordedError,
 };
 pub use self::kv::{Backend, KvJobStore, KvOptions};
+pub use self::observer::Observer;
 pub use self::schedule::{Decision, RetryPolicies, RetryPolicy};
 pub use self::store::{
     AdminOutcome, Change, Committed, Disposition, DossierJobs, Enqueued, Expect, JobFilter,
@@ -63,7 +65,7 @@ struct Inner {
     policies: RetryPolicies,
     lease_for: Duration,
     wakers: Mutex<HashMap<String, Arc<Notify>>>,
-    metrics: Option<Arc<crate::metrics::Metrics>>,
+    observer: Option<Arc<dyn Observer>>,
 }
 
 /// Runs `work` as a task of its own and waits for it: dropping the wait does not stop the work.
@@ -88,15 +90,15 @@ impl Queue {
         Self::build(store, clock, policies, lease_for, None)
     }
 
-    /// As [`Queue::new`], counting what it does in `metrics`.
-    pub fn with_metrics(
+    /// As [`Queue::new`], reporting what it does to `observer`.
+    pub fn with_observer(
         store: Arc<dyn JobStore>,
         clock: Arc<dyn Clock>,
         policies: RetryPolicies,
         lease_for: Duration,
-        metrics: Arc<crate::metrics::Metrics>,
+        observer: Arc<dyn Observer>,
     ) -> Self {
-        Self::build(store, clock, policies, lease_for, Some(metrics))
+        Self::build(store, clock, policies, lease_for, Some(observer))
     }
 
     fn build(
@@ -104,7 +106,7 @@ impl Queue {
         clock: Arc<dyn Clock>,
         policies: RetryPolicies,
         lease_for: Duration,
-        metrics: Option<Arc<crate::metrics::Metrics>>,
+        observer: Option<Arc<dyn Observer>>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -113,13 +115,13 @@ impl Queue {
                 policies,
                 lease_for,
                 wakers: Mutex::new(HashMap::new()),
-                metrics,
+                observer,
             }),
         }
     }
 
-    pub fn metrics(&self) -> Option<&Arc<crate::metrics::Metrics>> {
-        self.inner.metrics.as_ref()
+    pub(crate) fn observer(&self) -> Option<&Arc<dyn Observer>> {
+        self.inner.observer.as_ref()
     }
 
     pub fn store(&self) -> &Arc<dyn JobStore> {
@@ -171,10 +173,8 @@ impl Queue {
         detached(async move {
             let out = queue.inner.store.enqueue(jobs, now).await?;
             for ((kind, lane), enqueued) in labels.iter().zip(&out) {
-                if let (Some(m), false) = (&queue.inner.metrics, enqueued.existing) {
-                    m.enqueued
-                        .get_or_create(&crate::metrics::Metrics::job(kind, lane))
-                        .inc();
+                if let (Some(o), false) = (&queue.inner.observer, enqueued.existing) {
+                    o.enqueued(kind, lane);
                 }
                 queue.waker(lane).notify_one();
             }
@@ -204,21 +204,21 @@ impl Queue {
             }
         }
         // The jobs move into the store; their labels are what the counters and the wake-ups need.
-        let labels: Vec<crate::metrics::JobLabels> = change
+        let labels: Vec<(String, String)> = change
             .jobs
             .iter()
-            .map(|j| crate::metrics::Metrics::job(&j.kind, &j.lane))
+            .map(|j| (j.kind.clone(), j.lane.clone()))
             .collect();
         let queue = self.clone();
         let now = self.now();
         detached(async move {
             let out = queue.inner.store.commit(change, now).await?;
             if let Committed::Applied { jobs, .. } = &out {
-                for (label, enqueued) in labels.iter().zip(jobs) {
-                    if let (Some(m), false) = (&queue.inner.metrics, enqueued.existing) {
-                        m.enqueued.get_or_create(label).inc();
+                for ((kind, lane), enqueued) in labels.iter().zip(jobs) {
+                    if let (Some(o), false) = (&queue.inner.observer, enqueued.existing) {
+                        o.enqueued(kind, lane);
                     }
-                    queue.waker(&label.lane).notify_one();
+                    queue.waker(lane).notify_one();
                 }
             }
             Ok(out)
@@ -288,7 +288,7 @@ impl Queue {
                 self.waker(&lane).notify_one();
             }
         }
-        if let Some(m) = &self.inner.metrics {
+        if let Some(o) = &self.inner.observer {
             // A batch is one kind in one lane: count each run of equal labels with one lookup.
             let mut done = jobs
                 .iter()
@@ -304,9 +304,7 @@ impl Queue {
                 {
                     n += 1;
                 }
-                m.completed
-                    .get_or_create(&crate::metrics::Metrics::job(&first.kind, &first.lane))
-                    .inc_by(n);
+                o.completed(&first.kind, &first.lane, n);
             }
         }
         if let Some(job) = jobs.first() {
@@ -317,10 +315,8 @@ impl Queue {
 
     pub async fn complete(&self, job: &Job) -> Result<Transition, StoreError> {
         let out = self.finish(job, Disposition::Done).await?;
-        if let (Some(m), Transition::Applied) = (&self.inner.metrics, out) {
-            m.completed
-                .get_or_create(&crate::metrics::Metrics::job(&job.kind, &job.lane))
-                .inc();
+        if let (Some(o), Transition::Applied) = (&self.inner.observer, out) {
+            o.completed(&job.kind, &job.lane, 1);
         }
         Ok(out)
     }
@@ -357,26 +353,13 @@ impl Queue {
             },
         };
         let out = self.finish(job, disposition).await?;
-        if let (Some(m), Transition::Applied) = (&self.inner.metrics, out) {
-            use crate::metrics::{DeadLabels, RetryLabels};
+        if let (Some(o), Transition::Applied) = (&self.inner.observer, out) {
             match decision {
-                Decision::Dead(reason) => m
-                    .dead_lettered
-                    .get_or_create(&DeadLabels {
-                        kind: job.kind.clone(),
-                        lane: job.lane.clone(),
-                        reason: reason.as_str().into(),
-                    })
-                    .inc(),
-                Decision::RetryAt(_) | Decision::PauseLane => m
-                    .retried
-                    .get_or_create(&RetryLabels {
-                        kind: job.kind.clone(),
-                        lane: job.lane.clone(),
-                        class: error.class.as_str().into(),
-                    })
-                    .inc(),
-            };
+                Decision::Dead(reason) => o.dead_lettered(&job.kind, &job.lane, reason.as_str()),
+                Decision::RetryAt(_) | Decision::PauseLane => {
+                    o.retried(&job.kind, &job.lane, error.class.as_str())
+                }
+            }
         }
         Ok((decision, out))
     }
@@ -524,15 +507,15 @@ mod counting_tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn work_committed_for_a_caller_that_stopped_waiting_is_counted() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let metrics = Arc::new(crate::metrics::Metrics::default());
-        let q = Queue::with_metrics(
+        let tally = Arc::new(observer::Tally::default());
+        let q = Queue::with_observer(
             Arc::new(
                 KvJobStore::open(dir.path(), Backend::Redb, KvOptions::default()).expect("store"),
             ),
             Arc::new(clock::TokioClock::new()),
             RetryPolicies::default(),
             Duration::from_secs(60),
-            metrics.clone(),
+            tally.clone(),
         );
         // Polled once — the write is under way — then dropped, as axum drops a handler whose client
         // went away.
@@ -559,12 +542,7 @@ mod counting_tests {
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let counted = || {
-            metrics
-                .enqueued
-                .get_or_create(&crate::metrics::Metrics::job("k", "l"))
-                .get()
-        };
+        let counted = || tally.get("enqueued", "k", "l");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while counted() == 0 {
             assert!(

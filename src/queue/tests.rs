@@ -1200,16 +1200,16 @@ each_backend!(
 );
 
 #[tokio::test]
-async fn the_counters_count_every_job_enqueued_and_completed_by_kind_and_lane() {
+async fn the_observer_hears_every_job_enqueued_and_completed_by_kind_and_lane() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let store = KvJobStore::open(tmp.path(), Backend::Redb, KvOptions::default()).expect("store");
-    let metrics = Arc::new(crate::metrics::Metrics::default());
-    let queue = Queue::with_metrics(
+    let tally = Arc::new(super::observer::Tally::default());
+    let queue = Queue::with_observer(
         Arc::new(store),
         Arc::new(ManualClock::new(START)),
         policies(),
         Duration::from_secs(30),
-        metrics.clone(),
+        tally.clone(),
     );
     // Four heads of four keys; the kinds alternate in commit order (test, other, test, test).
     queue.enqueue(job("l", "A", 1)).await.expect("enqueue");
@@ -1232,17 +1232,8 @@ async fn the_counters_count_every_job_enqueued_and_completed_by_kind_and_lane() 
             .await
             .expect("complete")
     );
-    let count = |family: &prometheus_client::metrics::family::Family<
-        crate::metrics::JobLabels,
-        prometheus_client::metrics::counter::Counter,
-    >,
-                 kind: &str| {
-        family
-            .get_or_create(&crate::metrics::Metrics::job(kind, "l"))
-            .get()
-    };
-    assert_eq!(count(&metrics.enqueued, "test.kind"), 3);
-    assert_eq!(count(&metrics.enqueued, "other.kind"), 1);
-    assert_eq!(count(&metrics.completed, "test.kind"), 3);
-    assert_eq!(count(&metrics.completed, "other.kind"), 1);
+    assert_eq!(tally.get("enqueued", "test.kind", "l"), 3);
+    assert_eq!(tally.get("enqueued", "other.kind", "l"), 1);
+    assert_eq!(tally.get("completed", "test.kind", "l"), 3);
+    assert_eq!(tally.get("completed", "other.kind", "l"), 1);
 }

@@ -491,10 +491,8 @@ async fn run_job(
             }
         }
     };
-    if let Some(m) = queue.metrics() {
-        m.attempt_seconds
-            .get_or_create(&crate::metrics::Metrics::job(&job.kind, &job.lane))
-            .observe(started.elapsed().as_secs_f64());
+    if let Some(o) = queue.observer() {
+        o.attempted(&job.kind, &job.lane, started.elapsed().as_secs_f64());
     }
     match result {
         Ok(change) if !change.writes.is_empty() || !change.jobs.is_empty() => {
