@@ -11,28 +11,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::queue::maintenance::{self, MaintenanceSettings};
-use crate::queue::worker::{self, Handlers, LaneBoard, LaneSpec, WorkerSettings};
+use crate::queue::worker::{self, LaneBoard, LaneSpec, WorkerSettings};
 use crate::queue::{KvJobStore, KvOptions, Queue, TokioClock};
 use crate::settings::{ServerTlsSettings, Settings};
 
-/// What the flows contribute: a handler per job kind and the lanes to run.
-#[derive(Debug, Default)]
-pub struct Wiring {
-    pub handlers: Handlers,
-    pub lanes: Vec<String>,
-}
-
-impl Wiring {
-    /// Adds `other`'s handlers and lanes (a lane named twice runs once).
-    pub fn merge(&mut self, other: Wiring) {
-        self.handlers.extend(other.handlers);
-        for lane in other.lanes {
-            if !self.lanes.contains(&lane) {
-                self.lanes.push(lane);
-            }
-        }
-    }
-}
+pub use crate::queue::worker::Wiring;
 
 pub struct Application {
     api_addr: SocketAddr,
@@ -333,7 +316,9 @@ fn serve(
     router: axum::Router,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<JoinHandle<std::io::Result<()>>> {
-    let tls = tls.map(crate::tls::server_config).transpose()?;
+    let tls = tls
+        .map(|t| crate::tls::server_config(&t.certificate, &t.private_key, t.client_ca.as_deref()))
+        .transpose()?;
     Ok(crate::serve::spawn(listener, tls, router, limits, stop))
 }
 

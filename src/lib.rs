@@ -30,6 +30,7 @@
 pub mod api;
 pub mod app;
 pub mod audit;
+pub mod audit_cli;
 pub mod bench;
 pub mod cli;
 pub mod demo;
@@ -46,5 +47,6 @@ pub mod simulate;
 pub mod status;
 mod table;
 pub mod telemetry;
+mod timefmt;
 pub mod tls;
 pub mod upstreams;

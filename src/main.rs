@@ -67,7 +67,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Audit(args) => match dvc_connector::audit::run(args) {
+        Command::Audit(args) => match dvc_connector::audit_cli::run(args) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::from(1),
             Err(error) => {

@@ -12,8 +12,6 @@ use anyhow::Context;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::settings::ServerTlsSettings;
-
 /// Installs rustls' process-wide crypto provider; later calls are no-ops.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -21,19 +19,23 @@ pub fn install_crypto_provider() {
 
 /// Reads the certificate chain, the key and (for mTLS) the client CAs, and builds the server's TLS
 /// configuration: TLS 1.2 and 1.3 only, HTTP/1.1 over ALPN. Each file's problem is named.
-pub fn server_config(settings: &ServerTlsSettings) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    let chain = read_certificates(&settings.certificate)?;
-    let key = PrivateKeyDer::from_pem_file(&settings.private_key).map_err(|e| {
+pub fn server_config(
+    certificate: &Path,
+    private_key: &Path,
+    client_ca: Option<&Path>,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let chain = read_certificates(certificate)?;
+    let key = PrivateKeyDer::from_pem_file(private_key).map_err(|e| {
         anyhow::anyhow!(
             "{}: no usable private key (PEM, PKCS#8, PKCS#1 or SEC1): {e}",
-            settings.private_key.display()
+            private_key.display()
         )
     })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .context("TLS versions")?;
-    let builder = match &settings.client_ca {
+    let builder = match client_ca {
         None => builder.with_no_client_auth(),
         Some(path) => {
             let mut roots = rustls::RootCertStore::empty();
@@ -52,8 +54,8 @@ pub fn server_config(settings: &ServerTlsSettings) -> anyhow::Result<Arc<rustls:
     let mut config = builder.with_single_cert(chain, key).with_context(|| {
         format!(
             "{} and {} do not make a usable certificate and key pair",
-            settings.certificate.display(),
-            settings.private_key.display()
+            certificate.display(),
+            private_key.display()
         )
     })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];

@@ -18,7 +18,8 @@ use super::ApiState;
 use super::auth::Admin;
 use super::idempotency;
 use super::problem::{ApiError, Code, Lang};
-use crate::queue::{AdminOutcome, Job, JobFilter, JobId, JobState, Millis};
+use crate::queue::{AdminOutcome, Job, JobFilter, JobId, JobState};
+use crate::timefmt::rfc3339;
 
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 500;
@@ -50,17 +51,6 @@ pub struct JobView {
     pub updated_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
-}
-
-pub fn rfc3339(ms: Millis) -> String {
-    let nanos = i128::from(ms) * 1_000_000;
-    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
 }
 
 impl From<&Job> for JobView {

@@ -42,7 +42,6 @@ pub struct ApiState {
 }
 
 pub(crate) use jobs::JobView;
-pub(crate) use jobs::rfc3339 as jobs_rfc3339;
 
 pub(crate) fn router(state: ApiState, body_limit: usize) -> Router {
     let routes: [(&'static str, MethodRouter<Arc<ApiState>>); 13] = [

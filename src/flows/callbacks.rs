@@ -15,7 +15,7 @@ use serde_json::Value;
 use sha2::Sha256;
 
 use super::{Flows, payload, rfc3339, to_payload};
-use crate::app::Wiring;
+use crate::queue::worker::Wiring;
 use crate::queue::worker::{HandlerFuture, JobHandler};
 use crate::queue::{Job, JobError, NewJob};
 

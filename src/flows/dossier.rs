@@ -31,8 +31,8 @@ use super::callbacks::{self, event};
 use super::{
     FlowError, Flows, Loaded, MAX_ROUNDS, applied, load_with, payload, rfc3339, to_payload,
 };
-use crate::app::Wiring;
 use crate::queue::cursor::{Cursor, put_sized};
+use crate::queue::worker::Wiring;
 use crate::queue::worker::{HandlerFuture, JobHandler};
 use crate::queue::{Change, Expect, Job, JobError, Millis, NewJob, RecordWrite};
 

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use super::{FlowError, Flows, Loaded, MAX_ROUNDS, applied, load, payload, put, rfc3339};
-use crate::app::Wiring;
+use crate::queue::worker::Wiring;
 use crate::queue::worker::{HandlerFuture, JobHandler};
 use crate::queue::{Change, Committed, Expect, Job, JobError, Millis, NewJob};
 

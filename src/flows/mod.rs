@@ -33,7 +33,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
-use crate::app::Wiring;
+use crate::queue::worker::Wiring;
 use crate::queue::{Committed, Expect, JobError, Queue, QueueError, RecordWrite, StoreError};
 use crate::settings::Settings;
 use crate::upstreams::Clients;
@@ -234,10 +234,7 @@ pub(crate) fn applied(c: &Committed) -> bool {
     matches!(c, Committed::Applied { .. })
 }
 
-/// Wall-clock milliseconds as RFC 3339 (UTC).
-pub(crate) fn rfc3339(ms: u64) -> String {
-    crate::api::jobs_rfc3339(ms)
-}
+pub(crate) use crate::timefmt::rfc3339;
 
 /// A job payload from JSON; a payload that does not decode is permanent (it will never decode).
 pub(crate) fn payload<T: DeserializeOwned>(job: &crate::queue::Job) -> Result<T, JobError> {

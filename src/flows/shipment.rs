@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 
 use super::callbacks::{self, event};
 use super::{FlowError, Flows, MAX_ROUNDS, applied, load, payload, put, rfc3339, to_payload};
-use crate::app::Wiring;
+use crate::queue::worker::Wiring;
 use crate::queue::worker::{HandlerFuture, JobHandler};
 use crate::queue::{Change, Expect, Job, JobError, Millis, NewJob};
 

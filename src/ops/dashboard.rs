@@ -744,7 +744,7 @@ pub async fn page(
                 esc(&j.lane),
                 esc(&j.kind),
                 esc(j.state.as_str()),
-                esc(&crate::api::jobs_rfc3339(j.updated_at))
+                esc(&crate::timefmt::rfc3339(j.updated_at))
             );
         }
         html.push_str("</table>");

@@ -608,6 +608,25 @@ async fn fail(queue: &Queue, job: &Job, error: &JobError) -> RunEnd {
     }
 }
 
+/// What the flows contribute: a handler per job kind and the lanes to run.
+#[derive(Debug, Default)]
+pub struct Wiring {
+    pub handlers: Handlers,
+    pub lanes: Vec<String>,
+}
+
+impl Wiring {
+    /// Adds `other`'s handlers and lanes (a lane named twice runs once).
+    pub fn merge(&mut self, other: Wiring) {
+        self.handlers.extend(other.handlers);
+        for lane in other.lanes {
+            if !self.lanes.contains(&lane) {
+                self.lanes.push(lane);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};

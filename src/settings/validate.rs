@@ -554,7 +554,11 @@ impl Checker<'_> {
             private_key: private_key?,
             client_ca,
         };
-        if let Err(e) = crate::tls::server_config(&settings) {
+        if let Err(e) = crate::tls::server_config(
+            &settings.certificate,
+            &settings.private_key,
+            settings.client_ca.as_deref(),
+        ) {
             self.fail(section, format!("{e:#}"));
             return None;
         }
