@@ -10,6 +10,7 @@ mod dashboard;
 mod flows;
 mod helpers;
 mod jobs_api;
+mod layers;
 mod metrics;
 mod recovery;
 mod security;
