@@ -173,7 +173,7 @@ impl Officers {
             auth_hash: self
                 .current()
                 .get(code)
-                .map(|o| (o.key.clone(), o.password.expose_secret().to_owned())),
+                .map(|o| (o.key.clone(), o.password.expose_secret().into())),
         }
     }
 }

@@ -13,8 +13,11 @@
 pub mod admin;
 pub mod http;
 pub mod judge;
+pub mod secret;
 pub mod sim;
 pub mod token;
+
+pub use secret::Secret;
 
 use std::time::Duration;
 

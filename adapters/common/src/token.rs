@@ -14,7 +14,7 @@ use crate::{UpstreamError, http};
 pub struct TokenSource {
     url: String,
     client_id: String,
-    client_secret: String,
+    client_secret: crate::Secret,
     /// Renew this long before the announced expiry.
     margin: Duration,
     cached: Mutex<Option<Cached>>,
@@ -39,7 +39,7 @@ impl TokenSource {
     pub fn new(
         url: impl Into<String>,
         client_id: impl Into<String>,
-        client_secret: impl Into<String>,
+        client_secret: impl Into<crate::Secret>,
         margin: Duration,
     ) -> Self {
         Self {
@@ -66,7 +66,7 @@ impl TokenSource {
         }
         let response = client
             .post(&self.url)
-            .basic_auth(&self.client_id, Some(&self.client_secret))
+            .basic_auth(&self.client_id, Some(self.client_secret.expose()))
             .header(
                 reqwest::header::CONTENT_TYPE,
                 "application/x-www-form-urlencoded",

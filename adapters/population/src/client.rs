@@ -39,7 +39,7 @@ pub struct PopulationConfig {
     pub record_url: Option<String>,
     pub token_url: String,
     pub client_id: String,
-    pub client_secret: String,
+    pub client_secret: dvc_upstream::Secret,
     /// A static `lgspaccesstoken`, for gateways that want one.
     pub lgsp_access_token: Option<String>,
     pub profile: Profile,
@@ -54,7 +54,7 @@ impl PopulationConfig {
         service_url: impl Into<String>,
         token_url: impl Into<String>,
         client_id: impl Into<String>,
-        client_secret: impl Into<String>,
+        client_secret: impl Into<dvc_upstream::Secret>,
     ) -> Self {
         Self {
             service_url: service_url.into(),
@@ -77,7 +77,7 @@ pub struct Officer {
     /// `MaCanBo`.
     pub code: String,
     /// The officer's gateway key and pass, sent as `AuthHash = base64(key:pass)` when the gateway wants it.
-    pub auth_hash: Option<(String, String)>,
+    pub auth_hash: Option<(String, dvc_upstream::Secret)>,
 }
 
 /// `XacThucThongTinCongDan`: does a citizen with this number and name exist?
@@ -250,7 +250,7 @@ impl PopulationClient {
                     }
                     if let Some((key, pass)) = &officer.auth_hash {
                         let hash = base64::engine::general_purpose::STANDARD
-                            .encode(format!("{key}:{pass}"));
+                            .encode(format!("{key}:{}", pass.expose()));
                         rb = rb.header(self.config.profile.auth_hash_header.as_str(), hash);
                     }
                     rb

@@ -52,7 +52,7 @@ pub struct PortalConfig {
     pub target: String,
     pub base_url: String,
     pub username: String,
-    pub password: String,
+    pub password: dvc_upstream::Secret,
     /// `madonvi`.
     pub agency_code: String,
     /// `dstcode`.
@@ -67,7 +67,7 @@ impl PortalConfig {
         target: impl Into<String>,
         base_url: impl Into<String>,
         username: impl Into<String>,
-        password: impl Into<String>,
+        password: impl Into<dvc_upstream::Secret>,
         agency_code: impl Into<String>,
     ) -> Self {
         Self {
@@ -304,7 +304,8 @@ impl PortalClient {
         if !renew && let Some(s) = session.as_ref() {
             return Ok(s.clone());
         }
-        let body = json!({ "username": self.config.username, "password": self.config.password });
+        let body =
+            json!({ "username": self.config.username, "password": self.config.password.expose() });
         let bytes = self
             .post(&self.config.url(&self.config.profile.auth_path), &body)
             .await?;

@@ -45,7 +45,7 @@ pub struct PostalConfig {
     pub base_url: String,
     pub customer_code: String,
     pub customer_key: String,
-    pub secret_key: String,
+    pub secret_key: dvc_upstream::Secret,
     pub profile: Profile,
     pub http: HttpOptions,
     pub token_margin: Duration,
@@ -57,7 +57,7 @@ impl PostalConfig {
         base_url: impl Into<String>,
         customer_code: impl Into<String>,
         customer_key: impl Into<String>,
-        secret_key: impl Into<String>,
+        secret_key: impl Into<dvc_upstream::Secret>,
     ) -> Self {
         Self {
             base_url: base_url.into(),
