@@ -95,6 +95,16 @@ pub enum SyncOutcome {
     Updated,
 }
 
+/// What a `CapNhatTienDoHoSoMC` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepsOutcome {
+    /// The portal took every step.
+    Applied,
+    /// The portal does not have the dossier (its profile's `does_not_exist_code`): nothing was
+    /// taken, and the steps must wait for the dossier's record.
+    DossierMissing,
+}
+
 #[derive(Debug, Clone)]
 pub struct PortalClient {
     http: reqwest::Client,
@@ -193,7 +203,7 @@ impl PortalClient {
     }
 
     /// Appends processing steps, in order. At most ten per call (the caller batches).
-    pub async fn push_steps<S>(&self, steps: &[S]) -> Result<(), UpstreamError>
+    pub async fn push_steps<S>(&self, steps: &[S]) -> Result<StepsOutcome, UpstreamError>
     where
         S: std::borrow::Borrow<Progress> + Serialize + Sync,
     {
@@ -206,12 +216,12 @@ impl PortalClient {
         .await
     }
 
-    async fn push_unobserved<S>(&self, steps: &[S]) -> Result<(), UpstreamError>
+    async fn push_unobserved<S>(&self, steps: &[S]) -> Result<StepsOutcome, UpstreamError>
     where
         S: std::borrow::Borrow<Progress> + Serialize + Sync,
     {
         if steps.is_empty() {
-            return Ok(());
+            return Ok(StepsOutcome::Applied);
         }
         if steps.len() > MAX_STEPS_PER_CALL {
             return Err(UpstreamError::permanent(
@@ -226,7 +236,10 @@ impl PortalClient {
             .call(CAP_NHAT_TIEN_DO, &wire::StepsParams { data: steps })
             .await?;
         match answer.error_code {
-            0 => Ok(()),
+            0 => Ok(StepsOutcome::Applied),
+            code if code == self.config.profile.does_not_exist_code => {
+                Ok(StepsOutcome::DossierMissing)
+            }
             _ => Err(business(&answer)),
         }
     }

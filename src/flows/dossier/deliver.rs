@@ -2,6 +2,7 @@
 //! cannot take yet, and recording each target's state.
 
 use super::*;
+use dvc_portal::client::StepsOutcome;
 
 #[derive(Debug)]
 pub(super) struct Deliver(pub(super) Flows);
@@ -124,7 +125,13 @@ impl Deliver {
             }
             let batch: Vec<StepJob> = held.into_iter().take(BATCH).collect();
             let steps: Vec<&Progress> = batch.iter().map(|s| &s.progress).collect();
-            client.push_steps(&steps).await?;
+            if client.push_steps(&steps).await? == StepsOutcome::DossierMissing {
+                // Just synced, yet unknown: try again, record first, a moment later.
+                return Err(JobError::retryable(
+                    "dossier_missing",
+                    "the target does not have the dossier right after its record was synced",
+                ));
+            }
             let sent: Vec<String> = batch.iter().map(|s| s.event_id.clone()).collect();
             let now = rfc3339(self.0.ctx.queue.now());
             self.update(code, target, |ts| {
@@ -160,19 +167,11 @@ impl Deliver {
             self.hold(&code, target, &steps).await?;
             return Ok(Change::default());
         }
-        let missing = self
-            .0
-            .ctx
-            .settings
-            .upstreams
-            .portal
-            .get(target)
-            .map_or(4, |t| t.profile.does_not_exist_code);
         let progress: Vec<&Progress> = steps.iter().map(|s| &s.progress).collect();
-        match client.push_steps(&progress).await {
-            Ok(()) => {}
+        match client.push_steps(&progress).await? {
+            StepsOutcome::Applied => {}
             // The target says it does not have the dossier after all: hold until a record comes.
-            Err(e) if e.code == format!("portal_{missing}") => {
+            StepsOutcome::DossierMissing => {
                 self.update(&code, target, |ts| {
                     ts.known_at_portal = false;
                     ts.record_synced = false;
@@ -182,7 +181,6 @@ impl Deliver {
                 self.hold(&code, target, &steps).await?;
                 return Ok(Change::default());
             }
-            Err(e) => return Err(e),
         }
         let now = rfc3339(self.0.ctx.queue.now());
         let status = progress
