@@ -106,17 +106,17 @@ fn scan_table(
         .collect()
 }
 
-struct Write<'t> {
+struct Transaction<'t> {
     tables: Vec<redb::Table<'t, &'static [u8], &'static [u8]>>,
 }
 
-impl Write<'_> {
+impl Transaction<'_> {
     fn table(&self, table: Table) -> &redb::Table<'_, &'static [u8], &'static [u8]> {
         &self.tables[table.index()]
     }
 }
 
-impl KvRead for Write<'_> {
+impl KvRead for Transaction<'_> {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
             .table(table)
@@ -146,7 +146,7 @@ impl KvRead for Write<'_> {
     }
 }
 
-impl KvWrite for Write<'_> {
+impl KvWrite for Transaction<'_> {
     fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         self.tables[table.index()].insert(key, value).map_err(err)?;
         Ok(())
@@ -158,11 +158,11 @@ impl KvWrite for Write<'_> {
     }
 }
 
-struct Read {
+struct Snapshot {
     txn: redb::ReadTransaction,
 }
 
-impl Read {
+impl Snapshot {
     fn table(
         &self,
         table: Table,
@@ -171,7 +171,7 @@ impl Read {
     }
 }
 
-impl KvRead for Read {
+impl KvRead for Snapshot {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
             .table(table)?
@@ -212,7 +212,7 @@ impl KvEngine for RedbEngine {
             for table in Table::ALL {
                 tables.push(txn.open_table(def(table)).map_err(err)?);
             }
-            let mut w = Write { tables };
+            let mut w = Transaction { tables };
             f(&mut w)
         };
         match result {
@@ -235,7 +235,7 @@ impl KvEngine for RedbEngine {
             Db::ReadOnly(db) => db.begin_read(),
         }
         .map_err(err)?;
-        f(&Read { txn })
+        f(&Snapshot { txn })
     }
 
     fn size_on_disk(&self) -> u64 {
