@@ -24,7 +24,6 @@
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -115,22 +114,8 @@ fn now_rfc3339(now: OffsetDateTime) -> String {
     now.format(&Rfc3339).unwrap_or_default()
 }
 
-/// When segments are sealed and how long they are kept (`[audit]`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Policy {
-    pub rotate_every: Duration,
-    /// `None`: segments are kept until an operator removes them (and `verify` reports that).
-    pub retention: Option<Duration>,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Self {
-            rotate_every: Duration::from_secs(30 * 86_400),
-            retention: None,
-        }
-    }
-}
+/// When segments are sealed and how long they are kept: `[audit]` in the settings.
+pub use crate::settings::AuditPolicy as Policy;
 
 #[derive(Debug)]
 struct Tail {
@@ -628,6 +613,8 @@ pub fn search(path: &Path, key: &[u8; 32], citizen_id: &str) -> Result<Vec<Entry
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn lookup(n: u32) -> Lookup {

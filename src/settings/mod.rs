@@ -45,7 +45,7 @@ pub struct AuditSettings {
     /// HMAC key for citizen IDs (64 hex digits); without it the log cannot be searched by citizen.
     pub key_file: Option<PathBuf>,
     /// Segment length and retention.
-    pub policy: crate::audit::Policy,
+    pub policy: AuditPolicy,
 }
 
 /// How the business flows behave (`[flows]`).
@@ -89,6 +89,23 @@ pub struct Sender {
     /// Only when known.
     pub district_code: Option<String>,
     pub email: Option<String>,
+}
+
+/// When the audit log's segments are sealed and how long they are kept (`[audit]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditPolicy {
+    pub rotate_every: Duration,
+    /// `None`: segments are kept until an operator removes them (and `verify` reports that).
+    pub retention: Option<Duration>,
+}
+
+impl Default for AuditPolicy {
+    fn default() -> Self {
+        Self {
+            rotate_every: Duration::from_secs(30 * 86_400),
+            retention: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

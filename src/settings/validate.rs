@@ -1184,7 +1184,7 @@ pub(super) fn settings(raw: RawSettings, base_dir: &Path, problems: &mut Problem
             .as_deref()
             .map_or_else(|| store.path.join("audit.log"), |p| base_dir.join(p)),
         key_file: raw.audit.key_file.as_deref().map(|p| base_dir.join(p)),
-        policy: crate::audit::Policy {
+        policy: AuditPolicy {
             rotate_every: c.duration(
                 "audit.rotate_every",
                 raw.audit.rotate_every.as_deref(),
