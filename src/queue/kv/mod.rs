@@ -74,25 +74,46 @@ const MAX_BATCH: usize = 1024;
 /// Key-value pairs as a scan returns them.
 pub(crate) type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// The direction of a scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Order {
+    Ascending,
+    Descending,
+}
+
 /// Read access within a transaction.
 pub(crate) trait KvRead {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
-    /// Entries with `from <= key < to` (no upper bound when `to` is None), in key order, at most `limit`.
+    /// Entries with `from <= key < to` (no upper bound when `to` is None), at most `limit`, in key
+    /// order or, `Descending`, from the highest key down.
+    fn scan_in(
+        &self,
+        table: Table,
+        from: &[u8],
+        to: Option<&[u8]>,
+        limit: usize,
+        order: Order,
+    ) -> Result<Entries, StoreError>;
+    /// [`KvRead::scan_in`] in key order.
     fn scan(
         &self,
         table: Table,
         from: &[u8],
         to: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Entries, StoreError>;
-    /// The entries of [`KvRead::scan`] in descending key order: the `limit` highest keys below `to`.
+    ) -> Result<Entries, StoreError> {
+        self.scan_in(table, from, to, limit, Order::Ascending)
+    }
+    /// [`KvRead::scan_in`] from the highest key down: the `limit` highest keys below `to`.
     fn scan_rev(
         &self,
         table: Table,
         from: &[u8],
         to: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Entries, StoreError>;
+    ) -> Result<Entries, StoreError> {
+        self.scan_in(table, from, to, limit, Order::Descending)
+    }
     /// Whether any entry has `from <= key < to`.
     fn any(&self, table: Table, from: &[u8], to: Option<&[u8]>) -> Result<bool, StoreError> {
         Ok(!self.scan(table, from, to, 1)?.is_empty())

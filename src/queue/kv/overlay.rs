@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::keys::Table;
-use super::{Entries, KvRead, KvWrite, StoreError};
+use super::{Entries, KvRead, KvWrite, Order, StoreError};
 
 /// Pending changes by (table, key): `Some(value)` to put, `None` to delete.
 pub(crate) type Pending = BTreeMap<(Table, Vec<u8>), Option<Vec<u8>>>;
@@ -23,24 +23,15 @@ impl KvRead for Overlay<'_> {
         }
     }
 
-    fn scan(
+    fn scan_in(
         &self,
         table: Table,
         from: &[u8],
         to: Option<&[u8]>,
         limit: usize,
+        order: Order,
     ) -> Result<Entries, StoreError> {
-        self.merged(table, (from, to), limit, false)
-    }
-
-    fn scan_rev(
-        &self,
-        table: Table,
-        from: &[u8],
-        to: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Entries, StoreError> {
-        self.merged(table, (from, to), limit, true)
+        self.merged(table, (from, to), limit, order)
     }
 }
 
@@ -53,7 +44,7 @@ impl Overlay<'_> {
         table: Table,
         (from, to): (&[u8], Option<&[u8]>),
         limit: usize,
-        rev: bool,
+        order: Order,
     ) -> Result<Entries, StoreError> {
         if to.is_some_and(|to| to <= from) {
             return Ok(Vec::new());
@@ -65,16 +56,12 @@ impl Overlay<'_> {
             .map(|((_, k), v)| (k.clone(), v.clone()))
             .collect();
         let wanted = limit.saturating_add(changes.len());
-        let stored = if rev {
-            self.base.scan_rev(table, from, to, wanted)?
-        } else {
-            self.base.scan(table, from, to, wanted)?
-        };
+        let stored = self.base.scan_in(table, from, to, wanted, order)?;
         let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> =
             stored.into_iter().map(|(k, v)| (k, Some(v))).collect();
         merged.extend(changes);
         let live = |(k, v): (Vec<u8>, Option<Vec<u8>>)| Some((k, v?));
-        Ok(if rev {
+        Ok(if order == Order::Descending {
             merged
                 .into_iter()
                 .rev()
@@ -114,31 +101,23 @@ mod tests {
             Ok(self.0.get(&(table, key.to_vec())).cloned())
         }
 
-        fn scan(
+        fn scan_in(
             &self,
             table: Table,
             from: &[u8],
             to: Option<&[u8]>,
             limit: usize,
+            order: Order,
         ) -> Result<Entries, StoreError> {
-            Ok(self
+            let mut all: Entries = self
                 .0
                 .range((table, from.to_vec())..)
                 .take_while(|((t, k), _)| *t == table && to.is_none_or(|to| k.as_slice() < to))
-                .take(limit)
                 .map(|((_, k), v)| (k.clone(), v.clone()))
-                .collect())
-        }
-
-        fn scan_rev(
-            &self,
-            table: Table,
-            from: &[u8],
-            to: Option<&[u8]>,
-            limit: usize,
-        ) -> Result<Entries, StoreError> {
-            let mut all = self.scan(table, from, to, usize::MAX)?;
-            all.reverse();
+                .collect();
+            if order == Order::Descending {
+                all.reverse();
+            }
             all.truncate(limit);
             Ok(all)
         }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::keys::Table;
-use super::{Entries, KvEngine, KvRead, KvWrite, ReadFn, StoreError, WriteFn};
+use super::{Entries, KvEngine, KvRead, KvWrite, Order, ReadFn, StoreError, WriteFn};
 
 type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
 
@@ -84,7 +84,7 @@ fn scan_table(
     from: &[u8],
     to: Option<&[u8]>,
     limit: usize,
-    rev: bool,
+    order: Order,
 ) -> Result<Entries, StoreError> {
     let range = match to {
         Some(to) if to <= from => return Ok(Vec::new()),
@@ -92,7 +92,7 @@ fn scan_table(
         None => table.range::<&[u8]>(from..),
     }
     .map_err(err)?;
-    let range: Box<dyn Iterator<Item = _>> = if rev {
+    let range: Box<dyn Iterator<Item = _>> = if order == Order::Descending {
         Box::new(range.rev())
     } else {
         Box::new(range)
@@ -125,24 +125,15 @@ impl KvRead for Transaction<'_> {
             .map(|v| v.value().to_vec()))
     }
 
-    fn scan(
+    fn scan_in(
         &self,
         table: Table,
         from: &[u8],
         to: Option<&[u8]>,
         limit: usize,
+        order: Order,
     ) -> Result<Entries, StoreError> {
-        scan_table(self.table(table), from, to, limit, false)
-    }
-
-    fn scan_rev(
-        &self,
-        table: Table,
-        from: &[u8],
-        to: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Entries, StoreError> {
-        scan_table(self.table(table), from, to, limit, true)
+        scan_table(self.table(table), from, to, limit, order)
     }
 }
 
@@ -180,24 +171,15 @@ impl KvRead for Snapshot {
             .map(|v| v.value().to_vec()))
     }
 
-    fn scan(
+    fn scan_in(
         &self,
         table: Table,
         from: &[u8],
         to: Option<&[u8]>,
         limit: usize,
+        order: Order,
     ) -> Result<Entries, StoreError> {
-        scan_table(&self.table(table)?, from, to, limit, false)
-    }
-
-    fn scan_rev(
-        &self,
-        table: Table,
-        from: &[u8],
-        to: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Entries, StoreError> {
-        scan_table(&self.table(table)?, from, to, limit, true)
+        scan_table(&self.table(table)?, from, to, limit, order)
     }
 }
 

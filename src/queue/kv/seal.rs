@@ -15,7 +15,7 @@ use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use sha2::{Digest, Sha256};
 
 use super::keys::Table;
-use super::{Entries, KvRead, KvWrite};
+use super::{Entries, KvRead, KvWrite, Order};
 use crate::queue::store::StoreError;
 
 const MARKER: u8 = 0xE1;
@@ -188,21 +188,17 @@ impl Keyring {
             .transpose()
     }
 
-    /// Opens what `scan` (or `scan_rev`, when `rev`) of `inner` answers.
+    /// Opens what `scan_in` of `inner` answers.
     fn scan_from(
         &self,
         inner: &dyn KvRead,
         table: Table,
         (from, to): (&[u8], Option<&[u8]>),
         limit: usize,
-        rev: bool,
+        order: Order,
     ) -> Result<Entries, StoreError> {
-        let entries = if rev {
-            inner.scan_rev(table, from, to, limit)?
-        } else {
-            inner.scan(table, from, to, limit)?
-        };
-        entries
+        inner
+            .scan_in(table, from, to, limit, order)?
             .into_iter()
             .map(|(k, v)| {
                 let v = self.open(table, &k, v)?;
@@ -223,26 +219,16 @@ impl KvRead for SealedRead<'_> {
         self.keys.get_from(self.inner, table, key)
     }
 
-    fn scan(
+    fn scan_in(
         &self,
         table: Table,
         from: &[u8],
         to: Option<&[u8]>,
         limit: usize,
+        order: Order,
     ) -> Result<Entries, StoreError> {
         self.keys
-            .scan_from(self.inner, table, (from, to), limit, false)
-    }
-
-    fn scan_rev(
-        &self,
-        table: Table,
-        from: &[u8],
-        to: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Entries, StoreError> {
-        self.keys
-            .scan_from(self.inner, table, (from, to), limit, true)
+            .scan_from(self.inner, table, (from, to), limit, order)
     }
 
     /// Keys are not sealed: the question needs no keyring.
@@ -262,26 +248,16 @@ impl KvRead for SealedWrite<'_> {
         self.keys.get_from(&*self.inner, table, key)
     }
 
-    fn scan(
+    fn scan_in(
         &self,
         table: Table,
         from: &[u8],
         to: Option<&[u8]>,
         limit: usize,
+        order: Order,
     ) -> Result<Entries, StoreError> {
         self.keys
-            .scan_from(&*self.inner, table, (from, to), limit, false)
-    }
-
-    fn scan_rev(
-        &self,
-        table: Table,
-        from: &[u8],
-        to: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Entries, StoreError> {
-        self.keys
-            .scan_from(&*self.inner, table, (from, to), limit, true)
+            .scan_from(&*self.inner, table, (from, to), limit, order)
     }
 
     /// Keys are not sealed: the question needs no keyring.

@@ -9,7 +9,7 @@ use std::sync::{PoisonError, RwLock};
 
 use super::keys::Table;
 use super::overlay::Overlay;
-use super::{Entries, KvEngine, KvRead, ReadFn, StoreError, WriteFn};
+use super::{Entries, KvEngine, KvRead, Order, ReadFn, StoreError, WriteFn};
 
 fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Io(format!("sled: {e}"))
@@ -79,14 +79,14 @@ fn scan_tree(
     from: &[u8],
     to: Option<&[u8]>,
     limit: usize,
-    rev: bool,
+    order: Order,
 ) -> Result<Entries, StoreError> {
     let (start, end) = full_range(table, from, to);
     if end <= start {
         return Ok(Vec::new());
     }
     let range = tree.range(start..end);
-    let range: Box<dyn Iterator<Item = _>> = if rev {
+    let range: Box<dyn Iterator<Item = _>> = if order == Order::Descending {
         Box::new(range.rev())
     } else {
         Box::new(range)
@@ -112,24 +112,15 @@ impl KvRead for Snapshot<'_> {
             .map(|v| v.to_vec()))
     }
 
-    fn scan(
+    fn scan_in(
         &self,
         table: Table,
         from: &[u8],
         to: Option<&[u8]>,
         limit: usize,
+        order: Order,
     ) -> Result<Entries, StoreError> {
-        scan_tree(self.tree, table, from, to, limit, false)
-    }
-
-    fn scan_rev(
-        &self,
-        table: Table,
-        from: &[u8],
-        to: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Entries, StoreError> {
-        scan_tree(self.tree, table, from, to, limit, true)
+        scan_tree(self.tree, table, from, to, limit, order)
     }
 }
 
