@@ -478,7 +478,7 @@ impl Source {
             ConfigErrors(vec![ConfigError {
                 origin: origin.clone(),
                 key: String::new(),
-                message: format!("not valid TOML: {}", e.to_string().trim()),
+                message: format!("not valid TOML at {}", validate::toml_error(&text, &e)),
             }])
         })?;
         let mut warnings = Vec::new();

@@ -1414,7 +1414,8 @@ pub fn read_tokens_file(path: &Path) -> Result<Vec<TokenSettings>, String> {
         tokens: Vec<RawToken>,
     }
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let file: File = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let file: File = toml::from_str(&text)
+        .map_err(|e| format!("{}: {}", path.display(), toml_error(&text, &e)))?;
     let mut problems = Problems::new();
     let tokens = Checker {
         problems: &mut problems,
@@ -1444,8 +1445,8 @@ pub fn read_officers_file(path: &Path) -> Result<BTreeMap<String, OfficerCredent
         ));
     }
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let raw: BTreeMap<String, RawOfficer> =
-        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let raw: BTreeMap<String, RawOfficer> = toml::from_str(&text)
+        .map_err(|e| format!("{}: {}", path.display(), toml_error(&text, &e)))?;
     let mut problems = Problems::new();
     let officers = Checker {
         problems: &mut problems,
@@ -1472,5 +1473,35 @@ pub fn read_officers_file(path: &Path) -> Result<BTreeMap<String, OfficerCredent
             })
             .collect::<Vec<_>>()
             .join("; "))
+    }
+}
+
+/// A TOML error as `line L, column C: message`, without the excerpt of the file that the parser's
+/// own rendering shows: the line at fault may hold a password, and this message goes to the log.
+pub(super) fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {}", e.message().trim())
+        }
+        None => e.message().trim().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod toml_error_tests {
+    #[test]
+    fn the_line_at_fault_is_named_but_not_shown() {
+        let text = "[CB-01]\nkey = \"k\"\npassword = s3cret\n";
+        let e = toml::from_str::<toml::Table>(text).expect_err("a bare word is not a value");
+        let shown = super::toml_error(text, &e);
+        assert!(shown.starts_with("line 3, column "), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(
+            e.to_string().contains("s3cret"),
+            "the parser's own rendering would show it"
+        );
     }
 }
